@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   -> installs into .venv, runs the embedded default demo
+#   make test   -> installs into .venv, runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The torch installed when the venv has none. On the project's CPU machines this is a local
+# CPU wheel. GPU users: install your own torch into .venv first (or set TORCH_SPEC) and it is kept.
+TORCH_SPEC ?= torch==2.13.0
+# If the interpreter that creates the venv already has torch, the venv sees it and keeps it.
+SYSTEM_TORCH := $(shell $(PYTHON) -c 'import torch' >/dev/null 2>&1 && echo --system-site-packages)
+
+.PHONY: setup test test-all demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(SYSTEM_TORCH) $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c 'import torch' >/dev/null 2>&1 || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	-$(PY) -m pip install -q submodlib-py >/dev/null 2>&1 || echo "submodlib-py unavailable: its comparison test will skip"
+	touch $@
+
+test: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not multiprocess and not gpu"
+
+test-all: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "not gpu"
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/colm demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -1,0 +1,40 @@
+"""colm: mini-batch coresets for memory-efficient language-model training (CoLM, ICLR 2025).
+
+Public names are imported lazily so that `import colm` stays light: the selector needs only
+torch, while the trainer pulls in transformers.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "CoresetConfig": "colm.config",
+    "pairwise_similarity": "colm.similarity",
+    "facility_location": "colm.facility",
+    "cluster_weights": "colm.facility",
+    "AdamNormalizer": "colm.normalize",
+    "CoresetSelector": "colm.selector",
+    "Selection": "colm.selector",
+    "per_example_loss": "colm.features",
+    "gradient_features": "colm.features",
+    "LastLayerReplay": "colm.features",
+    "CoresetTrainer": "colm.trainer",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'colm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

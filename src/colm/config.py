@@ -1,0 +1,180 @@
+"""CoresetConfig: every knob of the selection, typed, documented and validated.
+
+One dataclass is shared by the selector (framework-free), the feature extractors and the trainer,
+so a run is described by a single JSON-serializable object that is saved with checkpoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Sequence, Union
+
+SIMILARITIES = ("l1", "l2", "cosine")
+FEATURES = ("zo", "exact", "hidden")
+SMALL_SOURCE_RULES = ("below_mean", "none")
+
+
+@dataclass
+class CoresetConfig:
+    """How colm picks the coreset it trains on at each optimizer step (METHOD.md, steps 1-8)."""
+
+    pool_factor: int = 2
+    """Pool size = pool_factor x the batch the optimizer steps on. 1 disables selection."""
+
+    small_sources: Union[str, Sequence[str]] = "below_mean"
+    """Which sources are kept whole: "below_mean" (dataset-level size below the mean source size,
+    the paper's rule), "none", or an explicit list of source names."""
+
+    similarity: str = "l1"
+    """Facility-location similarity: "l1" (paper default), "l2" or "cosine"."""
+
+    topk_dims: int | None = 2560
+    """Coordinates kept per large source, ranked by |mean normalized feature| (paper: 2560 of
+    327,680). None keeps every coordinate."""
+
+    adam_normalize: bool = True
+    """Match Adam updates m_hat / (sqrt(v_hat) + eps) rather than raw gradients."""
+
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Betas of the Adam history used for normalization (should equal the optimizer's)."""
+
+    adam_eps: float = 1e-8
+    """Epsilon of the Adam normalization (should equal the optimizer's)."""
+
+    feature: str = "zo"
+    """Per-example gradient estimate: "zo" (zeroth-order SPSA, forward passes only), "exact"
+    (per-example gradients via a backward through the last block only) or "hidden" (the last
+    token's final hidden state, a cheap baseline)."""
+
+    zo_eps: float = 1e-3
+    """SPSA perturbation size epsilon."""
+
+    zo_probes: int = 8
+    """Number m of random directions z_j per step; the feature is sum_j c_ij z_j / m."""
+
+    zo_fixed_z: bool = False
+    """Reuse ONE set of directions for the whole run (the reference code's behaviour, which makes
+    features rank-deficient). Default: fresh directions every step."""
+
+    target_modules: tuple[str, ...] | None = None
+    """Regular expressions over parameter names selecting the target parameters. None: the value
+    projection of the last decoder layer (its LoRA B when a LoRA adapter is present)."""
+
+    weighted: bool = False
+    """Weight each selected example's loss by its cluster size (the paper trains uniform)."""
+
+    score_batch_size: int | None = None
+    """Examples per no-grad scoring chunk; None scores the pool in chunks of the training
+    micro-batch size."""
+
+    seed: int = 0
+    """Seed of the probe directions and of every random choice the selection makes."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.adam_betas, list):
+            self.adam_betas = tuple(self.adam_betas)
+        if isinstance(self.target_modules, str):
+            self.target_modules = (self.target_modules,)
+        elif isinstance(self.target_modules, list):
+            self.target_modules = tuple(self.target_modules)
+        if isinstance(self.small_sources, (list, tuple)):
+            self.small_sources = [str(s) for s in self.small_sources]
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(
+                f"CoresetConfig.{name} = {getattr(self, name)!r} is invalid: expected {expected}"
+            )
+
+        if not isinstance(self.pool_factor, int) or isinstance(self.pool_factor, bool) or self.pool_factor < 1:
+            raise bad("pool_factor", "an integer >= 1")
+        if isinstance(self.small_sources, str):
+            if self.small_sources not in SMALL_SOURCE_RULES:
+                raise bad("small_sources", f"one of {SMALL_SOURCE_RULES} or a list of source names")
+        elif not isinstance(self.small_sources, list):
+            raise bad("small_sources", f"one of {SMALL_SOURCE_RULES} or a list of source names")
+        if self.similarity not in SIMILARITIES:
+            raise bad("similarity", f"one of {SIMILARITIES}")
+        if self.topk_dims is not None and (
+            not isinstance(self.topk_dims, int) or isinstance(self.topk_dims, bool) or self.topk_dims < 1
+        ):
+            raise bad("topk_dims", "None or an integer >= 1")
+        if not isinstance(self.adam_normalize, bool):
+            raise bad("adam_normalize", "true or false")
+        if (
+            len(self.adam_betas) != 2
+            or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.adam_betas)
+        ):
+            raise bad("adam_betas", "two numbers in [0, 1)")
+        if not (isinstance(self.adam_eps, (int, float)) and self.adam_eps > 0):
+            raise bad("adam_eps", "a number > 0")
+        if self.feature not in FEATURES:
+            raise bad("feature", f"one of {FEATURES}")
+        if not (isinstance(self.zo_eps, (int, float)) and self.zo_eps > 0):
+            raise bad("zo_eps", "a number > 0")
+        if not isinstance(self.zo_probes, int) or isinstance(self.zo_probes, bool) or self.zo_probes < 1:
+            raise bad("zo_probes", "an integer >= 1")
+        if self.target_modules is not None and (
+            len(self.target_modules) == 0 or not all(isinstance(p, str) for p in self.target_modules)
+        ):
+            raise bad("target_modules", "None or a non-empty list of regular expressions")
+        if self.score_batch_size is not None and (
+            not isinstance(self.score_batch_size, int) or self.score_batch_size < 1
+        ):
+            raise bad("score_batch_size", "None or an integer >= 1")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise bad("seed", "an integer")
+
+    # --- serialization -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["adam_betas"] = list(self.adam_betas)
+        if self.target_modules is not None:
+            out["target_modules"] = list(self.target_modules)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CoresetConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown CoresetConfig field(s) {unknown}; known fields: {sorted(known)}"
+            )
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CoresetConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def field_docs(cls) -> dict[str, str]:
+        """Field name -> its docstring (used by the CLI's --help)."""
+        return _FIELD_DOCS
+
+
+def _collect_field_docs() -> dict[str, str]:
+    # Attribute docstrings are not kept by Python at runtime; read them from this file's source
+    # so that the docs live in exactly one place.
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(CoresetConfig))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+try:
+    _FIELD_DOCS = _collect_field_docs()
+except (OSError, TypeError):  # source unavailable (e.g. zipped install)
+    _FIELD_DOCS = {}
