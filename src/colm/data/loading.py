@@ -1,0 +1,352 @@
+"""Load a data mixture into one `datasets.Dataset` with a `source` column.
+
+Accepted inputs (`spec`):
+- a JSON Lines file, plain or gzip (`*.jsonl`, `*.jsonl.gz`), one JSON object per line;
+- a folder of such files, optionally narrowed to one split by file name
+  (`<source>.<split>.jsonl.gz`, as in the shipped mixture);
+- a `datasets` dataset: an in-memory `Dataset`/`DatasetDict`, a folder written by
+  `save_to_disk`, or a Hugging Face Hub id (offline: only a cached one, failing at once).
+
+Every example is either prompt/response or chat (`messages`: a list of {role, content} with the
+assistant's answer last). The result always uses the canonical column names `prompt`,
+`response` (or `messages`) and `source`, whatever the input's field names were.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import datasets
+import numpy as np
+
+from colm.data.errors import DataError
+from colm.data.hub import datasets_offline, hub_offline, looks_like_local_path
+from colm.data.mixture import is_jsonl, source_of, split_files
+
+MixtureSpec = Union[str, os.PathLike, datasets.Dataset, datasets.DatasetDict]
+
+PROMPT, RESPONSE, MESSAGES, SOURCE = "prompt", "response", "messages", "source"
+_MESSAGE_FEATURES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
+# Files `save_to_disk` writes: a folder holding one of these is a saved dataset, not JSONL.
+_SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Names of the input fields; the output always uses the canonical names."""
+
+    source: str = SOURCE
+    prompt: str = PROMPT
+    response: str = RESPONSE
+    messages: str = MESSAGES
+
+
+def load_mixture(
+    spec: MixtureSpec,
+    *,
+    split: str | None = None,
+    source_field: str = SOURCE,
+    prompt_field: str = PROMPT,
+    response_field: str = RESPONSE,
+    messages_field: str = MESSAGES,
+    sources: Sequence[str] | None = None,
+    max_examples_per_source: int | None = None,
+    seed: int = 0,
+) -> datasets.Dataset:
+    """Load a mixture as a Dataset with columns prompt/response (or messages) and source.
+
+    Args:
+        spec: a JSONL(.gz) file, a folder of them, a saved or in-memory `datasets` dataset, or
+            a Hub dataset id (see the module docstring).
+        split: for a folder, keep only files named `<source>.<split>.jsonl[.gz]`; for a
+            DatasetDict or Hub id, the split to take (default "train"). Ignored for one file.
+        source_field: per-example source name; where an example lacks it, the file name stem
+            (`gsm8k` for `gsm8k.train.jsonl.gz`) or the dataset's name is used.
+        prompt_field, response_field: input field names of prompt/response examples.
+        messages_field: input field name of chat examples.
+        sources: keep only these source names; an unknown name is a DataError listing the
+            known ones.
+        max_examples_per_source: keep at most this many examples of each source, drawn
+            uniformly with `seed` and kept in their original order.
+        seed: seed of that draw.
+
+    Raises:
+        DataError: for every kind of bad input, naming the file and 1-based line, or the field
+            and what was expected.
+    """
+    fields = Fields(source_field, prompt_field, response_field, messages_field)
+    if isinstance(spec, (datasets.Dataset, datasets.DatasetDict)):
+        columns = _from_dataset(spec, fields, split, default_source="dataset")
+    else:
+        columns = _from_path_or_id(os.fspath(spec), fields, split)
+    columns = _filter_sources(columns, sources)
+    if max_examples_per_source is not None:
+        columns = _cap_per_source(columns, max_examples_per_source, seed)
+    return _to_dataset(columns)
+
+
+def source_sizes(dataset: datasets.Dataset) -> dict[str, int]:
+    """Number of examples of each source, sorted by source name.
+
+    These dataset-level counts are what `CoresetSelector` needs to tell small sources apart.
+    """
+    if SOURCE not in dataset.column_names:
+        raise DataError(f"dataset has no {SOURCE!r} column; columns are {dataset.column_names}")
+    return dict(sorted(Counter(dataset[SOURCE]).items()))
+
+
+# ---------------------------------------------------------------- resolving the spec
+
+
+def _from_path_or_id(spec: str, fields: Fields, split: str | None) -> dict[str, list]:
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if not is_jsonl(path):
+            raise DataError(
+                f"{path}: unsupported file type; expected a JSON Lines file (*.jsonl or *.jsonl.gz)"
+            )
+        return _read_files([path], fields)
+    if path.is_dir():
+        if any((path / marker).exists() for marker in _SAVED_MARKERS):
+            try:
+                loaded = datasets.load_from_disk(str(path))
+            except Exception as err:  # corrupt or foreign folder: say which one
+                raise DataError(f"{path}: could not load the saved dataset: {err}") from err
+            return _from_dataset(loaded, fields, split, default_source=path.name)
+        return _read_files(split_files(split, path), fields)
+    if looks_like_local_path(spec):
+        raise DataError(f"{spec}: no such file or folder")
+    return _from_dataset(_load_hub(spec, split), fields, split, default_source=spec.split("/")[-1])
+
+
+def _load_hub(name: str, split: str | None) -> datasets.Dataset | datasets.DatasetDict:
+    offline = hub_offline()
+    try:
+        with datasets_offline(offline):
+            return datasets.load_dataset(name, split=split)
+    except Exception as err:
+        where = (
+            "it is not in the local datasets cache and the Hub is offline "
+            "(HF_HUB_OFFLINE=1 or no network)"
+            if offline
+            else "check the name, or pass a JSONL file or folder"
+        )
+        raise DataError(
+            f"{name!r} is neither a local file/folder nor a loadable Hugging Face dataset: "
+            f"{where} ({type(err).__name__}: {err})"
+        ) from err
+
+
+# ---------------------------------------------------------------- JSON Lines
+
+
+def _open_lines(path: Path) -> Iterator[bytes]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        yield from handle
+
+
+def _read_files(paths: Sequence[Path], fields: Fields) -> dict[str, list]:
+    """Stream every file line by line into canonical columns."""
+    columns: dict[str, list] = {}
+    for path in paths:
+        before = len(columns.get(SOURCE, []))
+        stem = source_of(path)
+        line_no = 0
+        try:
+            for line_no, raw in enumerate(_open_lines(path), start=1):
+                if not raw.strip():
+                    continue  # blank lines (a trailing newline, say) carry no example
+                record = _parse_line(raw, path, line_no)
+                _append(columns, record, fields, stem, f"{path}:{line_no}")
+        except (OSError, EOFError, zlib.error) as err:  # truncated or non-gzip .gz
+            raise DataError(f"{path}: unreadable after line {line_no}: {err}") from err
+        if len(columns.get(SOURCE, [])) == before:
+            raise DataError(f"{path}: empty file (no JSON objects)")
+    return columns
+
+
+def _parse_line(raw: bytes, path: Path, line_no: int) -> dict[str, Any]:
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}:{line_no}: not UTF-8 text ({err})") from err
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})"
+        ) from err
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{path}:{line_no}: expected a JSON object per line, got {type(record).__name__}"
+        )
+    return record
+
+
+def _append(columns: dict[str, list], record: dict, fields: Fields, stem: str, where: str) -> None:
+    """Check one record and add it to the columns; the first record fixes the format."""
+    if not columns:
+        if fields.prompt in record:
+            columns.update({PROMPT: [], RESPONSE: [], SOURCE: []})
+        elif fields.messages in record:
+            columns.update({MESSAGES: [], SOURCE: []})
+        else:
+            raise DataError(
+                f"{where}: missing field {fields.prompt!r} (or {fields.messages!r} for chat "
+                f"data); the object has fields {sorted(record)}"
+            )
+    if PROMPT in columns:
+        columns[PROMPT].append(_string_field(record, fields.prompt, where))
+        columns[RESPONSE].append(_string_field(record, fields.response, where))
+    else:
+        columns[MESSAGES].append(_messages_field(record, fields.messages, where))
+    columns[SOURCE].append(_source_value(record.get(fields.source), stem, fields.source, where))
+
+
+def _string_field(record: dict, name: str, where: str) -> str:
+    if name not in record:
+        raise DataError(f"{where}: missing field {name!r}; the object has fields {sorted(record)}")
+    value = record[name]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _messages_field(record: dict, name: str, where: str) -> list[dict[str, str]]:
+    if name not in record:
+        raise DataError(f"{where}: missing field {name!r}; the object has fields {sorted(record)}")
+    messages = record[name]
+    if not isinstance(messages, list) or not messages:
+        raise DataError(
+            f"{where}: field {name!r} must be a non-empty list of {{role, content}} objects"
+        )
+    out = []
+    for i, message in enumerate(messages):
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
+            raise DataError(
+                f"{where}: {name}[{i}] must be an object with string 'role' and 'content', "
+                f"got {message!r:.80}"
+            )
+        out.append({"role": message["role"], "content": message["content"]})
+    if out[-1]["role"] != "assistant":
+        raise DataError(
+            f"{where}: the last message of {name!r} must have role 'assistant' (it is the "
+            f"supervised answer), got {out[-1]['role']!r}"
+        )
+    return out
+
+
+def _source_value(value: Any, default: str, name: str, where: str) -> str:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+    return str(value)
+
+
+# ---------------------------------------------------------------- `datasets` inputs
+
+
+def _from_dataset(
+    data: datasets.Dataset | datasets.DatasetDict,
+    fields: Fields,
+    split: str | None,
+    default_source: str,
+) -> dict[str, list]:
+    if isinstance(data, datasets.DatasetDict):
+        name = split or "train"
+        if name not in data:
+            raise DataError(
+                f"dataset {default_source!r} has no split {name!r}; splits are {sorted(data)}"
+            )
+        data = data[name]
+    cols = data.column_names
+    where = f"dataset {default_source!r}"  # rows below are 0-based, as datasets indexes them
+    if fields.prompt in cols:
+        for name in (fields.prompt, fields.response):
+            if name not in cols:
+                raise DataError(f"{where}: missing column {name!r}; columns are {cols}")
+        # `dataset[col]` is a lazy Column in datasets>=4; lists are what the checks below need.
+        out = {PROMPT: list(data[fields.prompt]), RESPONSE: list(data[fields.response])}
+        for key in (PROMPT, RESPONSE):
+            bad = next((i for i, v in enumerate(out[key]) if not isinstance(v, str)), None)
+            if bad is not None:
+                raise DataError(
+                    f"{where}, row {bad}: column {key!r} must hold strings, got "
+                    f"{type(out[key][bad]).__name__}"
+                )
+    elif fields.messages in cols:
+        out = {
+            MESSAGES: [
+                _messages_field({fields.messages: m}, fields.messages, f"{where}, row {i}")
+                for i, m in enumerate(data[fields.messages])
+            ]
+        }
+    else:
+        raise DataError(
+            f"{where}: missing column {fields.prompt!r} (or {fields.messages!r} for chat data); "
+            f"columns are {cols}"
+        )
+    if len(data) == 0:
+        raise DataError(f"{where}: empty (no rows)")
+    out[SOURCE] = _dataset_sources(data, fields.source, default_source)
+    return out
+
+
+def _dataset_sources(data: datasets.Dataset, name: str, default: str) -> list[str]:
+    if name not in data.column_names:
+        return [default] * len(data)
+    feature = data.features[name]
+    values = list(data[name])
+    if isinstance(feature, datasets.ClassLabel):  # integer labels: use their names
+        return [feature.int2str(v) for v in values]
+    return [default if v is None else str(v) for v in values]
+
+
+# ---------------------------------------------------------------- selection
+
+
+def _filter_sources(columns: dict[str, list], sources: Sequence[str] | None) -> dict[str, list]:
+    if sources is None:
+        return columns
+    if isinstance(sources, str):  # a lone name would otherwise be read letter by letter
+        sources = [sources]
+    known = sorted(set(columns[SOURCE]))
+    unknown = [s for s in sources if s not in known]
+    if unknown:
+        raise DataError(f"unknown source name(s) {unknown} in sources=; known sources are {known}")
+    wanted = set(sources)
+    keep = [i for i, s in enumerate(columns[SOURCE]) if s in wanted]
+    return {k: [v[i] for i in keep] for k, v in columns.items()}
+
+
+def _cap_per_source(columns: dict[str, list], cap: int, seed: int) -> dict[str, list]:
+    if cap < 1:
+        raise DataError(f"max_examples_per_source must be a positive integer, got {cap}")
+    rng = np.random.default_rng(seed)
+    sources = np.asarray(columns[SOURCE], dtype=object)
+    keep: list[np.ndarray] = []
+    for name in sorted(set(columns[SOURCE])):  # sorted: the draw must not depend on set order
+        idx = np.flatnonzero(sources == name)
+        keep.append(idx if len(idx) <= cap else rng.choice(idx, size=cap, replace=False))
+    order = np.sort(np.concatenate(keep))
+    return {k: [v[i] for i in order] for k, v in columns.items()}
+
+
+def _to_dataset(columns: dict[str, list]) -> datasets.Dataset:
+    text = datasets.Value("string")
+    if PROMPT in columns:
+        features = datasets.Features({PROMPT: text, RESPONSE: text, SOURCE: text})
+    else:
+        features = datasets.Features({MESSAGES: _MESSAGE_FEATURES, SOURCE: text})
+    return datasets.Dataset.from_dict(columns, features=features)
