@@ -1,0 +1,238 @@
+"""Adam-history normalization of per-example gradient features (METHOD.md step 4).
+
+Training uses Adam, so examples are matched on the Adam *update* each would cause rather than
+on the raw gradient. With history ``(m, v)`` over the ``d`` target coordinates and ``t`` updates
+folded in so far, example ``i`` with gradient ``g_i`` gets
+
+    m_i = b1 m + (1 - b1) g_i,        v_i = b2 v + (1 - b2) g_i^2,
+    feature_i = (m_i / (1 - b1^(t+1))) / (sqrt(v_i / (1 - b2^(t+1))) + eps),
+
+i.e. the bias correction of the step about to be taken (step ``t + 1``, as in Adam). After
+selection the history becomes the mean of ``m_i, v_i`` over the selected large-source examples,
+and ``t`` grows by one. Because ``m_i, v_i`` are affine in ``g_i, g_i^2``, that mean only needs the
+mean of ``g`` and ``g^2`` over the selected rows (``update_from_gradients``), never the
+``[n, d]`` moment matrices.
+
+The history is stored in float32 on the device of the last features seen. For the ``d`` of a
+real model (327,680 for Phi-2's LoRA B) the ``[n, d]`` intermediates are large, so the
+reductions here walk the coordinates in cache-sized column blocks (a loop over blocks, not over
+coordinates).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+# Elements per column block on CPU: small enough that a block's temporaries stay in cache.
+_CPU_BLOCK_ELEMENTS = 1 << 19
+# On GPU blocks only bound memory; one block is fastest when it fits.
+_GPU_BLOCK_ELEMENTS = 1 << 26
+
+
+def column_blocks(n: int, d: int, device: torch.device) -> Iterator[slice]:
+    """Column slices covering ``range(d)`` whose ``[n, block]`` temporaries are cache/memory-sized."""
+    per = _GPU_BLOCK_ELEMENTS if device.type != "cpu" else _CPU_BLOCK_ELEMENTS
+    width = max(1, per // max(n, 1))
+    for start in range(0, d, width):
+        yield slice(start, min(start + width, d))
+
+
+def group_sums(rows: Tensor, groups: Tensor, n_groups: int) -> Tensor:
+    """Sum of the rows of ``rows`` ``[n, w]`` per group: ``[n_groups, w]`` float32.
+
+    ``groups`` ``[n]`` holds each row's group id in ``[0, n_groups)``. On CPU this is an
+    ``index_add_`` (~5x faster there than the equivalent skinny one-hot GEMM); on GPU a one-hot
+    GEMM, because ``index_add_`` uses atomics there and its float sums would change from run to
+    run, while selection must be deterministic.
+    """
+    rows = rows.float()
+    if rows.device.type == "cpu":
+        out = torch.zeros(n_groups, rows.shape[1], dtype=torch.float32)
+        return out.index_add_(0, groups, rows)
+    one_hot = torch.nn.functional.one_hot(groups, n_groups).T.to(torch.float32)  # [G, n]
+    return one_hot @ rows
+
+
+class AdamNormalizer:
+    """Stateful Adam-history normalizer.
+
+    Args:
+        betas: ``(b1, b2)`` of the optimizer.
+        eps: the optimizer's epsilon.
+
+    The dimension ``d`` is fixed by the first call; a later call with another ``d`` raises
+    ``ValueError``.
+    """
+
+    def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        b1, b2 = (float(b) for b in betas)
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        self.betas = (b1, b2)
+        self.eps = float(eps)
+        self.m: Optional[Tensor] = None  # [d] float32
+        self.v: Optional[Tensor] = None  # [d] float32
+        self.step = 0  # t: number of updates folded into (m, v)
+
+    @classmethod
+    def from_config(cls, config: Any) -> "AdamNormalizer":
+        """Build from a ``CoresetConfig`` (its ``adam_betas`` and ``adam_eps``)."""
+        return cls(tuple(config.adam_betas), config.adam_eps)
+
+    @property
+    def dim(self) -> Optional[int]:
+        """``d``, or None before the first call."""
+        return None if self.m is None else self.m.numel()
+
+    # --- public API ----------------------------------------------------------------------------
+    def prepare(self, g: Tensor) -> None:
+        """Validate ``g`` ``[n, d]`` and size the history lazily (zeros); move it to ``g``'s
+        device. Raises ValueError when ``d`` differs from the history's."""
+        if g.dim() != 2:
+            raise ValueError(f"gradients must be 2-D [n, d], got shape {tuple(g.shape)}")
+        d = g.shape[1]
+        if self.m is None or self.v is None:
+            self.m = torch.zeros(d, dtype=torch.float32, device=g.device)
+            self.v = torch.zeros(d, dtype=torch.float32, device=g.device)
+        elif self.m.numel() != d:
+            raise ValueError(
+                f"feature dimension changed: the Adam history has d={self.m.numel()}, got d={d}"
+            )
+        if self.m.device != g.device:
+            self.m, self.v = self.m.to(g.device), self.v.to(g.device)
+
+    def _coefficients(self) -> tuple[float, float, float, float]:
+        """``(cm, cg, cv, cg2)`` with ``m_hat_i = cm*m + cg*g`` and ``v_hat_i = cv*v + cg2*g^2``."""
+        b1, b2 = self.betas
+        t = self.step + 1
+        c1, c2 = 1.0 - b1**t, 1.0 - b2**t
+        return b1 / c1, (1.0 - b1) / c1, b2 / c2, (1.0 - b2) / c2
+
+    def _features(self, g: Tensor, m: Tensor, v: Tensor) -> Tensor:
+        """Normalized features of a block ``g`` ``[n, w]`` given history ``m, v`` ``[w]``."""
+        cm, cg, cv, cg2 = self._coefficients()
+        g = g.float()
+        denom = torch.addcmul(v * cv, g, g, value=cg2)  # [n, w] = v_hat_i
+        denom.sqrt_().add_(self.eps)
+        num = torch.add(m * cm, g, alpha=cg)  # [n, w] = m_hat_i
+        return num.div_(denom)
+
+    def normalize(self, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalize every row of ``g`` ``[n, d]`` against the current history.
+
+        Returns:
+            ``(features, m_i, v_i)``, each ``[n, d]`` float32: the normalized features and the
+            (not bias-corrected) per-example moments to pass to ``update`` for the selected rows.
+            Materializes three ``[n, d]`` matrices; the selector uses the block-wise
+            ``transform``/``feature_sums``/``update_from_moments`` instead.
+        """
+        self.prepare(g)
+        b1, b2 = self.betas
+        gf = g.float()
+        m_i = torch.add(self.m * b1, gf, alpha=1.0 - b1)  # [n, d]
+        v_i = torch.addcmul(self.v * b2, gf, gf, value=1.0 - b2)  # [n, d]
+        return self._features(gf, self.m, self.v), m_i, v_i
+
+    def transform(self, g: Tensor, columns: Optional[Tensor] = None) -> Tensor:
+        """Normalized features of ``g`` ``[n, w]``: all ``d`` coordinates (``columns=None``,
+        ``w = d``) or the coordinates ``columns`` (LongTensor ``[w]``) of the full ``d``."""
+        if columns is None:
+            self.prepare(g)
+            return self._features(g, self.m, self.v)
+        if self.m is None:
+            raise ValueError("transform(columns=...) needs the dimension: call feature_sums first")
+        if g.dim() != 2 or g.shape[1] != columns.numel():
+            raise ValueError(f"expected g of shape [n, {columns.numel()}], got {tuple(g.shape)}")
+        columns = columns.to(self.m.device)
+        return self._features(g, self.m.index_select(0, columns), self.v.index_select(0, columns))
+
+    def feature_sums(self, g: Tensor, groups: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
+        """Per-group sums of normalized rows, plus the plain sum of the raw rows, in one read
+        of ``g``, block by block so the ``[n, d]`` normalized features never exist at once.
+
+        Args:
+            g: ``[n, d]`` raw gradients.
+            groups: LongTensor ``[n]``, each row's group in ``[0, n_groups)``, on ``g``'s device.
+            n_groups: number of groups.
+
+        Returns:
+            ``(sums, raw_total)``: ``[n_groups, d]`` sums of ``features(g)`` per group, and
+            ``[d]`` the sum of all rows of ``g`` (float32).
+        """
+        self.prepare(g)
+        n, d = g.shape
+        sums = torch.empty(n_groups, d, dtype=torch.float32, device=g.device)  # [G, d]
+        raw_total = torch.empty(d, dtype=torch.float32, device=g.device)  # [d]
+        for cols in column_blocks(n, d, g.device):
+            block = g[:, cols].float()  # [n, w]
+            torch.sum(block, dim=0, out=raw_total[cols])
+            sums[:, cols] = group_sums(self._features(block, self.m[cols], self.v[cols]), groups, n_groups)
+        return sums, raw_total
+
+    def update(self, m_i: Tensor, v_i: Tensor) -> None:
+        """Set the history to the mean of ``m_i, v_i`` ``[k, d]`` (the selected large-source rows
+        of ``normalize``'s output) and advance the step. ``k = 0`` leaves the state unchanged."""
+        if m_i.shape != v_i.shape or m_i.dim() != 2:
+            raise ValueError(f"m_i and v_i must be equal-shape [k, d], got {tuple(m_i.shape)}, {tuple(v_i.shape)}")
+        if m_i.shape[0] == 0:
+            return
+        self.prepare(m_i)
+        self.m = m_i.float().mean(dim=0)
+        self.v = v_i.float().mean(dim=0)
+        self.step += 1
+
+    def update_from_moments(self, mean_g: Tensor, mean_g2: Tensor) -> None:
+        """Same as ``update`` given the mean of ``g`` and of ``g^2`` ``[d]`` over the selected rows."""
+        if self.m is None or self.v is None:
+            raise ValueError("update_from_moments before the dimension is known")
+        if mean_g.shape != self.m.shape or mean_g2.shape != self.m.shape:
+            raise ValueError(f"moments must have shape [{self.m.numel()}]")
+        b1, b2 = self.betas
+        self.m = torch.add(self.m * b1, mean_g.to(self.m), alpha=1.0 - b1)
+        self.v = torch.add(self.v * b2, mean_g2.to(self.v), alpha=1.0 - b2)
+        self.step += 1
+
+    def update_from_gradients(self, g: Tensor, rows: Tensor) -> None:
+        """Same as ``update(m_i[rows], v_i[rows])`` from the raw gradients ``g`` ``[n, d]``,
+        block by block. Empty ``rows`` leaves the state unchanged."""
+        self.prepare(g)
+        rows = rows.to(device=g.device, dtype=torch.long).view(-1)
+        k = rows.numel()
+        if k == 0:
+            return
+        n, d = g.shape
+        mean_g = torch.empty(d, dtype=torch.float32, device=g.device)
+        mean_g2 = torch.empty(d, dtype=torch.float32, device=g.device)
+        for cols in column_blocks(k, d, g.device):
+            block = g[:, cols].index_select(0, rows).float()  # [k, w]
+            torch.mean(block, dim=0, out=mean_g[cols])
+            torch.mean(block.square_(), dim=0, out=mean_g2[cols])
+        self.update_from_moments(mean_g, mean_g2)
+
+    # --- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain dict of tensors and numbers; round-trips through ``torch.save``/``torch.load``."""
+        return {
+            "m": None if self.m is None else self.m.detach().clone(),
+            "v": None if self.v is None else self.v.detach().clone(),
+            "step": self.step,
+            "betas": list(self.betas),
+            "eps": self.eps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``'s output (history moves to the features' device on next use)."""
+        m, v = state.get("m"), state.get("v")
+        if (m is None) != (v is None) or (m is not None and m.shape != v.shape):
+            raise ValueError("normalizer state has inconsistent m and v")
+        self.m = None if m is None else m.detach().clone().float()
+        self.v = None if v is None else v.detach().clone().float()
+        self.step = int(state["step"])
+        if "betas" in state:
+            self.betas = tuple(float(b) for b in state["betas"])  # type: ignore[assignment]
+        if "eps" in state:
+            self.eps = float(state["eps"])

@@ -1,0 +1,122 @@
+"""AdamNormalizer against the hand-written formula of METHOD.md step 4."""
+import io
+import math
+
+import pytest
+import torch
+
+import colm.normalize as normalize_mod
+from colm import AdamNormalizer, CoresetConfig
+
+B1, B2, EPS = 0.9, 0.999, 1e-8
+
+
+def hand_feature(g, m, v, t):
+    """Scalar formula: step t+1 bias correction of the per-example moments."""
+    m_i = B1 * m + (1 - B1) * g
+    v_i = B2 * v + (1 - B2) * g * g
+    m_hat = m_i / (1 - B1 ** (t + 1))
+    v_hat = v_i / (1 - B2 ** (t + 1))
+    return m_hat / (math.sqrt(v_hat) + EPS), m_i, v_i
+
+
+def test_first_step_matches_formula():
+    g = torch.tensor([[0.5, -2.0, 0.0], [1e-3, 3.0, -0.25]], dtype=torch.float64)
+    norm = AdamNormalizer((B1, B2), EPS)
+    feats, m_i, v_i = norm.normalize(g)
+    assert feats.shape == (2, 3) and norm.dim == 3 and norm.step == 0
+    for i in range(2):
+        for j in range(3):
+            f, mm, vv = hand_feature(float(g[i, j]), 0.0, 0.0, 0)
+            assert feats[i, j].item() == pytest.approx(f, rel=1e-5, abs=1e-7)
+            assert m_i[i, j].item() == pytest.approx(mm, rel=1e-6, abs=1e-12)
+            assert v_i[i, j].item() == pytest.approx(vv, rel=1e-6, abs=1e-12)
+    # at step 1 with no history the feature is ~sign(g) (and exactly 0 for g = 0)
+    assert feats[0, 2].item() == 0.0
+    assert feats[0, 0].item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_later_step_with_history_matches_formula():
+    norm = AdamNormalizer((B1, B2), EPS)
+    norm.load_state_dict({"m": torch.tensor([0.1, -0.2]), "v": torch.tensor([0.04, 0.01]), "step": 3})
+    g = torch.tensor([[0.3, 0.1], [-1.0, 0.0]])
+    feats, _, _ = norm.normalize(g)
+    for i in range(2):
+        for j, (m, v) in enumerate([(0.1, 0.04), (-0.2, 0.01)]):
+            f, _, _ = hand_feature(float(g[i, j]), m, v, 3)
+            assert feats[i, j].item() == pytest.approx(f, rel=1e-5)
+
+
+def test_update_sets_means_and_counts_steps():
+    norm = AdamNormalizer((B1, B2), EPS)
+    g = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    _, m_i, v_i = norm.normalize(g)
+    rows = torch.tensor([1, 4])
+    norm.update(m_i[rows], v_i[rows])
+    assert norm.step == 1
+    torch.testing.assert_close(norm.m, m_i[rows].mean(0))
+    torch.testing.assert_close(norm.v, v_i[rows].mean(0))
+    # empty selection: nothing changes
+    before = norm.state_dict()
+    norm.update(m_i[:0], v_i[:0])
+    assert norm.step == 1 and torch.equal(norm.m, before["m"])
+
+
+def test_update_from_gradients_equals_update(monkeypatch):
+    monkeypatch.setattr(normalize_mod, "_CPU_BLOCK_ELEMENTS", 8)  # force several column blocks
+    g = torch.randn(7, 10, generator=torch.Generator().manual_seed(1))
+    rows = torch.tensor([0, 3, 6])
+    a, b = AdamNormalizer(), AdamNormalizer()
+    for _ in range(3):  # several steps so the history is non-trivial
+        _, m_i, v_i = a.normalize(g)
+        a.update(m_i[rows], v_i[rows])
+        b.transform(g)
+        b.update_from_gradients(g, rows)
+        g = g.roll(1, dims=0) * 1.5
+    assert a.step == b.step == 3
+    torch.testing.assert_close(a.m, b.m)
+    torch.testing.assert_close(a.v, b.v)
+
+
+def test_blocked_sums_and_column_transform(monkeypatch):
+    monkeypatch.setattr(normalize_mod, "_CPU_BLOCK_ELEMENTS", 16)
+    gen = torch.Generator().manual_seed(2)
+    g = torch.randn(5, 23, generator=gen)
+    norm = AdamNormalizer()
+    norm.load_state_dict({"m": torch.randn(23, generator=gen) * 0.1, "v": torch.rand(23, generator=gen) * 0.1, "step": 2})
+    feats, _, _ = norm.normalize(g)
+    groups = torch.tensor([2, 0, 2, 3, 0])
+    sums, raw_total = norm.feature_sums(g, groups, 4)
+    expected = torch.stack([feats[groups == k].sum(0) for k in range(4)])  # group 1 empty: zeros
+    torch.testing.assert_close(sums, expected)
+    torch.testing.assert_close(raw_total, g.sum(0))
+    cols = torch.tensor([22, 0, 7])
+    torch.testing.assert_close(norm.transform(g[:, cols], cols), feats[:, cols])
+
+
+def test_dimension_change_and_bad_shapes():
+    norm = AdamNormalizer()
+    norm.normalize(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="dimension changed"):
+        norm.normalize(torch.randn(2, 6))
+    with pytest.raises(ValueError, match="2-D"):
+        norm.normalize(torch.randn(5))
+    with pytest.raises(ValueError, match="betas"):
+        AdamNormalizer((1.0, 0.5))
+    with pytest.raises(ValueError, match="eps"):
+        AdamNormalizer(eps=0.0)
+
+
+def test_state_round_trip_through_torch_save():
+    norm = AdamNormalizer.from_config(CoresetConfig(adam_betas=(0.8, 0.99), adam_eps=1e-6))
+    g = torch.randn(4, 3)
+    norm.transform(g)
+    norm.update_from_gradients(g, torch.tensor([0, 2]))
+    buf = io.BytesIO()
+    torch.save(norm.state_dict(), buf)
+    buf.seek(0)
+    other = AdamNormalizer()
+    other.load_state_dict(torch.load(buf))
+    assert other.step == 1 and other.betas == (0.8, 0.99) and other.eps == 1e-6
+    assert torch.equal(other.m, norm.m) and torch.equal(other.v, norm.v)
+    torch.testing.assert_close(other.normalize(g)[0], norm.normalize(g)[0], rtol=0, atol=0)

@@ -1,0 +1,265 @@
+"""CoresetSelector end to end: contracts, edge cases, bad input, resume equality, device."""
+import io
+
+import pytest
+import torch
+
+from colm import CoresetConfig, CoresetSelector, Selection
+from colm.budget import split_budget
+
+SIZES = {"math": 1000, "code": 800, "chat": 600, "rare": 20, "tiny": 5}  # mean 485: rare, tiny small
+
+
+def pool(n=40, d=64, seed=0, sources=None):
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(n, d, generator=gen)
+    if sources is None:
+        names = ["math", "code", "chat"]
+        sources = [names[i % 3] for i in range(n - 4)] + ["rare", "rare", "tiny", "rare"]
+    return feats, sources
+
+
+def check_selection(sel: Selection, n: int, budget: int, expect_full_weight=True):
+    assert isinstance(sel, Selection)
+    assert sel.indices.dtype == torch.long and sel.indices.shape == (budget,)
+    assert sel.weights.shape == (budget,)
+    assert len(set(sel.indices.tolist())) == budget  # no duplicates
+    assert sel.indices.min() >= 0 and sel.indices.max() < n
+    assert torch.all(sel.indices[1:] > sel.indices[:-1])  # ascending
+    assert torch.all(sel.weights >= 1)
+    if expect_full_weight:
+        assert sel.weights.sum().item() == n
+    for key in ("kept_small", "objective", "match_error", "select_ms", "n_large_sources"):
+        assert isinstance(sel.stats[key], float)
+
+
+def test_basic_contract_and_small_sources_kept():
+    feats, sources = pool()
+    sel = CoresetSelector(CoresetConfig(topk_dims=16), SIZES).select(feats, sources, 20)
+    check_selection(sel, 40, 20)
+    small_rows = [i for i, s in enumerate(sources) if s in ("rare", "tiny")]
+    assert set(small_rows) <= set(sel.indices.tolist())
+    assert sel.stats["kept_small"] == 4.0 and sel.stats["overflow"] == 0.0
+    assert sel.stats["n_large_sources"] == 3.0
+    # per-source counts follow split_budget over the large sources' pool counts (12 each)
+    assert [sel.stats[f"selected/{s}"] for s in ("math", "code", "chat")] == split_budget(16, [12, 12, 12])
+    assert sel.stats["selected/rare"] == 3.0 and sel.stats["selected/tiny"] == 1.0
+    assert sel.stats["objective"] > 0
+    # kept small examples stand for themselves
+    small_pos = [sel.indices.tolist().index(i) for i in small_rows]
+    assert sel.weights[small_pos].tolist() == [1.0] * 4
+
+
+def test_match_error_matches_definition():
+    feats, sources = pool(seed=3)
+    sel = CoresetSelector(CoresetConfig(topk_dims=8), SIZES).select(feats, sources, 15)
+    w = sel.weights
+    coreset_mean = (w[:, None] * feats[sel.indices]).sum(0) / w.sum()
+    pool_mean = feats.mean(0)
+    expected = ((coreset_mean - pool_mean).norm() / pool_mean.norm()).item()
+    assert sel.stats["match_error"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_picks_one_medoid_per_cluster():
+    # one source, four tight well-separated clusters of 5: budget 4 must pick one from each
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0], [50.0, 50.0]])
+    feats = (centers.repeat_interleave(5, 0) + 0.1 * torch.randn(20, 2, generator=gen))
+    cfg = CoresetConfig(adam_normalize=False, topk_dims=None, small_sources="none")
+    sel = CoresetSelector(cfg, {"a": 10}).select(feats, ["a"] * 20, 4)
+    assert sorted(i // 5 for i in sel.indices.tolist()) == [0, 1, 2, 3]
+    assert sel.weights.tolist() == [5.0, 5.0, 5.0, 5.0]
+
+
+def test_budget_equals_pool_returns_everything():
+    feats, sources = pool()
+    sel = CoresetSelector(CoresetConfig(), SIZES).select(feats, sources, 40)
+    check_selection(sel, 40, 40)
+    assert sel.indices.tolist() == list(range(40))
+    assert sel.weights.tolist() == [1.0] * 40
+    assert sel.stats["match_error"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_overflow_is_deterministic_and_never_negative():
+    feats, _ = pool(n=10)
+    sources = ["rare"] * 4 + ["tiny"] * 3 + ["math"] * 3
+    sel = CoresetSelector(CoresetConfig(), SIZES).select(feats, sources, 3)
+    check_selection(sel, 10, 3, expect_full_weight=False)
+    # round-robin from the rarest source ("tiny", 5): tiny 4, rare 0, tiny 5
+    assert sel.indices.tolist() == [0, 4, 5]
+    assert sel.stats["overflow"] == 1.0 and sel.stats["dropped_small"] == 4.0
+    assert sel.stats["budget_large"] == 0.0 and sel.stats["selected/math"] == 0.0
+    assert sel.weights.tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "n,sources,budget",
+    [
+        (1, ["math"], 1),  # one example
+        (1, ["tiny"], 1),  # one small example
+        (12, ["code"] * 12, 5),  # one source
+        (6, ["rare", "tiny"] * 3, 4),  # all small (overflow)
+        (6, ["rare", "tiny"] * 3, 6),  # all small, all kept
+    ],
+)
+def test_edge_cases(n, sources, budget):
+    feats, _ = pool(n=n)
+    sel = CoresetSelector(CoresetConfig(), SIZES).select(feats, sources, budget)
+    full = sum(1 for s in sources if s in ("rare", "tiny")) <= budget
+    check_selection(sel, n, budget, expect_full_weight=full)
+
+
+def test_duplicate_features_give_distinct_indices():
+    feats = torch.ones(16, 8)
+    feats[8:] = 2.0
+    sel = CoresetSelector(CoresetConfig(small_sources="none"), SIZES).select(feats, ["math"] * 16, 5)
+    check_selection(sel, 16, 5)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        CoresetConfig(similarity="l2", topk_dims=4),
+        CoresetConfig(similarity="cosine", topk_dims=None),
+        CoresetConfig(adam_normalize=False, topk_dims=8),
+        CoresetConfig(small_sources=["tiny"], topk_dims=1000),  # topk >= d keeps all
+    ],
+)
+def test_config_variants(cfg):
+    feats, sources = pool(seed=5)
+    sel = CoresetSelector(cfg, SIZES).select(feats, sources, 17)
+    check_selection(sel, 40, 17)
+
+
+def test_source_label_forms():
+    feats, _ = pool(n=12)
+    sizes = {0: 100, 1: 100, 2: 3}
+    ids = torch.tensor([0, 1] * 5 + [2, 2])
+    a = CoresetSelector(CoresetConfig(), sizes).select(feats, ids, 6)
+    b = CoresetSelector(CoresetConfig(), sizes).select(feats, ids.tolist(), 6)
+    c = CoresetSelector(CoresetConfig(), sizes).select(feats, [str(i) for i in ids.tolist()], 6)
+    np = pytest.importorskip("numpy")
+    d = CoresetSelector(CoresetConfig(), sizes).select(feats, np.array(ids.tolist()), 6)
+    assert a.indices.tolist() == b.indices.tolist() == c.indices.tolist() == d.indices.tolist()
+    assert a.stats["kept_small"] == 2.0 and "selected/2" in a.stats
+    assert CoresetSelector(CoresetConfig(small_sources=["1"]), sizes).small_source_names == [1]
+
+
+@pytest.mark.parametrize(
+    "features,sources,budget,match",
+    [
+        (torch.tensor([[1.0, float("nan")]] * 4), ["math"] * 4, 2, "NaN or inf"),
+        (torch.tensor([[1.0, float("inf")]] * 4), ["math"] * 4, 2, "NaN or inf"),
+        (torch.tensor([[1.0, float("-inf")], [0.0, 2.0]]), ["rare", "rare"], 1, "NaN or inf"),
+        (torch.randn(4), ["math"] * 4, 2, "2-D"),
+        (torch.randn(4, 2, 2), ["math"] * 4, 2, "2-D"),
+        (torch.ones(4, 2, dtype=torch.long), ["math"] * 4, 2, "floating"),
+        ([[1.0, 2.0]], ["math"], 1, "torch.Tensor"),
+        (torch.randn(4, 3), ["math"] * 3, 2, "4 rows but sources has 3"),
+        (torch.randn(4, 3), torch.zeros(5, dtype=torch.long), 2, "4 rows but sources has 5"),
+        (torch.randn(4, 3), torch.zeros(2, 2, dtype=torch.long), 2, "1-D"),
+        (torch.randn(4, 3), "mmmm", 2, "sequence"),
+        (torch.randn(4, 3), ["math"] * 4, 0, "budget"),
+        (torch.randn(4, 3), ["math"] * 4, 5, "budget"),
+        (torch.randn(4, 3), ["math"] * 4, -1, "budget"),
+        (torch.randn(4, 3), ["math"] * 4, 2.0, "budget"),
+        (torch.randn(4, 3), ["math"] * 3 + ["nope"], 2, "'nope' is not in source_sizes"),
+    ],
+)
+def test_bad_input(features, sources, budget, match):
+    selector = CoresetSelector(CoresetConfig(), SIZES)
+    with pytest.raises(ValueError, match=match):
+        selector.select(features, sources, budget)
+    assert selector.normalizer.step == 0 and selector.calls == 0  # nothing was recorded
+
+
+def test_bad_construction():
+    with pytest.raises(ValueError, match="non-empty"):
+        CoresetSelector(CoresetConfig(), {})
+    with pytest.raises(ValueError, match="integer >= 0"):
+        CoresetSelector(CoresetConfig(), {"a": -1})
+    with pytest.raises(ValueError, match="collide"):
+        CoresetSelector(CoresetConfig(), {1: 3, "1": 4})
+    with pytest.raises(ValueError, match="unknown source"):
+        CoresetSelector(CoresetConfig(small_sources=["zz"]), {"a": 3})
+
+
+def _run(selector, steps):
+    out = []
+    for step in steps:
+        feats, sources = pool(n=40, d=96, seed=10 + step)
+        sel = selector.select(feats, sources, 18)
+        stats = {k: v for k, v in sel.stats.items() if k != "select_ms"}
+        out.append((sel.indices.tolist(), sel.weights.tolist(), stats))
+    return out
+
+
+def test_resume_from_state_dict_selects_identically():
+    cfg = CoresetConfig(topk_dims=24)
+    straight = _run(CoresetSelector(cfg, SIZES), range(5))
+    first = CoresetSelector(cfg, SIZES)
+    head = _run(first, range(2))
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    resumed = CoresetSelector(cfg, SIZES)
+    resumed.load_state_dict(torch.load(buf))
+    tail = _run(resumed, range(2, 5))
+    assert head + tail == straight
+    assert resumed.normalizer.step == 5
+    assert [step[2]["adam_step"] for step in straight] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_adam_history_is_mean_of_selected_large_rows():
+    feats, sources = pool(seed=4)
+    selector = CoresetSelector(CoresetConfig(topk_dims=8), SIZES)
+    sel = selector.select(feats, sources, 20)
+    large = [i for i in sel.indices.tolist() if sources[i] not in ("rare", "tiny")]
+    g = feats[large]
+    torch.testing.assert_close(selector.normalizer.m, 0.1 * g.mean(0))
+    torch.testing.assert_close(selector.normalizer.v, 0.001 * (g * g).mean(0))
+    assert selector.normalizer.step == 1
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from colm import facility_location
+
+    # facility location on a tie-free kernel: the same picks on both devices
+    sim = torch.rand(128, 128, generator=torch.Generator().manual_seed(0))
+    idx_cpu, gains_cpu = facility_location(sim, 64)
+    idx_gpu, gains_gpu = facility_location(sim.cuda(), 64)
+    assert idx_gpu.is_cuda and idx_gpu.tolist() == idx_cpu.tolist()
+    torch.testing.assert_close(gains_gpu.cpu(), gains_cpu)
+    # whole selection: valid on CUDA, same per-source budgets, close objective (near-ties in
+    # float sums may be broken differently on the two devices)
+    cfg = CoresetConfig(topk_dims=32)
+    cpu, gpu = CoresetSelector(cfg, SIZES), CoresetSelector(cfg, SIZES)
+    feats, sources = pool(n=64, d=512, seed=1)
+    a = cpu.select(feats, sources, 30)
+    b = gpu.select(feats.cuda(), sources, 30)
+    assert b.indices.is_cuda and b.weights.is_cuda
+    check_selection(Selection(b.indices.cpu(), b.weights.cpu(), b.stats), 64, 30)
+    for key, value in a.stats.items():
+        if key.startswith("selected/") or key in ("kept_small", "budget_large", "adam_step"):
+            assert b.stats[key] == value
+    assert b.stats["objective"] == pytest.approx(a.stats["objective"], rel=1e-2)
+    assert gpu.normalizer.m.is_cuda
+
+
+def test_top_columns_equals_full_topk():
+    from colm.selector import _top_columns
+
+    gen = torch.Generator().manual_seed(0)
+    for d, k in [(100_000, 256), (5_000, 300), (2_000, 2_000)]:
+        score = torch.rand(d, generator=gen) ** 3  # skewed, no ties
+        expected = torch.sort(torch.topk(score, k).indices).values
+        assert torch.equal(_top_columns(score, k), expected)
+    # many ties at the top: the sampled threshold keeps too many or too few; still k distinct
+    score = torch.zeros(100_000)
+    score[:10] = 1.0
+    cols = _top_columns(score, 256)
+    assert cols.numel() == 256 and set(range(10)) <= set(cols.tolist())
+    assert torch.all(cols[1:] > cols[:-1])
