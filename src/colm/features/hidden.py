@@ -1,0 +1,49 @@
+"""The cheap baseline feature: each example's final hidden state at its last real token.
+
+"Final" means after the final norm: the LM head's input. It is grabbed with a pre-hook on the LM
+head, which then stops the forward, so the LM head never runs.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .structure import StopForward, model_device, model_inputs, output_embeddings
+
+
+def last_token_index(attention_mask: torch.Tensor | None, n: int, T: int) -> torch.Tensor:
+    """Position of each row's last real token ``[n]`` (right or left padding)."""
+    if attention_mask is None:
+        return torch.full((n,), T - 1, dtype=torch.long)
+    positions = torch.arange(T, device=attention_mask.device)  # [T]
+    # highest position holding a real token; an all-padding row gives 0
+    return (attention_mask.ne(0).long() * (positions + 1)).argmax(dim=1)  # [n]
+
+
+def final_hidden_features(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``[n, hidden]`` float32: the final hidden state of each example's last real token.
+
+    One no-grad forward with ``use_cache=False``, stopped before the LM head.
+    """
+    device = model_device(model)
+    inputs = model_inputs(batch, device)
+    store: dict[str, torch.Tensor] = {}
+
+    def grab(module: nn.Module, args: tuple) -> None:
+        store["hidden"] = args[0]
+        raise StopForward
+
+    handle = output_embeddings(model).register_forward_pre_hook(grab)
+    try:
+        with torch.no_grad():
+            model(**inputs, use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+    hidden = store["hidden"]  # [n, T, h]
+    n, T = inputs["input_ids"].shape
+    index = last_token_index(inputs.get("attention_mask"), n, T).to(hidden.device)  # [n]
+    return hidden[torch.arange(n, device=hidden.device), index].float()  # [n, h]

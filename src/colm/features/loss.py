@@ -1,0 +1,71 @@
+"""Per-example language-modelling loss over supervised tokens only.
+
+The reference CoLM code averaged the token NLL over padded positions too, which makes the loss of
+a short example depend on how much padding its batch happened to need. Here an example's loss is
+the mean next-token NLL over the positions whose label is not -100 (padding carries -100).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the next-token loss is computed, Hugging Face style.
+
+    Logits at position t predict ``labels[:, t + 1]``; a position counts when that label is not -100.
+
+    Args:
+        labels: ``[n, T]`` token ids with -100 on unsupervised positions (prompt, padding).
+
+    Returns:
+        ``mask [n, T-1]`` over the logits positions ``0..T-2`` and ``targets [N]``, the supervised
+        next tokens in row-major order of ``mask`` (N = number of True entries).
+    """
+    shifted = labels[:, 1:]  # [n, T-1]
+    mask = shifted != IGNORE_INDEX  # [n, T-1]
+    return mask, shifted[mask]
+
+
+def mean_per_row(token_nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average ``token_nll [N]`` (row-major over ``mask [n, T-1]``) into one value per row ``[n]``.
+
+    Rows without any supervised token get 0: they carry no training signal, and 0 (rather than NaN)
+    keeps downstream similarity computations finite.
+    """
+    n = mask.shape[0]
+    rows = mask.nonzero(as_tuple=True)[0]  # [N]
+    total = torch.zeros(n, dtype=torch.float32, device=token_nll.device)
+    total.index_add_(0, rows, token_nll.float())  # [n]
+    count = mask.sum(dim=1).clamp(min=1).to(torch.float32)  # [n]
+    return total / count
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token negative log-likelihood of each example over its supervised tokens.
+
+    ``logits[:, :-1]`` predicts ``labels[:, 1:]`` (the shift Hugging Face applies); positions
+    whose label is -100 (prompt tokens, padding) are excluded. Rows with no supervised token
+    return 0. Computed in float32 whatever the logits' dtype.
+
+    Memory: only the supervised rows of the logits are gathered and upcast, never a float32 copy
+    of the whole ``[n, T, V]`` tensor.
+
+    Args:
+        logits: ``[n, T, V]``.
+        labels: ``[n, T]`` with -100 where no loss is taken.
+
+    Returns:
+        ``[n]`` float32 losses.
+    """
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"per_example_loss expects logits [n, T, V] and labels [n, T]; got "
+            f"{tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
+    mask, targets = supervised_positions(labels)  # [n, T-1], [N]
+    picked = logits[:, :-1][mask].float()  # [N, V]
+    token_nll = F.cross_entropy(picked, targets, reduction="none")  # [N]
+    return mean_per_row(token_nll, mask)

@@ -1,0 +1,254 @@
+"""Capture the last decoder layer's inputs once, then replay last layer + tail many times.
+
+How the replay stays architecture-generic
+-----------------------------------------
+What runs *after* the last decoder layer differs between models (final norm called ``norm``,
+``ln_f``, ``final_layer_norm`` or ``final_layernorm``; a reshape on GPT-2; logit scaling or soft-
+capping on some families). Rather than rebuilding that tail by hand, a replay runs the model's
+**own forward** with two temporary changes:
+
+1. the decoder ``nn.ModuleList`` is swapped for a one-element list holding only the last layer,
+   so layers ``0..L-2`` are skipped;
+2. a forward pre-hook on the last layer replaces whatever the model passes it by the arguments
+   captured once in :meth:`LastLayerReplay.capture` (hidden states, attention mask, rotary
+   position embeddings, ... exactly as the model passed them).
+
+The model then executes its real tail (final norm, LM head, any functional post-processing).
+The wasted work per replay is the embedding lookup, mask and rotary construction: small next to
+one decoder layer plus the LM head. Substituted parameters go through
+``torch.func.functional_call``, so real parameters are never written.
+
+Capture stops the forward with an exception as soon as the last layer's inputs are recorded, so
+the last layer and the LM head do not run twice.
+
+KV cache: every forward passes ``use_cache=False`` and the captured kwargs are checked to hold no
+``Cache``. A ``DynamicCache`` handed to the layer would grow on each replay and make the attention
+read stale keys/values, silently ignoring perturbations of the value projection.
+
+Loss replays only push the *supervised* positions through the LM head (a pre-hook on it gathers
+them), which both saves compute and avoids materializing the full ``[n, T, V]`` logits.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .loss import mean_per_row, supervised_positions
+from .structure import (
+    DecoderStack,
+    StopForward,
+    find_decoder_stack,
+    model_device,
+    model_inputs,
+    output_embeddings,
+)
+
+
+def _contains_cache(value: Any) -> bool:
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    if isinstance(value, Cache):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_contains_cache(v) for v in value)
+    if isinstance(value, dict):
+        return any(_contains_cache(v) for v in value.values())
+    return False
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(_detach(v) for v in value)
+    if isinstance(value, list):
+        return [_detach(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+class LastLayerReplay:
+    """Replay the last decoder layer + final norm + LM head of a causal LM on captured inputs.
+
+    Usage::
+
+        replay = LastLayerReplay(model)
+        replay.capture(batch)                 # one no-grad forward, stops after layer L-1
+        base = replay.losses()                # [n] per-example losses
+        pert = replay.losses({name: tensor})  # same, with parameters substituted
+
+    ``batch`` holds ``input_ids``, ``attention_mask`` (right or left padding) and ``labels``
+    (-100 where no loss is taken); other keys are ignored. Override names are the model's own
+    parameter names (``model.named_parameters()``) and must belong to the last decoder layer or to
+    the modules after it. Replays run in whatever grad mode the caller is in (the exact features
+    backpropagate through them); the caller chooses eval/train mode.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.stack: DecoderStack = find_decoder_stack(model)
+        self.head: nn.Module = output_embeddings(model)
+        self._args: tuple | None = None
+        self._kwargs: dict | None = None
+        self._inputs: dict[str, torch.Tensor] | None = None
+        self._labels: torch.Tensor | None = None
+
+    # --- capture -------------------------------------------------------------------------------
+    @property
+    def captured(self) -> bool:
+        return self._args is not None
+
+    @property
+    def batch_size(self) -> int:
+        self._require_capture()
+        return self._inputs["input_ids"].shape[0]
+
+    def capture(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Run the model once (no grad, ``use_cache=False``) up to the last decoder layer and keep
+        that layer's positional and keyword inputs. The last layer and the tail do not run."""
+        device = model_device(self.model)
+        inputs = model_inputs(batch, device)
+        labels = batch.get("labels") if hasattr(batch, "get") else None
+        store: dict[str, Any] = {}
+
+        def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            store["args"], store["kwargs"] = _detach(args), _detach(kwargs)
+            raise StopForward
+
+        handle = self.stack.last.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                self.model(**inputs, use_cache=False)
+        except StopForward:
+            pass
+        finally:
+            handle.remove()
+        if "args" not in store:
+            raise RuntimeError("the last decoder layer was never called during the forward")
+        if _contains_cache(store["args"]) or _contains_cache(store["kwargs"]):
+            raise RuntimeError(
+                "the last decoder layer received a KV cache despite use_cache=False; replays "
+                "would read stale keys/values"
+            )
+        self._args, self._kwargs = store["args"], store["kwargs"]
+        self._inputs = inputs
+        self._labels = labels.to(device) if labels is not None else None
+
+    def release(self) -> None:
+        """Drop the captured activations."""
+        self._args = self._kwargs = self._inputs = self._labels = None
+
+    def _require_capture(self) -> None:
+        if not self.captured:
+            raise RuntimeError("call LastLayerReplay.capture(batch) before replaying")
+
+    # --- replays -------------------------------------------------------------------------------
+    def losses(self, overrides: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Per-example mean NLL over supervised tokens, replayed with ``overrides`` substituted.
+
+        Returns ``[n]`` float32 (rows without supervised tokens give 0).
+        """
+        self._require_capture()
+        if self._labels is None:
+            raise ValueError("the captured batch has no `labels`; losses need them")
+        mask, targets = supervised_positions(self._labels)  # [n, T-1], [N]
+        n, T = self._labels.shape
+
+        def gather(module: nn.Module, args: tuple) -> tuple | None:
+            hidden = args[0]
+            if hidden.dim() != 3 or hidden.shape[:2] != (n, T):
+                raise RuntimeError(
+                    f"LM head input has shape {tuple(hidden.shape)}, expected [{n}, {T}, h]"
+                )
+            # Only positions whose next token is supervised need logits.
+            return (hidden[:, :-1][mask].unsqueeze(0),) + tuple(args[1:])  # [1, N, h]
+
+        with self._hooked(self.head, gather):
+            logits = self._forward(overrides).logits  # [1, N, V]
+        token_nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="none"
+        )  # [N]
+        return mean_per_row(token_nll, mask)
+
+    def logits(self, overrides: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Full replayed logits ``[n, T, V]`` (memory-heavy; for checks and debugging)."""
+        self._require_capture()
+        return self._forward(overrides).logits
+
+    def hidden_states(self, overrides: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Replayed final hidden states ``[n, T, h]``: the LM head's input, after the final norm.
+        The LM head itself is skipped."""
+        self._require_capture()
+        store: dict[str, torch.Tensor] = {}
+
+        def grab(module: nn.Module, args: tuple) -> None:
+            store["hidden"] = args[0]
+            raise StopForward
+
+        try:
+            with self._hooked(self.head, grab):
+                self._forward(overrides)
+        except StopForward:
+            pass
+        return store["hidden"]
+
+    # --- machinery -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _hooked(self, module: nn.Module, hook) -> Iterator[None]:
+        handle = module.register_forward_pre_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @contextlib.contextmanager
+    def _only_last_layer(self) -> Iterator[None]:
+        """Swap the decoder list for ``[last]`` and feed the last layer its captured inputs."""
+        stack = self.stack
+        args, kwargs = self._args, self._kwargs
+
+        def substitute(module: nn.Module, _args: tuple, _kwargs: dict) -> tuple[tuple, dict]:
+            return args, dict(kwargs)
+
+        handle = stack.last.register_forward_pre_hook(substitute, with_kwargs=True)
+        original = getattr(stack.parent, stack.attr)
+        setattr(stack.parent, stack.attr, nn.ModuleList([stack.last]))
+        try:
+            yield
+        finally:
+            setattr(stack.parent, stack.attr, original)
+            handle.remove()
+
+    def translate(self, overrides: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename overrides to the names they have while the list holds only the last layer."""
+        prefix = self.stack.last_prefix
+        swapped = f"{self.stack.path}.0." if self.stack.path else "0."
+        layers = f"{self.stack.path}."
+        out: dict[str, torch.Tensor] = {}
+        for name, value in overrides.items():
+            if name.startswith(prefix):
+                out[swapped + name[len(prefix):]] = value
+            elif name.startswith(layers):
+                raise ValueError(
+                    f"cannot replay {name!r}: only parameters of the last decoder layer "
+                    f"({prefix}*) and of the modules after it can be substituted"
+                )
+            else:
+                out[name] = value
+        return out
+
+    def _forward(self, overrides: Mapping[str, torch.Tensor] | None):
+        params = self.translate(overrides or {})
+        with self._only_last_layer():
+            return functional_call(
+                self.model, params, args=(), kwargs={**self._inputs, "use_cache": False},
+                strict=False,
+            )

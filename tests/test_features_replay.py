@@ -1,0 +1,126 @@
+"""LastLayerReplay: replayed losses equal the full model's, with and without perturbations,
+for every architecture, with and without LoRA, on right-padded batches."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from colm.features import LastLayerReplay, find_target_parameters, per_example_loss
+from tiny_models import one_thread  # noqa: F401  (autouse: one thread)
+from tiny_models import ARCHS, padded_batch, tiny_model
+
+CASES = [(arch, lora) for arch in ARCHS for lora in (False, True)]
+IDS = [f"{a}{'-lora' if l else ''}" for a, l in CASES]
+
+
+@contextlib.contextmanager
+def applied(param: torch.nn.Parameter, value: torch.Tensor):
+    """Temporarily write ``value`` into the real parameter (the reference computation)."""
+    saved = param.detach().clone()
+    with torch.no_grad():
+        param.copy_(value)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            param.copy_(saved)
+
+
+def full_losses(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return per_example_loss(logits, batch["labels"])
+
+
+@pytest.mark.parametrize("arch,lora", CASES, ids=IDS)
+def test_replay_equals_full_forward(arch: str, lora: bool) -> None:
+    model, batch = tiny_model(arch, lora), padded_batch()
+    replay = LastLayerReplay(model)
+    replay.capture(batch)
+    assert (replay.losses() - full_losses(model, batch)).abs().max() <= 1e-5
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        assert (replay.logits() - logits).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("arch,lora", CASES, ids=IDS)
+def test_perturbed_replay_equals_perturbed_full_forward(arch: str, lora: bool) -> None:
+    model, batch = tiny_model(arch, lora), padded_batch(seed=1)
+    (name, param), = find_target_parameters(model).items()
+    gen = torch.Generator().manual_seed(3)
+    value = param.detach() + 0.5 * torch.randn(param.shape, generator=gen)
+    replay = LastLayerReplay(model)
+    replay.capture(batch)
+    replayed = replay.losses({name: value})
+    with applied(param, value):
+        reference = full_losses(model, batch)
+    assert (replayed - reference).abs().max() <= 1e-5
+    assert (replayed - replay.losses()).abs().max() > 1e-3  # the perturbation matters
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_no_kv_cache_reuse_across_replays(arch: str) -> None:
+    """Fails if replays shared a growing KV cache: each replay must see only its own values."""
+    model, batch = tiny_model(arch), padded_batch(seed=2)
+    (name, param), = find_target_parameters(model).items()
+    replay = LastLayerReplay(model)
+    replay.capture(batch)
+    from transformers.cache_utils import Cache
+
+    assert not any(isinstance(v, Cache) for v in list(replay._kwargs.values()) + list(replay._args))
+    base = replay.losses()
+    gen = torch.Generator().manual_seed(4)
+    for k in range(3):
+        value = param.detach() + 0.3 * (k + 1) * torch.randn(param.shape, generator=gen)
+        replayed = replay.losses({name: value})
+        with applied(param, value):
+            reference = full_losses(model, batch)
+        assert (replayed - reference).abs().max() <= 1e-5, f"replay {k} read stale state"
+        assert (replayed - base).abs().max() > 1e-3
+    assert (replay.losses() - base).abs().max() == 0.0  # unperturbed again: identical
+
+
+def test_kv_cache_control_would_be_detected() -> None:
+    """Negative control: feeding the layer a DynamicCache (the trap) breaks the equality above."""
+    from transformers import DynamicCache
+
+    model, batch = tiny_model("llama"), padded_batch(seed=2)
+    (name, param), = find_target_parameters(model).items()
+    replay = LastLayerReplay(model)
+    replay.capture(batch)
+    replay._kwargs = {**replay._kwargs, "cache": DynamicCache(config=model.config), "use_cache": True}
+    replay.losses()  # fills the cache with unperturbed keys/values
+    value = param.detach() + 0.5 * torch.randn(param.shape, generator=torch.Generator().manual_seed(5))
+    with applied(param, value):
+        reference = full_losses(model, batch)
+    try:
+        replayed = replay.losses({name: value})
+    except RuntimeError:  # the grown cache no longer fits the captured mask: also caught
+        return
+    assert (replayed - reference).abs().max() > 1e-4
+
+
+def test_replay_hidden_states_are_final_normed() -> None:
+    model, batch = tiny_model("phi"), padded_batch()
+    replay = LastLayerReplay(model)
+    replay.capture(batch)
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    output_hidden_states=True)
+        assert (replay.hidden_states() - out.hidden_states[-1]).abs().max() <= 1e-5
+
+
+def test_overriding_an_earlier_layer_is_refused() -> None:
+    model, batch = tiny_model("llama"), padded_batch()
+    replay = LastLayerReplay(model)
+    replay.capture(batch)
+    name = "model.layers.0.self_attn.v_proj.weight"
+    with pytest.raises(ValueError, match="last decoder layer"):
+        replay.losses({name: dict(model.named_parameters())[name]})
+
+
+def test_replay_before_capture_raises() -> None:
+    with pytest.raises(RuntimeError, match="capture"):
+        LastLayerReplay(tiny_model("llama")).losses()
