@@ -1,0 +1,346 @@
+"""CoresetTrainer: `transformers.Trainer` with online coreset selection at every optimizer step.
+
+A thin adapter. The Trainer's own loop runs unchanged; colm plugs into three extension points:
+
+* the training DataLoader yields *rows* (uncollated examples) in chunks `pool_factor` times the
+  per-device batch, so one optimizer step's `gradient_accumulation_steps` chunks form the pool and
+  an epoch stays one pass over the data;
+* `get_batch_samples` (called once per optimizer step) scores the pool without gradients, selects
+  the coreset, and returns exactly the number of micro-batches the loop expects, collated by the
+  user's collator, with `num_items_in_batch` recomputed over the coreset;
+* checkpoints carry the selector state, restored by `resume_from_checkpoint`.
+
+`per_device_train_batch_size` x `gradient_accumulation_steps` x world size keeps its meaning: the
+batch the optimizer steps on. The `source` column reaches the selector only, never the model or
+the user's collator.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset
+from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
+
+from . import distributed
+from .config import CoresetConfig
+from .scoring import pool_features
+from .selector import CoresetSelector, Selection
+
+logger = logging.getLogger(__name__)
+
+SOURCE_KEY = "source"
+ID_KEY = "colm_example_id"
+WEIGHT_KEY = "colm_weight"
+SELECTOR_STATE_FILE = "colm_selector.pt"
+SELECTIONS_FILE = "selections.jsonl"
+_PRIVATE_KEYS = (SOURCE_KEY, ID_KEY)
+_SINGLE_SOURCE = "all"
+
+
+class _IndexedRows(Dataset):
+    """Wraps the training set so every row carries its dataset index (for logs and resume checks)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.dataset[index]
+        if not isinstance(row, dict):
+            raise TypeError(
+                f"CoresetTrainer needs dict rows in train_dataset (got {type(row).__name__} at index {index})"
+            )
+        return {**row, ID_KEY: index}
+
+
+def keep_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """collate_fn of the pool loader: rows stay rows until the coreset is chosen."""
+    return rows
+
+
+def dataset_sources(dataset: Any) -> list[str]:
+    """The `source` of every training row, as strings (a single source when the column is absent)."""
+    names = getattr(dataset, "column_names", None)
+    if names is not None:
+        if SOURCE_KEY not in names:
+            return [_SINGLE_SOURCE] * len(dataset)
+        return [str(s) for s in dataset[SOURCE_KEY]]
+    return [str(dataset[i].get(SOURCE_KEY, _SINGLE_SOURCE)) for i in range(len(dataset))]
+
+
+def split_evenly(items: Sequence[Any], parts: int) -> list[list[Any]]:
+    """Split into `parts` contiguous pieces whose sizes differ by at most one."""
+    base, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for p in range(parts):
+        size = base + (1 if p < extra else 0)
+        out.append(list(items[start : start + size]))
+        start += size
+    return out
+
+
+class CoresetTrainer(Trainer):
+    """`transformers.Trainer` that trains each step on a coreset of a larger pool (CoLM).
+
+    Args:
+        coreset_config: the selection settings; None or `pool_factor=1` trains like `Trainer`.
+        log_selections: also write every step's selected example ids to
+            `<output_dir>/selections.jsonl` (main process only).
+        All other arguments are `transformers.Trainer`'s.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        coreset_config: CoresetConfig | None = None,
+        log_selections: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.coreset_config = coreset_config or CoresetConfig(pool_factor=1)
+        self.log_selections = log_selections
+        self._coreset_logs: dict[str, float] = {}
+        self._coreset_log_count = 0
+        self.last_selection: Selection | None = None
+        self.selector: CoresetSelector | None = None
+        if self.args.n_gpu > 1:
+            raise ValueError(
+                "CoresetTrainer does not support torch.nn.DataParallel (several GPUs in one process); "
+                "launch with `torchrun --nproc_per_node=N` or `accelerate launch` instead"
+            )
+        if self.selection_enabled and self.train_dataset is not None:
+            self.selector = self._build_selector(self.train_dataset)
+
+    # ---- set-up -----------------------------------------------------------------------------
+    @property
+    def selection_enabled(self) -> bool:
+        return self.coreset_config.pool_factor > 1
+
+    def _build_selector(self, dataset: Any) -> CoresetSelector:
+        sizes = Counter(dataset_sources(dataset))
+        if list(sizes) == [_SINGLE_SOURCE]:
+            logger.warning(
+                "train_dataset has no %r column: every example is treated as one source, so no "
+                "source is kept whole", SOURCE_KEY,
+            )
+        return CoresetSelector(self.coreset_config, dict(sizes))
+
+    def get_train_dataloader(self):
+        if self.train_dataset is None:
+            raise ValueError("CoresetTrainer: training requires a train_dataset.")
+        if self.selector is None and self.selection_enabled:
+            self.selector = self._build_selector(self.train_dataset)
+        # The Trainer's own DataLoader machinery (sampler, seeding, accelerate sharding, resume
+        # skipping) is kept; only the batch (a pool chunk) and the collate function change.
+        user_collator, self.data_collator = self.data_collator, keep_rows
+        try:
+            return self._get_dataloader(
+                dataset=_IndexedRows(self.train_dataset),
+                description="Training",
+                batch_size=self._train_batch_size * self.coreset_config.pool_factor,
+                sampler_fn=lambda _: self._get_train_sampler(self.train_dataset),
+                is_training=True,
+            )
+        finally:
+            self.data_collator = user_collator
+
+    def _get_collator_with_removed_columns(self, data_collator: Callable, description: str | None = None):
+        # Training rows are filtered in `_collate` (which must keep `source` for the selector).
+        if description == "Training":
+            return data_collator
+        return super()._get_collator_with_removed_columns(data_collator, description)
+
+    def _collate(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The user's collator on rows stripped of colm's columns (and, as Trainer does, of
+        columns the model's forward does not take)."""
+        keep: Callable[[str], bool]
+        if self.args.remove_unused_columns:
+            self._set_signature_columns_if_needed()
+            allowed = set(self._signature_columns)
+            keep = lambda k: k in allowed  # noqa: E731
+        else:
+            keep = lambda k: k not in _PRIVATE_KEYS  # noqa: E731
+        return self.data_collator([{k: v for k, v in row.items() if keep(k)} for row in rows])
+
+    # ---- one optimizer step's batch ---------------------------------------------------------
+    def get_batch_samples(
+        self, epoch_iterator: Iterator, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | int | None]:
+        chunks: list[list[dict[str, Any]]] = []
+        for _ in range(num_batches):
+            try:
+                chunks.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if not chunks:
+            return [], None
+        if not self.selection_enabled:
+            batches = [self._collate(chunk) for chunk in chunks]
+        else:
+            batches = self._select_batches(chunks, len(chunks), device)
+        return batches, self._get_num_items_in_batch(batches, device)
+
+    def _select_batches(
+        self, chunks: list[list[dict[str, Any]]], num_batches: int, device: torch.device
+    ) -> list[dict[str, Any]]:
+        assert self.selector is not None
+        cfg = self.coreset_config
+        world, rank = distributed.world_size(), distributed.rank()
+        local_rows = [row for chunk in chunks for row in chunk]
+
+        # Score this rank's rows without gradients, in chunks that fit, then assemble the
+        # global pool's features on every rank.
+        start = time.perf_counter()
+        chunk_size = cfg.score_batch_size or self.args.per_device_train_batch_size
+        score_batches = [
+            self._prepare_inputs(self._collate(local_rows[i : i + chunk_size]))
+            for i in range(0, len(local_rows), chunk_size)
+        ]
+        features = pool_features(self.model, score_batches, cfg, step=self.state.global_step)  # [N, d]
+        score_ms = (time.perf_counter() - start) * 1e3
+
+        pool_rows = distributed.gather_objects(local_rows)
+        sources = [str(row.get(SOURCE_KEY, _SINGLE_SOURCE)) for row in pool_rows]
+        # Budget: the batch the optimizer steps on, shrunk with the pool on a short last step,
+        # and a multiple of the world size so every rank trains an equal share.
+        # Every rank contributed num_batches non-empty chunks, so the budget never exceeds the pool.
+        per_rank = max(num_batches, math.ceil(len(pool_rows) / (cfg.pool_factor * world)))
+        budget = min(per_rank * world, len(pool_rows))
+
+        selection = self.selector.select(features, sources, budget)
+        self.last_selection = selection
+        picked = selection.indices.tolist()
+        weights = selection.weights.to(torch.float32)
+        # Normalize to mean 1 over the coreset so the weighted loss keeps the loss scale.
+        weights = weights * (len(picked) / weights.sum())
+
+        self._record_selection(selection, pool_rows, sources, score_ms)
+
+        mine = list(range(rank, len(picked), world))
+        batches = []
+        for part in split_evenly(mine, num_batches):
+            batch = self._collate([pool_rows[picked[j]] for j in part])
+            if cfg.weighted:
+                batch[WEIGHT_KEY] = weights[part].clone()
+            batches.append(batch)
+        return batches
+
+    # ---- loss -------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = inputs.pop(WEIGHT_KEY, None)
+        if weights is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # Cluster-size weighted loss: each example's summed token NLL times its weight, over the
+        # coreset's supervised tokens (the same normalization as the unweighted loss).
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs.logits[:, :-1].float()  # [n, T-1, V]
+        targets = labels[:, 1:]  # [n, T-1]
+        token_nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+        ).view(targets.shape)
+        weighted = (token_nll.sum(dim=1) * weights.to(token_nll.device)).sum()
+        denom = num_items_in_batch if num_items_in_batch is not None else targets.ne(-100).sum()
+        loss = weighted / denom
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- telemetry --------------------------------------------------------------------------
+    def _record_selection(
+        self, selection: Selection, pool_rows: list[dict[str, Any]], sources: list[str], score_ms: float
+    ) -> None:
+        stats = {f"coreset/{k}": float(v) for k, v in selection.stats.items()}
+        stats["coreset/score_ms"] = score_ms
+        for key, value in stats.items():
+            self._coreset_logs[key] = self._coreset_logs.get(key, 0.0) + value
+        self._coreset_log_count += 1
+        if self.log_selections and self.is_world_process_zero():
+            picked = selection.indices.tolist()
+            record = {
+                "step": self.state.global_step + 1,
+                "selected_ids": [int(pool_rows[i][ID_KEY]) for i in picked],
+                "selected_sources": [sources[i] for i in picked],
+                "pool_ids": [int(row[ID_KEY]) for row in pool_rows],
+                "pool_sources": dict(Counter(sources)),
+                "stats": {k: float(v) for k, v in selection.stats.items()},
+            }
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            with open(os.path.join(self.args.output_dir, SELECTIONS_FILE), "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        # Training logs carry 'loss'; attach the selection averages since the previous one.
+        if "loss" in logs and self._coreset_log_count:
+            for key, total in self._coreset_logs.items():
+                logs[key] = round(total / self._coreset_log_count, 6)
+            self._coreset_logs.clear()
+            self._coreset_log_count = 0
+        super().log(logs, *args, **kwargs)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _save_rng_state(self, output_dir: str) -> None:
+        # Called inside every checkpoint save, before trainer_state.json marks it complete: the
+        # selector state is run state like the RNG states, and written atomically.
+        super()._save_rng_state(output_dir)
+        if self.selector is not None and self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            path = os.path.join(output_dir, SELECTOR_STATE_FILE)
+            tmp = path + ".tmp"
+            torch.save(
+                {"config": self.coreset_config.to_dict(), "selector": self.selector.state_dict()}, tmp
+            )
+            os.replace(tmp, path)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir!r} to resume from")
+        if isinstance(checkpoint, str):
+            self._load_selector_state(checkpoint)
+        return super().train(resume_from_checkpoint=checkpoint or None, *args, **kwargs)
+
+    def _load_selector_state(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, SELECTOR_STATE_FILE)
+        if self.selector is None:
+            if self.selection_enabled and self.train_dataset is not None:
+                self.selector = self._build_selector(self.train_dataset)
+            else:
+                return
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"checkpoint {checkpoint!r} has no {SELECTOR_STATE_FILE}: it was not written by a "
+                "CoresetTrainer with selection on, so the selector state cannot be restored"
+            )
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved.get("config") != self.coreset_config.to_dict():
+            logger.warning("resuming with a CoresetConfig that differs from the checkpoint's")
+        self.selector.load_state_dict(saved["selector"])
+        self._truncate_selection_log(checkpoint)
+
+    def _truncate_selection_log(self, checkpoint: str) -> None:
+        """Drop logged selections past the checkpoint: the resumed run writes them again."""
+        log_path = os.path.join(self.args.output_dir, SELECTIONS_FILE)
+        state_path = os.path.join(checkpoint, "trainer_state.json")
+        if not (self.is_world_process_zero() and os.path.isfile(log_path) and os.path.isfile(state_path)):
+            return
+        with open(state_path, encoding="utf-8") as f:
+            resumed_step = json.load(f)["global_step"]
+        with open(log_path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resumed_step]
+        tmp = log_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, log_path)

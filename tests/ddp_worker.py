@@ -1,0 +1,53 @@
+"""One rank of the 2-process CoresetTrainer run in test_distributed.py (launched by torchrun)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+sys.path.insert(0, str(Path(__file__).parent))
+from trainer_helpers import collator, mixture, tiny_llama, training_args  # noqa: E402
+
+from colm import CoresetConfig, CoresetTrainer  # noqa: E402
+
+
+class SelectionLog(TrainerCallback):
+    def __init__(self, trainer_ref):
+        self.trainer_ref, self.steps = trainer_ref, []
+
+    def on_step_end(self, args, state, control, **kw):
+        sel = self.trainer_ref[0].last_selection
+        self.steps.append(sel.indices.tolist())
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    feature = sys.argv[2] if len(sys.argv) > 2 else "zo"
+    ref: list = [None]
+    log = SelectionLog(ref)
+    trainer = CoresetTrainer(
+        model=tiny_llama(), args=training_args(out, per_device_train_batch_size=2, max_steps=4,
+                                               ddp_backend="gloo"),
+        train_dataset=mixture({"big_a": 60, "big_b": 50, "rare": 10}), data_collator=collator(),
+        coreset_config=CoresetConfig(pool_factor=2, zo_probes=2, feature=feature), callbacks=[log],
+    )
+    ref[0] = trainer
+    trainer.train()
+    digest = hashlib.sha256()
+    for _, p in sorted(trainer.model.named_parameters()):
+        digest.update(p.detach().cpu().numpy().tobytes())
+    rank = int(os.environ.get("RANK", 0))
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    (out / f"rank{rank}.json").write_text(json.dumps(
+        {"world": world, "selections": log.steps, "weights_sha256": digest.hexdigest(),
+         "steps": trainer.state.global_step}
+    ))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""CoresetTrainer against a plain Trainer on a tiny Llama: step accounting, identity at
+pool_factor=1, pool membership and budget, private columns, LoRA, weighting and exact resume."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import Trainer, TrainerCallback
+
+from colm import CoresetConfig, CoresetTrainer
+from colm.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE, split_evenly
+from trainer_helpers import collator, mixture, tiny_llama, training_args
+
+SIZES = {"big_a": 60, "big_b": 50, "rare": 10}
+
+
+class Recorder(TrainerCallback):
+    """Learning rate seen at every optimizer step, plus the logged losses."""
+
+    def __init__(self):
+        self.lrs, self.losses, self.steps = [], [], 0
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kw):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+        self.steps += 1
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])
+
+
+class StopAfter(TrainerCallback):
+    """Interrupts training after `step` optimizer steps, as a killed job would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+class TrainedBatches(CoresetTrainer):
+    """Remembers the input_ids of every micro-batch the model is trained on."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.seen = getattr(self, "seen", [])
+        self.seen.append((self.state.global_step, inputs["input_ids"].clone(), inputs["attention_mask"].clone()))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def run(trainer_cls, tmp_path, config=None, dataset=None, callbacks=(), **arg_overrides):
+    rec = Recorder()
+    kwargs = {} if trainer_cls is Trainer else {"coreset_config": config}
+    trainer = trainer_cls(
+        model=tiny_llama(), args=training_args(tmp_path, **arg_overrides),
+        train_dataset=dataset if dataset is not None else mixture(SIZES),
+        data_collator=collator(), callbacks=[rec, *callbacks], **kwargs,
+    )
+    trainer.train()
+    return trainer, rec
+
+
+@pytest.mark.parametrize("arg_overrides", [{"max_steps": 6}, {"max_steps": -1, "num_train_epochs": 2}])
+def test_same_steps_and_learning_rates_as_trainer(tmp_path, arg_overrides):
+    plain_trainer, plain = run(Trainer, tmp_path / "plain", **arg_overrides)
+    _, colm = run(CoresetTrainer, tmp_path / "colm", CoresetConfig(pool_factor=2, zo_probes=2), **arg_overrides)
+    if arg_overrides["max_steps"] < 0:
+        # An epoch is one pass over the data as pools: half as many optimizer steps per epoch.
+        # 120 rows: 15 pool chunks of 8 per epoch -> 8 steps; Trainer: 30 batches of 4 -> 15 steps
+        assert colm.steps == 2 * math.ceil(math.ceil(120 / 8) / 2) == 16
+        assert plain.steps == 2 * math.ceil(math.ceil(120 / 4) / 2) == 30
+        assert plain_trainer.state.epoch == pytest.approx(2.0)
+    else:
+        assert colm.steps == plain.steps == 6
+        assert colm.lrs == pytest.approx(plain.lrs, abs=0)
+
+
+def test_pool_factor_one_is_exactly_trainer(tmp_path):
+    _, plain = run(Trainer, tmp_path / "plain")
+    _, colm = run(CoresetTrainer, tmp_path / "colm", CoresetConfig(pool_factor=1))
+    assert colm.losses == plain.losses and len(colm.losses) == 6
+    assert colm.lrs == plain.lrs
+
+
+def test_trains_exactly_the_selected_examples(tmp_path):
+    ds = mixture(SIZES)
+    trainer = TrainedBatches(
+        model=tiny_llama(), args=training_args(tmp_path / "logged"), train_dataset=ds,
+        data_collator=collator(), coreset_config=CoresetConfig(pool_factor=2, zo_probes=2),
+        log_selections=True,
+    )
+    trainer.train()
+    records = [json.loads(l) for l in open(tmp_path / "logged" / SELECTIONS_FILE)]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    budget = 4 * 2  # per_device_train_batch_size x gradient_accumulation_steps
+    for rec in records:
+        assert len(rec["pool_ids"]) == 2 * budget
+        assert len(rec["selected_ids"]) == budget == len(set(rec["selected_ids"]))
+        assert set(rec["selected_ids"]) <= set(rec["pool_ids"])
+        # the rare source is below the mean size: every pool example of it is kept
+        n_rare_pool = rec["pool_sources"].get("rare", 0)
+        assert rec["selected_sources"].count("rare") == min(n_rare_pool, budget)
+    # what the model trained on, step by step, is exactly the selected rows
+    for step, rec in enumerate(records):
+        trained = [
+            ids[mask.bool()].tolist()
+            for s, batch_ids, batch_mask in trainer.seen if s == step
+            for ids, mask in zip(batch_ids, batch_mask)
+        ]
+        expected = [ds[i]["input_ids"] for i in rec["selected_ids"]]
+        assert sorted(map(tuple, trained)) == sorted(map(tuple, expected))
+
+
+def test_source_never_reaches_model_or_collator(tmp_path):
+    inner = collator()
+
+    def strict_collator(features):
+        for f in features:
+            assert "source" not in f and "colm_example_id" not in f, sorted(f)
+        return inner(features)
+
+    trainer = CoresetTrainer(
+        model=tiny_llama(), args=training_args(tmp_path, max_steps=2),
+        train_dataset=mixture(SIZES), data_collator=strict_collator,
+        coreset_config=CoresetConfig(pool_factor=2, zo_probes=1),
+    )
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
+def test_selection_telemetry_is_logged(tmp_path):
+    trainer = CoresetTrainer(
+        model=tiny_llama(), args=training_args(tmp_path, max_steps=3),
+        train_dataset=mixture(SIZES), data_collator=collator(),
+        coreset_config=CoresetConfig(pool_factor=2, zo_probes=1),
+    )
+    trainer.train()
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(history) == 3
+    for h in history:
+        for key in ("coreset/select_ms", "coreset/kept_small", "coreset/match_error", "coreset/objective"):
+            assert key in h
+        per_source = sum(v for k, v in h.items() if k.startswith("coreset/selected/"))
+        assert per_source == 8
+
+
+@pytest.mark.parametrize("feature", ["zo", "exact", "hidden"])
+def test_each_feature_type_trains(tmp_path, feature):
+    trainer, rec = run(CoresetTrainer, tmp_path, CoresetConfig(pool_factor=2, feature=feature, zo_probes=2), max_steps=2)
+    assert rec.steps == 2 and all(math.isfinite(l) for l in rec.losses)
+
+
+def test_weighted_loss_uses_cluster_weights(tmp_path):
+    _, uniform = run(CoresetTrainer, tmp_path / "u", CoresetConfig(pool_factor=2, zo_probes=2), max_steps=3)
+    _, weighted = run(CoresetTrainer, tmp_path / "w", CoresetConfig(pool_factor=2, zo_probes=2, weighted=True), max_steps=3)
+    # first step selects the same coreset; weights change the loss unless all are equal
+    assert weighted.steps == 3 and all(math.isfinite(l) for l in weighted.losses)
+    assert weighted.losses != uniform.losses
+
+
+def test_lora_gradient_checkpointing_and_eval(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(
+        tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    )
+    ds = mixture(SIZES)
+    split = ds.train_test_split(test_size=0.2, seed=0)
+    trainer = CoresetTrainer(
+        model=model,
+        args=training_args(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2,
+                           gradient_checkpointing=True),
+        train_dataset=split["train"], eval_dataset=split["test"], data_collator=collator(),
+        coreset_config=CoresetConfig(pool_factor=2, zo_probes=2),
+    )
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert len(evals) == 2 and all(math.isfinite(h["eval_loss"]) for h in evals)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    cfg = CoresetConfig(pool_factor=2, zo_probes=2)
+    ds = mixture(SIZES)
+
+    def make(out, max_steps):
+        return CoresetTrainer(
+            model=tiny_llama(), args=training_args(out, max_steps=max_steps, save_strategy="steps", save_steps=3),
+            train_dataset=ds, data_collator=collator(), coreset_config=cfg, log_selections=True,
+        )
+
+    full = make(tmp_path / "full", 6)
+    full.train()
+    full_log = [json.loads(l) for l in open(tmp_path / "full" / SELECTIONS_FILE)]
+
+    # the interrupted run is stopped right after its checkpoint at step 3 (same schedule) ...
+    part = make(tmp_path / "part", 6)
+    part.add_callback(StopAfter(3))
+    part.train()
+    assert part.state.global_step == 3
+    assert (tmp_path / "part" / "checkpoint-3" / SELECTOR_STATE_FILE).is_file()
+    # ... and a fresh process resumes from it
+    resumed = make(tmp_path / "part", 6)
+    resumed.train(resume_from_checkpoint=True)
+    part_log = [json.loads(l) for l in open(tmp_path / "part" / SELECTIONS_FILE)]
+    assert [r["step"] for r in part_log] == list(range(1, 7))
+    assert [r["selected_ids"] for r in part_log] == [r["selected_ids"] for r in full_log]
+    full_loss = [h["loss"] for h in full.state.log_history if "loss" in h][-1]
+    resumed_loss = [h["loss"] for h in resumed.state.log_history if "loss" in h][-1]
+    assert resumed_loss == pytest.approx(full_loss, rel=1e-5)
+    for (n1, p1), (n2, p2) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6, msg=n1)
+
+
+def test_resume_from_a_checkpoint_without_selector_state_is_refused(tmp_path):
+    plain = Trainer(model=tiny_llama(), args=training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2),
+                    train_dataset=mixture(SIZES), data_collator=collator())
+    plain.train()
+    trainer = CoresetTrainer(model=tiny_llama(), args=training_args(tmp_path, max_steps=4),
+                             train_dataset=mixture(SIZES), data_collator=collator(),
+                             coreset_config=CoresetConfig(pool_factor=2))
+    with pytest.raises(ValueError, match=SELECTOR_STATE_FILE):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_split_evenly():
+    assert split_evenly(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split_evenly([], 2) == [[], []]

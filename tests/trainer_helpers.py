@@ -1,0 +1,74 @@
+"""Tiny models and mixtures for the trainer tests (built in-process, never downloaded)."""
+from __future__ import annotations
+
+import random
+
+import torch
+from datasets import Dataset
+from transformers import DataCollatorForSeq2Seq, LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+VOCAB = 96
+PAD = 0
+
+
+class TinyTokenizer:
+    """Just enough of a tokenizer for DataCollatorForSeq2Seq (right padding with PAD)."""
+
+    pad_token_id = PAD
+    padding_side = "right"
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def save_pretrained(self, output_dir, **_):
+        return ()
+
+    def pad(self, features, padding=True, max_length=None, pad_to_multiple_of=None, return_tensors="pt", **_):
+        longest = max(len(f["input_ids"]) for f in features)
+        out = {"input_ids": [], "attention_mask": []}
+        for f in features:
+            n = len(f["input_ids"])
+            out["input_ids"].append(list(f["input_ids"]) + [PAD] * (longest - n))
+            out["attention_mask"].append([1] * n + [0] * (longest - n))
+        return {k: torch.tensor(v) for k, v in out.items()}
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+def mixture(sizes: dict[str, int], seed: int = 0, min_len: int = 6, max_len: int = 14) -> Dataset:
+    """Rows with input_ids/labels (prompt tokens masked) and a string `source`.
+
+    Each source draws tokens from its own band of the vocabulary so sources differ in gradient.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for s_idx, (name, count) in enumerate(sizes.items()):
+        lo = 3 + 10 * s_idx
+        for _ in range(count):
+            n = rng.randint(min_len, max_len)
+            ids = [rng.randint(lo, lo + 15) for _ in range(n)]
+            prompt = rng.randint(1, n // 2)
+            rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:], "source": name})
+    rng.shuffle(rows)
+    return Dataset.from_list(rows)
+
+
+def collator() -> DataCollatorForSeq2Seq:
+    return DataCollatorForSeq2Seq(TinyTokenizer(), padding=True, label_pad_token_id=-100)
+
+
+def training_args(out_dir, **overrides) -> TrainingArguments:
+    base = dict(
+        output_dir=str(out_dir), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        max_steps=6, learning_rate=5e-3, lr_scheduler_type="linear", warmup_steps=2,
+        logging_steps=1, save_strategy="no", report_to=[], seed=7, data_seed=7,
+        use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+    )
+    base.update(overrides)
+    return TrainingArguments(**base)
