@@ -43,3 +43,14 @@ def test_non_linear_target_uses_fallback() -> None:
     got = exact_gradients(replay, targets)
     want = reference_gradients(model, batch, next(iter(targets.values())))
     assert ((got - want).norm() / want.norm()) <= 1e-4
+
+
+@pytest.mark.parametrize("feature", ["zo", "exact", "hidden"])
+def test_features_are_the_same_under_an_outer_no_grad(feature: str) -> None:
+    # The trainer scores pools under torch.no_grad(); exact features must still take gradients.
+    model, batch = tiny_model("llama", True), padded_batch()
+    config = CoresetConfig(feature=feature, zo_probes=2)
+    free = gradient_features(model, batch, config)
+    with torch.no_grad():
+        inside = gradient_features(model, batch, config)
+    torch.testing.assert_close(inside, free, rtol=0, atol=0)

@@ -59,6 +59,9 @@ def _einsum_gradient(layout: str, h: torch.Tensor, delta: torch.Tensor) -> torch
     return torch.einsum("nti,nto->nio", h, delta).reshape(n, -1)  # conv1d: [n, in*out]
 
 
+# Grad mode on for the whole function: callers (the trainer's scoring) may run under
+# torch.no_grad(), where even `losses.sum()` or `losses[i]` would drop the graph.
+@torch.enable_grad()
 def exact_gradients(
     replay: LastLayerReplay, targets: Mapping[str, nn.Parameter]
 ) -> torch.Tensor:
