@@ -227,3 +227,10 @@ def test_resume_from_a_checkpoint_without_selector_state_is_refused(tmp_path):
 def test_split_evenly():
     assert split_evenly(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
     assert split_evenly([], 2) == [[], []]
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    # Scoring runs outside the Trainer's autocast (fp32 features); training steps under bf16.
+    trainer, rec = run(CoresetTrainer, tmp_path, CoresetConfig(pool_factor=2, zo_probes=2), max_steps=2, bf16=True)
+    assert rec.steps == 2 and all(math.isfinite(l) for l in rec.losses)
+    assert trainer.last_selection is not None and len(trainer.last_selection.indices) == 8
