@@ -1,0 +1,379 @@
+"""Options of `colm train` / `colm evaluate`: dataclasses parsed by `transformers.HfArgumentParser`,
+optionally pre-filled from a YAML file (flags win over YAML).
+
+No `from __future__ import annotations` here: HfArgumentParser reads the real field types.
+"""
+import argparse
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from colm.cli.errors import UsageError
+from colm.config import FEATURES, SIMILARITIES, CoresetConfig
+
+#: Sizes of the embedded default model (colm.default_model.MODEL_SIZES; not imported: torch).
+MODEL_SIZES = ("tiny", "small", "base")
+
+
+@dataclass
+class ModelArguments:
+    """Which causal LM to train, and how (full fine-tune or LoRA)."""
+
+    _argument_group_name = "model"  # a --help section (HfArgumentParser convention)
+
+    model: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hugging Face Hub id or local folder of a causal LM. Default: colm's "
+                          "embedded Llama (see --model-size), built offline with no download."},
+    )
+    model_size: str = field(
+        default="tiny",
+        metadata={"choices": list(MODEL_SIZES),
+                  "help": "Size of the embedded default model (tiny ~1.2M parameters, small ~3.7M, "
+                          "base ~10.4M); ignored with --model."},
+    )
+    dtype: Optional[str] = field(
+        default=None,
+        metadata={"choices": ["auto", "float32", "bfloat16", "float16"],
+                  "help": "dtype to load --model in; unset: float32."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modelling code from the Hub (--model)."}
+    )
+    lora_r: int = field(
+        default=0, metadata={"help": "LoRA rank; 0 trains every parameter (full fine-tune)."}
+    )
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scaling alpha (the paper: r=128, alpha=512)."}
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Module names LoRA adapts (e.g. q_proj v_proj), or all-linear. Default: "
+                          "peft's choice for the architecture. CoLM's features read the last "
+                          "layer's v_proj, so keep it adapted."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """Which data to train and validate on, and how it becomes tokens."""
+
+    _argument_group_name = "data"
+
+    data: Optional[str] = field(
+        default=None,
+        metadata={"help": "Training data: a JSONL(.gz) file, a folder of <source>.<split>.jsonl[.gz] "
+                          "files, a saved `datasets` folder or a Hub dataset id. Default: the "
+                          "14-source math mixture shipped with colm."},
+    )
+    train_split: str = field(
+        default="train", metadata={"help": "Split of --data to train on (folders and datasets)."}
+    )
+    eval_data: Optional[str] = field(
+        default=None,
+        metadata={"help": "Validation data (same formats as --data). Default: the --eval-split "
+                          "files of --data when it is a folder that has them, else none."},
+    )
+    eval_split: str = field(
+        default="validation", metadata={"help": "Split used for validation."}
+    )
+    source_field: str = field(
+        default="source",
+        metadata={"help": "Field naming each example's source (default from the file name)."},
+    )
+    prompt_field: str = field(default="prompt", metadata={"help": "Field of the prompt."})
+    response_field: str = field(default="response", metadata={"help": "Field of the response."})
+    messages_field: str = field(
+        default="messages", metadata={"help": "Field of chat examples ({role, content} list)."}
+    )
+    sources: Optional[list[str]] = field(
+        default=None, metadata={"help": "Train and validate on these sources only."}
+    )
+    max_length: int = field(
+        default=256, metadata={"help": "Tokens per example; longer ones are truncated."}
+    )
+    template: Optional[str] = field(
+        default=None,
+        metadata={"help": "Prompt template containing {prompt}. Default: "
+                          "'Question: {prompt}\\nAnswer:\\n'."},
+    )
+    max_examples_per_source: Optional[int] = field(
+        default=None, metadata={"help": "Keep at most this many training examples per source."}
+    )
+    max_eval_examples_per_source: Optional[int] = field(
+        default=None, metadata={"help": "Keep at most this many validation examples per source."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace a previous run's files in --output-dir instead of refusing."},
+    )
+
+
+def _selection_arguments() -> type:
+    """A dataclass mirroring CoresetConfig, with the same documentation.
+
+    Built from CoresetConfig so a new field shows up in `--help` without editing the CLI. Types
+    the argument parser cannot express (None-or-int, str-or-list) are read as strings and
+    converted by `to_coreset_config`, which names the option on a bad value.
+    """
+    docs = CoresetConfig.field_docs()
+    defaults = CoresetConfig()
+    specs: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(CoresetConfig):
+        name = SELECTION_PREFIXED.get(f.name, f.name)
+        default = getattr(defaults, f.name)
+        help_text = docs.get(f.name, "")
+        factory = None
+        if f.name == "topk_dims":
+            typ, value = str, "none" if default is None else str(default)
+            help_text += " ('none' keeps every coordinate.)"
+        elif f.name == "small_sources":
+            typ, value = list[str], None
+            factory = lambda d=default: [d] if isinstance(d, str) else list(d)  # noqa: E731
+        elif f.name in ("adam_betas", "adam_eps"):
+            # None: the optimizer's own (--adam-beta1/--adam-beta2/--adam-epsilon), as METHOD.md asks.
+            typ = Optional[list[float]] if f.name == "adam_betas" else Optional[float]
+            value = None
+            help_text += " Default: the optimizer's."
+        elif f.name == "target_modules":
+            typ, value = Optional[list[str]], None
+        elif f.name == "score_batch_size":
+            typ, value = Optional[int], None
+        else:
+            typ, value = type(default), default
+        meta: dict[str, Any] = {"help": help_text}
+        if f.name in CHOICES:
+            meta["choices"] = list(CHOICES[f.name])
+        spec = field(default_factory=factory, metadata=meta) if factory else field(default=value, metadata=meta)
+        specs.append((name, typ, spec))
+    specs.append((
+        "no_coreset", bool,
+        field(default=False, metadata={"help": "Train without selection (exactly like "
+                                               "transformers.Trainer), for comparisons."}),
+    ))
+    cls = dataclasses.make_dataclass("SelectionArguments", specs)
+    cls.__doc__ = "CoresetConfig, as command-line options (`seed` is --selection-seed)."
+    cls._argument_group_name = "selection (colm.CoresetConfig)"
+    return cls
+
+
+#: CoresetConfig fields whose name clashes with a TrainingArguments field.
+SELECTION_PREFIXED = {"seed": "selection_seed"}
+#: Options whose values are a fixed set (argparse checks them and lists them in --help).
+CHOICES = {"similarity": SIMILARITIES, "feature": FEATURES}
+SelectionArguments = _selection_arguments()
+
+
+def training_arguments_class() -> type:
+    """TrainingArguments with its own --help section (imports transformers: call lazily)."""
+    from transformers import TrainingArguments
+
+    class TrainingOptions(TrainingArguments):
+        _argument_group_name = "training (transformers.TrainingArguments)"
+
+    return TrainingOptions
+
+
+def to_coreset_config(sel: Any, training_args: Any = None) -> Optional[CoresetConfig]:
+    """The CoresetConfig the selection options describe; None with --no-coreset.
+
+    Raises UsageError naming the option when a value is invalid.
+    """
+    if sel.no_coreset:
+        return None
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(CoresetConfig):
+        values[f.name] = getattr(sel, SELECTION_PREFIXED.get(f.name, f.name))
+    topk = str(values["topk_dims"]).strip().lower()
+    if topk in ("none", "all", "null", ""):
+        values["topk_dims"] = None
+    else:
+        try:
+            values["topk_dims"] = int(topk)
+        except ValueError:
+            raise UsageError(f"--topk-dims: expected an integer or 'none', got {topk!r}") from None
+    small = list(values["small_sources"])
+    values["small_sources"] = small[0] if len(small) == 1 and small[0] in ("below_mean", "none") else small
+    if values["adam_betas"] is None:
+        values["adam_betas"] = (
+            (training_args.adam_beta1, training_args.adam_beta2) if training_args else (0.9, 0.999)
+        )
+    if values["adam_eps"] is None:
+        values["adam_eps"] = training_args.adam_epsilon if training_args else 1e-8
+    try:
+        return CoresetConfig(**values)
+    except ValueError as err:
+        # "CoresetConfig.seed = ..." -> name the option the user typed.
+        msg = str(err)
+        for f in dataclasses.fields(CoresetConfig):
+            if msg.startswith(f"CoresetConfig.{f.name} "):
+                opt = "--" + SELECTION_PREFIXED.get(f.name, f.name).replace("_", "-")
+                msg = f"{opt}: {msg}"
+                break
+        raise UsageError(msg) from None
+
+
+# ------------------------------------------------------------------------ parser
+
+
+class ColmArgumentParser:
+    """Factory of HfArgumentParser subclasses whose errors raise UsageError (one line, exit 2)
+    instead of printing usage and calling sys.exit."""
+
+    @staticmethod
+    def create(dataclass_types: Sequence[type], prog: str, description: str, usage: Optional[str] = None):
+        from transformers import HfArgumentParser
+
+        class _Parser(HfArgumentParser):
+            def error(self, message: str):  # noqa: D401 - argparse hook
+                raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+        return _Parser(
+            dataclass_types, prog=prog, description=description, allow_abbrev=False, usage=usage,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """--config FILE.yaml (read before the other options, which override it)."""
+    parser.add_argument(
+        "--config", metavar="FILE.yaml", default=None,
+        help="YAML file of options (keys are option names, with _ or -); flags given on the "
+             "command line override it. A `coreset:` mapping may hold CoresetConfig fields.",
+    )
+
+
+def split_config_flag(argv: Sequence[str]) -> tuple[Optional[str], list[str]]:
+    """Pull `--config PATH` / `--config=PATH` out of argv (the last one wins)."""
+    rest: list[str] = []
+    config = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise UsageError("--config: expected a YAML file path")
+            config, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return config, rest
+
+
+def load_yaml_options(path: str, parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, Any]]:
+    """Read a YAML config into command-line tokens (so argparse converts and checks the values
+    exactly as it does flags) plus the options set to null.
+
+    Every error names the file and line: unreadable YAML, a top level that is not a mapping, an
+    unknown key (with the closest known option), or a value the option does not accept.
+    """
+    import yaml
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"{path}: config file not found")
+    text = file.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(err, "problem", None) or str(err)
+        raise UsageError(f"{where}: invalid YAML: {' '.join(str(problem).split())}") from None
+    if root is None:
+        return [], {}
+    if not isinstance(root, yaml.MappingNode):
+        raise UsageError(f"{path}:{root.start_mark.line + 1}: expected a mapping of option: value")
+    dests = _dest_actions(parser)
+    tokens: list[str] = []
+    nulls: dict[str, Any] = {}
+    for key_node, value_node in _flatten(root, path):
+        key = str(key_node.value)
+        line = key_node.start_mark.line + 1
+        dest = key.replace("-", "_")
+        if dest not in dests:
+            close = difflib.get_close_matches(dest, list(dests), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"{path}:{line}: unknown key {key!r}{hint}")
+        value = yaml.safe_load(yaml.serialize(value_node))
+        action = dests[dest]
+        if value is None:
+            nulls[dest] = None
+            continue
+        mine = _tokens(action, value, f"{path}:{line}: {key}")
+        try:  # check this one value now, so an error can name its line
+            parser.parse_known_args(mine)
+        except UsageError as err:
+            raise UsageError(f"{path}:{line}: {key}: {str(err).split(' (see ')[0]}") from None
+        tokens += mine
+    return tokens, nulls
+
+
+def _flatten(root: Any, path: str):
+    """Top-level pairs; `coreset:`/`selection:` sections hold CoresetConfig field names."""
+    import yaml
+
+    for key_node, value_node in root.value:
+        if str(key_node.value) in ("coreset", "selection") and isinstance(value_node, yaml.MappingNode):
+            for k, v in value_node.value:
+                name = str(k.value).replace("-", "_")
+                k.value = SELECTION_PREFIXED.get(name, name)
+                yield k, v
+        else:
+            yield key_node, value_node
+
+
+def _dest_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    out: dict[str, argparse.Action] = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public listing
+        if not action.option_strings or action.dest in ("help", "config"):
+            continue
+        # The `--no_x` complement shares dest with `--x`; keep the positive option.
+        if any(s.startswith("--no_") or s.startswith("--no-") for s in action.option_strings) \
+                and action.dest in out:
+            continue
+        if isinstance(action, argparse._StoreFalseAction):  # noqa: SLF001
+            continue
+        out.setdefault(action.dest, action)
+    return out
+
+
+def _tokens(action: argparse.Action, value: Any, where: str) -> list[str]:
+    option = action.option_strings[0]
+    if isinstance(value, bool):
+        return [option, "true" if value else "false"]
+    if isinstance(value, list):
+        if action.nargs not in ("+", "*"):
+            raise UsageError(f"{where}: expected a single value, got a list")
+        if not value:
+            raise UsageError(f"{where}: expected at least one value, got an empty list")
+        return [option, *(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in value)]
+    if isinstance(value, dict):
+        return [option, json.dumps(value)]
+    return [option, str(value)]
+
+
+def parse_command(
+    parser: argparse.ArgumentParser, argv: Sequence[str], n_dataclasses: int
+) -> tuple[Any, ...]:
+    """Parse YAML (if --config) then argv into the parser's dataclasses; flags override YAML."""
+    config, rest = split_config_flag(list(argv))
+    yaml_tokens: list[str] = []
+    if config is not None:
+        yaml_tokens, nulls = load_yaml_options(config, parser)
+        if nulls:
+            parser.set_defaults(**nulls)
+    outputs = parser.parse_args_into_dataclasses(
+        args=yaml_tokens + rest, look_for_args_file=False, return_remaining_strings=True
+    )
+    remaining = outputs[-1]
+    if remaining:
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    return tuple(outputs[:n_dataclasses])

@@ -1,0 +1,70 @@
+"""Load and tokenize the training and validation mixtures of a command (before any output)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from colm.data import DataError, default_mixture_dir, load_mixture, tokenize_mixture
+from colm.data.mixture import split_of
+
+
+@dataclass
+class Prepared:
+    """Raw and tokenized splits with their statistics (eval parts None without validation)."""
+
+    train_raw: Any
+    train: Any
+    train_stats: dict[str, Any]
+    eval_raw: Any
+    eval: Any
+    eval_stats: dict[str, Any] | None
+    eval_spec: str | None
+
+
+def _load(spec: Any, split: str | None, data_args: Any, cap: int | None, seed: int):
+    return load_mixture(
+        spec, split=split,
+        source_field=data_args.source_field, prompt_field=data_args.prompt_field,
+        response_field=data_args.response_field, messages_field=data_args.messages_field,
+        sources=data_args.sources, max_examples_per_source=cap, seed=seed,
+    )
+
+
+def eval_spec_for(data_args: Any) -> tuple[Any, str | None]:
+    """(spec, split) of the validation data: --eval-data, else --data's validation split when
+    --data is a folder of split files that has one (the shipped mixture does), else (None, None)."""
+    if data_args.eval_data is not None:
+        return data_args.eval_data, data_args.eval_split
+    folder = Path(data_args.data).expanduser() if data_args.data is not None else default_mixture_dir()
+    if folder.is_dir() and any(split_of(p) == data_args.eval_split for p in folder.iterdir()):
+        return str(folder), data_args.eval_split
+    return None, None
+
+
+def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = False) -> Prepared:
+    """Load, filter and tokenize train (and validation) data; every problem is a DataError
+    naming the file and line or the field."""
+    spec = data_args.data if data_args.data is not None else default_mixture_dir()
+    split = data_args.train_split
+    if Path(str(spec)).expanduser().is_file():
+        split = None  # one file is one split
+    train_raw = _load(spec, split, data_args, data_args.max_examples_per_source, seed)
+    train, train_stats = tokenize_mixture(
+        train_raw, tokenizer, max_length=data_args.max_length, template=data_args.template
+    )
+    if train_stats["n_examples"] == 0:
+        raise DataError(f"{spec}: no training example has a supervised token left after truncation "
+                        f"to --max-length {data_args.max_length}")
+    eval_spec, eval_split = eval_spec_for(data_args)
+    if eval_spec is None:
+        if need_eval:
+            raise DataError("no validation data: pass --eval-data (a file or folder)")
+        return Prepared(train_raw, train, train_stats, None, None, None, None)
+    if Path(str(eval_spec)).expanduser().is_file():
+        eval_split = None
+    eval_raw = _load(eval_spec, eval_split, data_args, data_args.max_eval_examples_per_source, seed)
+    evald, eval_stats = tokenize_mixture(
+        eval_raw, tokenizer, max_length=data_args.max_length, template=data_args.template
+    )
+    return Prepared(train_raw, train, train_stats, eval_raw, evald, eval_stats, str(eval_spec))

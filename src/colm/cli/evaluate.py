@@ -1,0 +1,118 @@
+"""`colm evaluate`: per-source validation loss of a checkpoint, optionally generation exact-match.
+
+Accepts a `colm train` output dir, one of its checkpoint-N folders, any saved Hugging Face causal
+LM folder, or a LoRA adapter folder.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from colm.cli.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="colm evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Per-source validation loss of a checkpoint (a `colm train` output dir, a "
+                    "checkpoint-N folder, a saved model or a LoRA adapter); with --generate, greedy "
+                    "generation and exact match of the answer after 'The answer is'.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="model folder to evaluate")
+    p.add_argument("--data", default=None,
+                   help="validation data: JSONL(.gz) file, folder of split files, saved dataset or "
+                        "Hub id (default: the shipped math mixture)")
+    p.add_argument("--split", default="validation", help="split of a folder or dataset to use")
+    p.add_argument("--sources", nargs="+", default=None, help="evaluate these sources only")
+    p.add_argument("--max-examples-per-source", type=int, default=None,
+                   help="at most this many examples per source (drawn with --seed)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per example (default: the training run's, else 512)")
+    p.add_argument("--template", default=None,
+                   help="prompt template with {prompt} (default: the training run's, else colm's)")
+    p.add_argument("--source-field", default="source")
+    p.add_argument("--prompt-field", default="prompt")
+    p.add_argument("--response-field", default="response")
+    p.add_argument("--messages-field", default="messages")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
+    p.add_argument("--generate", action="store_true",
+                   help="also generate greedily and score exact match of the extracted answer")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="generation length limit")
+    p.add_argument("--output", default=None, metavar="FILE.json",
+                   help="write the results as JSON (default: <checkpoint>/eval.json)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-source subsampling")
+    return p
+
+
+def run(argv: Sequence[str]) -> int:
+    ns = build_parser().parse_args(list(argv))
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(ns, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(ns, name)}")
+    if ns.max_length is not None and ns.max_length < 2:
+        raise UsageError(f"--max-length: must be >= 2, got {ns.max_length}")
+    ckpt = Path(ns.checkpoint).expanduser()
+    if not ckpt.is_dir():
+        raise UsageError(f"--checkpoint {ns.checkpoint}: no such folder")
+
+    import torch
+
+    from colm.cli import modeling
+    from colm.cli.evaluation import generation_exact_match, per_source_loss
+    from colm.cli.outputs import atomic_write_json
+    from colm.cli.report import text_table
+    from colm.data import DEFAULT_TEMPLATE, default_mixture_dir, load_mixture, tokenize_mixture
+
+    info = modeling.find_run_info(ckpt)
+    max_length = ns.max_length or int(info.get("max_length") or 512)
+    template = ns.template or info.get("template") or DEFAULT_TEMPLATE
+    spec = ns.data if ns.data is not None else default_mixture_dir()
+    split = None if Path(str(spec)).expanduser().is_file() else ns.split
+    # Data first: a data error should not wait for a model to load.
+    raw = load_mixture(
+        spec, split=split, source_field=ns.source_field, prompt_field=ns.prompt_field,
+        response_field=ns.response_field, messages_field=ns.messages_field, sources=ns.sources,
+        max_examples_per_source=ns.max_examples_per_source, seed=ns.seed,
+    )
+    model, tokenizer, _ = modeling.load_checkpoint(ckpt)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    tokenized, stats = tokenize_mixture(raw, tokenizer, max_length=max_length, template=template)
+    loss = per_source_loss(model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=ns.batch_size)
+    result: dict[str, Any] = {"checkpoint": str(ckpt), "data": str(spec), "split": split,
+                              "max_length": max_length, "data_stats": stats, "loss": loss}
+    generation = None
+    if ns.generate:
+        generation = generation_exact_match(
+            model, tokenizer, raw, template=template, max_new_tokens=ns.max_new_tokens,
+            max_prompt_length=max_length, batch_size=ns.batch_size,
+        )
+        result["exact_match"] = {k: v for k, v in generation.items() if k != "predictions"}
+        result["predictions"] = generation["predictions"]
+
+    headers = ["source", "examples", "loss"] + (["exact match"] if generation else [])
+    rows = []
+    for src in sorted(set(loss["per_source"]) | set((generation or {}).get("per_source", {}))):
+        row: list[Any] = [src, loss["n_examples"].get(src, 0), loss["per_source"].get(src, math.nan)]
+        if generation:
+            row.append(generation["per_source"].get(src, math.nan))
+        rows.append(row)
+    print(text_table(headers, rows))
+    line = f"loss: mean over sources {loss['mean']:.4f}, worst {loss['worst']:.4f} ({loss['worst_source']})"
+    if generation:
+        line += f"; exact match: mean over sources {generation['mean']:.4f}, overall {generation['overall']:.4f}"
+    print(line)
+    output = Path(ns.output) if ns.output else ckpt / "eval.json"
+    atomic_write_json(output, result)
+    print(f"results: {output}")
+    sys.stdout.flush()
+    return 0
+

@@ -1,0 +1,200 @@
+"""Per-source validation loss and generation exact-match of a causal LM.
+
+The loss is the token-level mean NLL over supervised tokens (labels != -100) of each source, the
+same quantity the Trainer minimises, so a source's number does not depend on how its examples
+were batched. The mean over sources weighs every source equally: on an imbalanced mixture that is
+what tells whether rare sources are learned, and the worst source is reported with it.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from typing import Any, Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+_ANSWER = re.compile(r"the answer is\s*:?\s*(.*)", re.IGNORECASE)
+
+
+def _pad(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    longest = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.as_tensor(r["input_ids"])
+        mask[i, :n] = 1
+        labels[i, :n] = torch.as_tensor(r["labels"])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@torch.no_grad()
+def per_source_loss(model: Any, dataset: Any, *, pad_token_id: int, batch_size: int = 32) -> dict[str, Any]:
+    """Validation loss per source of a tokenized mixture (input_ids, labels, source).
+
+    Returns {"per_source": {source: loss}, "mean": mean over sources, "worst": max over sources,
+    "worst_source", "overall": token-weighted loss, "n_examples": {source: n}, "n_tokens": {...}}.
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows = [dataset[i] for i in range(len(dataset))]
+    # Length-sorted batches waste little compute on padding; results do not depend on order.
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    nll: dict[str, float] = defaultdict(float)
+    tokens: dict[str, int] = defaultdict(int)
+    examples: dict[str, int] = defaultdict(int)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = [rows[i] for i in order[start : start + batch_size]]
+            batch = _pad(chunk, pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits[:, :-1].float()  # [n, T-1, V]
+            targets = batch["labels"][:, 1:]  # [n, T-1]
+            token_nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                ignore_index=IGNORE_INDEX, reduction="none",
+            ).view(targets.shape)
+            sums = token_nll.sum(dim=1).tolist()  # [n]
+            counts = targets.ne(IGNORE_INDEX).sum(dim=1).tolist()  # [n]
+            for row, s, c in zip(chunk, sums, counts):
+                src = str(row["source"])
+                nll[src] += s
+                tokens[src] += c
+                examples[src] += 1
+    finally:
+        model.train(was_training)
+    per_source = {s: nll[s] / tokens[s] for s in sorted(nll) if tokens[s] > 0}
+    return summarize(per_source) | {
+        "overall": sum(nll.values()) / max(1, sum(tokens.values())),
+        "n_examples": dict(sorted(examples.items())),
+        "n_tokens": dict(sorted(tokens.items())),
+    }
+
+
+def summarize(per_source: dict[str, float]) -> dict[str, Any]:
+    """Mean over sources and the worst source of a {source: value} mapping (higher = worse)."""
+    if not per_source:
+        return {"per_source": {}, "mean": math.nan, "worst": math.nan, "worst_source": None}
+    worst = max(per_source, key=per_source.get)
+    return {
+        "per_source": per_source,
+        "mean": sum(per_source.values()) / len(per_source),
+        "worst": per_source[worst],
+        "worst_source": worst,
+    }
+
+
+# ---------------------------------------------------------------- generation
+
+
+def extract_answer(text: str) -> str:
+    """The final answer in "... The answer is X." (the shipped responses' convention),
+    normalized: whitespace collapsed, a trailing period dropped, case folded. Without the
+    phrase, the whole text normalized (short answer-only responses)."""
+    matches = _ANSWER.findall(text)
+    answer = matches[-1] if matches else text
+    answer = answer.strip().splitlines()[0] if answer.strip() else ""
+    answer = " ".join(answer.split()).rstrip(".").strip()
+    return answer.casefold()
+
+
+def _special_prefix(tokenizer: Any) -> list[int]:
+    """Ids the tokenizer puts before a text (e.g. BOS), measured on a probe as training does."""
+    probe = "colm probe"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start])
+    return []
+
+
+def prompt_ids(raw: Any, tokenizer: Any, template: str) -> list[list[int]]:
+    """Token ids of each example's context, exactly as training renders it before the answer."""
+    if "messages" in raw.column_names:
+        texts = [
+            tokenizer.apply_chat_template(m[:-1], add_generation_prompt=True, tokenize=False)
+            for m in raw["messages"]
+        ]
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    prefix = _special_prefix(tokenizer)
+    texts = [template.replace("{prompt}", p) for p in raw["prompt"]]
+    return [prefix + ids for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def references(raw: Any) -> list[str]:
+    """The reference response of every example (prompt/response or chat)."""
+    if "messages" in raw.column_names:
+        return [m[-1]["content"] for m in raw["messages"]]
+    return list(raw["response"])
+
+
+@torch.no_grad()
+def generation_exact_match(
+    model: Any,
+    tokenizer: Any,
+    raw: Any,
+    *,
+    template: str,
+    max_new_tokens: int = 64,
+    max_prompt_length: int = 512,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Greedy generation on each prompt; exact match of the extracted answer, per source.
+
+    Returns summary numbers (per_source accuracy, mean over sources, n per source) and the
+    individual predictions.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    contexts = [ids[-max_prompt_length:] for ids in prompt_ids(raw, tokenizer, template)]
+    refs = references(raw)
+    sources = [str(s) for s in raw["source"]]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    predictions: list[dict[str, Any]] = []
+    correct: dict[str, int] = defaultdict(int)
+    total: dict[str, int] = defaultdict(int)
+    try:
+        for start in range(0, len(contexts), batch_size):
+            chunk = contexts[start : start + batch_size]
+            longest = max(len(c) for c in chunk)
+            # Left padding: every prompt ends at the same position, where generation starts.
+            ids = torch.full((len(chunk), longest), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), longest), dtype=torch.long)
+            for i, c in enumerate(chunk):
+                ids[i, longest - len(c):] = torch.as_tensor(c)
+                mask[i, longest - len(c):] = 1
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                max_new_tokens=max_new_tokens, pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            texts = tokenizer.batch_decode(out[:, longest:], skip_special_tokens=True)
+            for j, text in enumerate(texts):
+                k = start + j
+                pred, ref = extract_answer(text), extract_answer(refs[k])
+                hit = bool(pred) and pred == ref
+                correct[sources[k]] += int(hit)
+                total[sources[k]] += 1
+                predictions.append(
+                    {"source": sources[k], "prediction": pred, "reference": ref, "correct": hit,
+                     "generated": text}
+                )
+    finally:
+        model.train(was_training)
+    acc = {s: correct[s] / total[s] for s in sorted(total)}
+    summary = summarize(acc)
+    return {
+        "per_source": acc,
+        "mean": summary["mean"],
+        "n": dict(sorted(total.items())),
+        "overall": sum(correct.values()) / max(1, sum(total.values())),
+        "predictions": predictions,
+    }

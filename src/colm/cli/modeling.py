@@ -1,0 +1,140 @@
+"""Load the model and tokenizer a command asks for, and wrap it in LoRA when asked."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from colm.cli.errors import UsageError
+
+#: Written into a run's output dir: what `colm evaluate` needs to rebuild the base model of a
+#: LoRA adapter trained on colm's embedded default (which has no Hub id to point to).
+RUN_FILE = "colm_run.json"
+
+
+def load(model_args: Any, *, seed: int) -> tuple[Any, Any]:
+    """(model, tokenizer) for ModelArguments; LoRA-wrapped when --lora-r > 0.
+
+    The embedded default is built from $COLM_CACHE (tokenizer cache); a pretrained model
+    offline that is not cached fails at once with a ValueError naming it.
+    """
+    from colm.default_model import load_model_and_tokenizer
+
+    kwargs: dict[str, Any] = {}
+    if model_args.model is not None:
+        if model_args.dtype is not None:
+            import torch
+
+            kwargs["dtype"] = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+        if model_args.trust_remote_code:
+            kwargs["trust_remote_code"] = True
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model, size=model_args.model_size, seed=seed, **kwargs
+    )
+    if model_args.lora_r > 0:
+        model = apply_lora(model, model_args)
+    return model, tokenizer
+
+
+def apply_lora(model: Any, model_args: Any) -> Any:
+    """A peft LoRA model (only the adapters train). Bad target names raise UsageError."""
+    from peft import LoraConfig, get_peft_model
+
+    if model_args.lora_alpha <= 0 or not 0.0 <= model_args.lora_dropout < 1.0:
+        raise UsageError("--lora-alpha must be > 0 and --lora-dropout in [0, 1)")
+    targets: Any = model_args.lora_target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    config = LoraConfig(
+        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+        target_modules=targets, task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise UsageError(f"--lora-target-modules: {' '.join(str(err).split())}") from None
+
+
+def run_info(model_args: Any, data_args: Any, seed: int) -> dict[str, Any]:
+    """What a later `colm evaluate` needs to know about how the model was trained."""
+    return {
+        "model": model_args.model,
+        "model_size": model_args.model_size,
+        "model_seed": seed,
+        "lora_r": model_args.lora_r,
+        "template": data_args.template,
+        "max_length": data_args.max_length,
+    }
+
+
+def find_run_info(checkpoint: Path) -> dict[str, Any]:
+    """colm_run.json in the checkpoint dir or its parent (a Trainer checkpoint-N); {} if none."""
+    for folder in (checkpoint, checkpoint.parent):
+        path = folder / RUN_FILE
+        if path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{path}: malformed JSON ({err.msg})") from None
+    return {}
+
+
+def load_checkpoint(checkpoint: str | os.PathLike) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, run info) of a saved model folder, a Trainer checkpoint-N, or a LoRA
+    adapter folder (its base: the adapter's base_model_name_or_path, or colm's embedded model
+    recorded in colm_run.json)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(checkpoint).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"--checkpoint {checkpoint}: no such folder")
+    info = find_run_info(path)
+    has_adapter = (path / "adapter_config.json").is_file()
+    has_model = (path / "config.json").is_file()
+    if not (has_adapter or has_model):
+        raise UsageError(
+            f"--checkpoint {checkpoint}: neither a model folder (config.json) nor a LoRA adapter "
+            "(adapter_config.json); pass a `colm train` output dir or one of its checkpoint-N folders"
+        )
+    tok_dir = path if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file() else None
+    if has_model:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path))
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--checkpoint {checkpoint}: could not load the model ({err})") from None
+    else:
+        model = _load_adapter(path, info)
+    if tok_dir is not None:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    elif info.get("model") is None and info:
+        from colm.default_model import default_tokenizer
+
+        tokenizer = default_tokenizer()
+    else:
+        raise UsageError(f"--checkpoint {checkpoint}: no tokenizer files in the folder")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, info
+
+
+def _load_adapter(path: Path, info: dict[str, Any]) -> Any:
+    from peft import PeftModel
+
+    config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    base_id = config.get("base_model_name_or_path")
+    if info and info.get("model") is None:
+        from colm.default_model import default_model, default_tokenizer
+
+        base = default_model(default_tokenizer(), size=info.get("model_size", "tiny"),
+                             seed=int(info.get("model_seed", 0)))
+    elif base_id or info.get("model"):
+        from colm.default_model import load_model_and_tokenizer
+
+        base, _ = load_model_and_tokenizer(info.get("model") or base_id)
+    else:
+        raise UsageError(
+            f"--checkpoint {path}: LoRA adapter without a base model "
+            f"(no base_model_name_or_path and no {RUN_FILE})"
+        )
+    return PeftModel.from_pretrained(base, str(path))

@@ -1,0 +1,157 @@
+"""Trainer callbacks of the CLI: a progress bar, a metrics JSONL, step timing and periodic
+per-source validation."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from transformers import TrainerCallback
+
+from colm.cli.outputs import append_jsonl
+
+
+class MetricsFile(TrainerCallback):
+    """Appends every Trainer log line (plus colm's evaluations) to `<output_dir>/metrics.jsonl`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        append_jsonl(self.path, record)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            self.write({"step": state.global_step, **logs})
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step, from the end of the previous one.
+
+    Measured end to end so the pool's scoring and selection (which run before the Trainer's
+    on_step_begin) count; time spent in colm's own evaluations is excluded via `skip()`.
+    """
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+        self._last: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        if self._last is not None:
+            self.durations.append(now - self._last)
+        self._last = now
+
+    def skip(self) -> None:
+        """Restart the clock (after work that is not training)."""
+        self._last = time.perf_counter()
+
+    def summary(self) -> dict[str, float]:
+        d = sorted(self.durations)
+        if not d:
+            return {"steps": 0, "mean_s": math.nan, "median_s": math.nan, "total_s": 0.0}
+        return {
+            "steps": len(d),
+            "mean_s": sum(d) / len(d),
+            "median_s": d[len(d) // 2] if len(d) % 2 else (d[len(d) // 2 - 1] + d[len(d) // 2]) / 2,
+            "total_s": sum(d),
+        }
+
+
+class ProgressBar(TrainerCallback):
+    """A tqdm bar over optimizer steps showing loss, selection time per step and the ETA.
+
+    Replaces transformers' ProgressCallback (which knows nothing of selection)."""
+
+    def __init__(self, desc: str = "train", file: Any = None) -> None:
+        self.desc = desc
+        self.file = file or sys.stderr
+        self.bar = None
+        self.postfix: dict[str, str] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", file=self.file,
+                            dynamic_ncols=True, initial=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is None or not logs:
+            return
+        if "loss" in logs:
+            self.postfix["loss"] = f"{logs['loss']:.3f}"
+        ms = sum(logs.get(k, 0.0) for k in ("coreset/select_ms", "coreset/score_ms"))
+        if ms:
+            self.postfix["sel_ms"] = f"{ms:.0f}"
+        self.bar.set_postfix(self.postfix, refresh=True)
+
+    def show_eval(self, step: int, result: dict[str, Any]) -> None:
+        """Put the latest validation loss (mean over sources) on the bar."""
+        if self.bar is not None:
+            self.postfix["val"] = f"{result['mean']:.3f}"
+            self.bar.set_postfix(self.postfix, refresh=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class PeriodicEval(TrainerCallback):
+    """Per-source validation loss at chosen optimizer steps (`steps`) or every `every` steps.
+
+    `evaluate(model) -> dict` does the work; results go to `history`, to the metrics file, and
+    to `on_result` (e.g. a progress line)."""
+
+    def __init__(
+        self,
+        steps: Iterable[int],
+        evaluate: Callable[[Any], dict[str, Any]],
+        *,
+        every: int | None = None,
+        metrics: MetricsFile | None = None,
+        timer: StepTimer | None = None,
+        on_result: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.steps = set(int(s) for s in steps)
+        self.every = every
+        self.evaluate = evaluate
+        self.metrics = metrics
+        self.timer = timer
+        self.on_result = on_result
+        self.history: list[dict[str, Any]] = []
+
+    def run(self, step: int, model: Any) -> dict[str, Any]:
+        result = self.evaluate(model)
+        record = {"step": step, "eval/loss_mean": result["mean"], "eval/loss_worst": result["worst"],
+                  "eval/loss_overall": result["overall"],
+                  **{f"eval/loss/{s}": v for s, v in result["per_source"].items()}}
+        self.history.append({"step": step, **result})
+        if self.metrics is not None:
+            self.metrics.write(record)
+        if self.on_result is not None:
+            self.on_result(step, result)
+        if self.timer is not None:
+            self.timer.skip()
+        return result
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if 0 in self.steps and state.global_step == 0 and model is not None:
+            self.run(0, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        due = step in self.steps or (self.every and step % self.every == 0)
+        if due and model is not None:
+            self.run(step, model)

@@ -1,0 +1,159 @@
+"""report.json / report.md of a run, and the selection statistics they summarize."""
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from colm.cli.outputs import atomic_write_json, atomic_write_text, read_jsonl
+
+
+def selection_summary(path: str | Path) -> dict[str, Any] | None:
+    """Per-source share of the selected examples vs share of the pool, over a selections.jsonl.
+
+    Returns None when the file does not exist (no selection ran). Shares are over all steps;
+    `per_step` keeps each step's counts for plots.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    selected: Counter[str] = Counter()
+    pool: Counter[str] = Counter()
+    per_step: list[dict[str, Any]] = []
+    for rec in read_jsonl(path):
+        sel = Counter(rec.get("selected_sources", []))
+        pl = Counter(rec.get("pool_sources", {}))
+        selected.update(sel)
+        pool.update(pl)
+        per_step.append({"step": rec.get("step"), "selected": dict(sel), "pool": dict(pl)})
+    n_sel, n_pool = sum(selected.values()), sum(pool.values())
+    sources = sorted(set(selected) | set(pool))
+    per_source = {
+        s: {
+            "selected": selected[s],
+            "pool": pool[s],
+            "selected_share": selected[s] / n_sel if n_sel else math.nan,
+            "pool_share": pool[s] / n_pool if n_pool else math.nan,
+            # Fraction of this source's pool examples that were trained on.
+            "kept_fraction": selected[s] / pool[s] if pool[s] else math.nan,
+        }
+        for s in sources
+    }
+    return {"steps": len(per_step), "n_selected": n_sel, "n_pool": n_pool,
+            "per_source": per_source, "per_step": per_step}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (floats to 4 significant decimals)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned table for the terminal."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4f}"
+        return str(v)
+
+    cells = [[str(h) for h in headers]] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    out = []
+    for k, r in enumerate(cells):
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def mib(n_bytes: float | None) -> str:
+    return "n/a" if not n_bytes else f"{n_bytes / 2**20:.0f} MiB"
+
+
+def train_markdown(report: dict[str, Any]) -> str:
+    """report.md of `colm train`."""
+    cfg = report["config"]
+    lines = [f"# colm train report: {report['output_dir']}", ""]
+    model = cfg["model"]["model"] or f"colm embedded default ({cfg['model']['model_size']})"
+    lora = f"LoRA r={cfg['model']['lora_r']}" if cfg["model"]["lora_r"] else "full fine-tune"
+    sel = "off (--no-coreset)" if cfg["coreset"] is None else f"CoLM, pool_factor={cfg['coreset']['pool_factor']}"
+    t = cfg["training"]
+    lines += [
+        f"- model: {model}, {lora}",
+        f"- selection: {sel}",
+        f"- optimizer steps: {report['global_step']}; batch {t['per_device_train_batch_size']} x "
+        f"accumulation {t['gradient_accumulation_steps']}; learning rate {t['learning_rate']}",
+        f"- time per step: {report['time']['mean_s']:.3f} s mean, {report['time']['median_s']:.3f} s median "
+        f"({report['time']['steps']} steps)",
+        f"- peak memory: {mib(report['memory']['peak_bytes'])} ({report['memory']['description']})",
+        f"- final training loss: {report.get('train_loss')}",
+        "",
+        "## Data",
+        "",
+    ]
+    for name in ("train", "validation"):
+        st = report["data"].get(name)
+        if st:
+            lines.append(
+                f"- {name}: {st['n_examples']} examples kept of {st['n_input']} "
+                f"({st['n_truncated']} truncated at {st['max_length']} tokens, {st['n_dropped']} dropped "
+                f"with no answer token left); {st['n_tokens']} tokens, {st['n_supervised_tokens']} supervised"
+            )
+    lines.append("")
+    val = report.get("validation") or {}
+    shares = (report.get("selection") or {}).get("per_source", {})
+    train_sizes = report["data"]["train"]["per_source"]
+    headers = ["source", "train examples"]
+    if shares:
+        headers += ["pool share", "selected share"]
+    if val:
+        headers += ["validation loss"]
+    rows = []
+    for s in sorted(train_sizes, key=lambda s: -train_sizes[s]):
+        row: list[Any] = [s, train_sizes[s]]
+        if shares:
+            sh = shares.get(s, {})
+            row += [sh.get("pool_share", math.nan), sh.get("selected_share", math.nan)]
+        if val:
+            row.append(val["per_source"].get(s, math.nan))
+        rows.append(row)
+    lines += ["## Per source", "", table(headers, rows), ""]
+    if val:
+        lines += [
+            f"Validation loss: mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} "
+            f"({val['worst_source']}), token-weighted {val['overall']:.4f}.", "",
+        ]
+    lines += ["## Files", "", "- metrics.jsonl: every Trainer log line",
+              "- selections.jsonl: every step's pool and selected examples (with selection on)",
+              "- report.json: this report, machine-readable", ""]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | Path, report: dict[str, Any], markdown: str) -> None:
+    """report.json and report.md, each atomically."""
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "report.md", markdown)
+
+
+def share_series(per_step: list[dict[str, Any]], source: str, window: int) -> tuple[list[int], list[float], list[float]]:
+    """Moving-window share of `source` among selected and among pool examples, per step."""
+    steps, sel, pool = [], [], []
+    acc: dict[str, list[int]] = defaultdict(list)
+    for rec in per_step:
+        acc["sel_s"].append(rec["selected"].get(source, 0))
+        acc["sel_n"].append(sum(rec["selected"].values()))
+        acc["pool_s"].append(rec["pool"].get(source, 0))
+        acc["pool_n"].append(sum(rec["pool"].values()))
+        lo = max(0, len(acc["sel_s"]) - window)
+        steps.append(rec["step"])
+        sel.append(sum(acc["sel_s"][lo:]) / max(1, sum(acc["sel_n"][lo:])))
+        pool.append(sum(acc["pool_s"][lo:]) / max(1, sum(acc["pool_n"][lo:])))
+    return steps, sel, pool

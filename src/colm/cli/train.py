@@ -1,0 +1,262 @@
+"""`colm train`: fine-tune a causal LM on a data mixture with (or without) CoLM selection.
+
+Everything that can fail on bad input (options, YAML, data, model) runs before the output
+directory is touched, so a failed command leaves nothing behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from colm.cli import args as cli_args
+from colm.cli.errors import UsageError
+
+DESCRIPTION = (
+    "Fine-tune a causal LM on a data mixture, training each optimizer step on a CoLM coreset of a "
+    "pool_factor-times larger random pool (or plain training with --no-coreset). Options come "
+    "from --config FILE.yaml and/or flags (flags win). Writes checkpoints, metrics.jsonl, "
+    "selections.jsonl, report.md and report.json into --output-dir."
+)
+#: colm's defaults for a quick CPU run, where they differ from TrainingArguments'.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "output_dir": "runs/train",
+    "max_steps": 100,
+    "learning_rate": 5e-4,
+    "logging_steps": 10,
+    "save_steps": 50,
+    "save_total_limit": 2,
+    "report_to": "none",
+    "dataloader_num_workers": 0,
+    # TrainingArguments turns its bar off when transformers logs quietly, as the CLI makes it.
+    "disable_tqdm": False,
+}
+#: Files of a previous run that --overwrite-output-dir replaces.
+RUN_FILES = ("metrics.jsonl", "selections.jsonl", "report.json", "report.md", "colm_run.json")
+
+
+def build_parser():
+    """The HfArgumentParser of `colm train` (also used to render --help and docs)."""
+    parser = cli_args.ColmArgumentParser.create(
+        [cli_args.ModelArguments, cli_args.DataArguments, cli_args.SelectionArguments,
+         cli_args.training_arguments_class()],
+        prog="colm train", description=DESCRIPTION,
+        usage="colm train [--config FILE.yaml] [options]   (all options below; flags override the YAML)",
+    )
+    cli_args.add_config_option(parser)
+    parser.set_defaults(**TRAINING_DEFAULTS)
+    return parser
+
+
+def parse(argv: Sequence[str]):
+    """(ModelArguments, DataArguments, SelectionArguments, TrainingArguments, CoresetConfig|None)."""
+    parser = build_parser()
+    model_args, data_args, sel_args, targs = cli_args.parse_command(parser, argv, 4)
+    # The subclass only gave --help its section title; Trainer pickles its args into every
+    # checkpoint (training_args.bin), so hand it the plain class (same fields and layout).
+    from transformers import TrainingArguments
+
+    targs.__class__ = TrainingArguments
+    coreset = cli_args.to_coreset_config(sel_args, targs)
+    return model_args, data_args, sel_args, targs, coreset
+
+
+def _resume_target(targs: Any) -> str | bool | None:
+    value = targs.resume_from_checkpoint
+    if value is None:
+        return None
+    if str(value).lower() in ("true", "last", "yes", "1"):
+        return True
+    if not Path(value).is_dir():
+        raise UsageError(f"--resume-from-checkpoint {value}: no such checkpoint folder")
+    return str(value)
+
+
+def _previous_run(out: Path) -> list[str]:
+    if not out.is_dir():
+        return []
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    found += sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
+    return found
+
+
+def check_output_dir(out: Path, overwrite: bool, resume: str | bool | None) -> None:
+    """Refuse to mix two runs' files in one folder (before anything is loaded or written)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {out}: exists and is not a folder")
+    previous = _previous_run(out)
+    if resume is True:
+        if not any(p.startswith("checkpoint-") for p in previous):
+            raise UsageError(f"--resume-from-checkpoint: no checkpoint-* folder in {out} to resume from")
+        return
+    if previous and resume is None and not overwrite:
+        shown = ", ".join(previous[:4]) + (", ..." if len(previous) > 4 else "")
+        raise UsageError(
+            f"--output-dir {out} already holds a run ({shown}); pass --overwrite-output-dir to "
+            "replace it, --resume-from-checkpoint true to continue it, or another --output-dir"
+        )
+
+
+def check_small_sources(coreset: Any, sources: Sequence[str]) -> None:
+    if coreset is not None and isinstance(coreset.small_sources, list):
+        unknown = [s for s in coreset.small_sources if s not in sources]
+        if unknown:
+            raise UsageError(
+                f"--small-sources: unknown source name(s) {unknown}; the training data has {sorted(sources)}"
+            )
+
+
+def make_trainer(
+    model: Any, tokenizer: Any, train_dataset: Any, targs: Any, coreset: Any, *,
+    callbacks: Sequence[Any] = (), log_selections: bool = True, progress: Any = None,
+):
+    """A CoresetTrainer whose progress display is colm's (or none)."""
+    from transformers import DataCollatorForSeq2Seq
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from colm.trainer import CoresetTrainer
+
+    trainer = CoresetTrainer(
+        model=model, args=targs, train_dataset=train_dataset, processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        coreset_config=coreset, log_selections=log_selections and coreset is not None,
+        callbacks=list(callbacks),
+    )
+    # transformers' bar (or its raw-dict printer) would duplicate ours.
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    if progress is not None:
+        trainer.add_callback(progress)
+    return trainer
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop lines logged after `last_step` (a resumed run logs them again)."""
+    from colm.cli.outputs import atomic_write_text, read_jsonl
+
+    if path.is_file():
+        kept = [json.dumps(r) for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _checkpoint_step(out: Path, resume: str | bool) -> int:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = get_last_checkpoint(str(out)) if resume is True else resume
+    state = Path(ckpt) / "trainer_state.json"
+    if not state.is_file():
+        raise UsageError(f"--resume-from-checkpoint {ckpt}: no trainer_state.json in it")
+    return int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
+
+
+def run(argv: Sequence[str]) -> int:
+    model_args, data_args, _sel, targs, coreset = parse(argv)
+    from transformers.trainer_utils import IntervalStrategy
+
+    from colm.cli import dataprep, modeling
+    from colm.cli.evaluation import per_source_loss
+    from colm.cli.memory import PeakMemory
+    from colm.cli.progress import MetricsFile, PeriodicEval, ProgressBar, StepTimer
+    from colm.cli.report import selection_summary, text_table, train_markdown, write_report
+
+    out = Path(targs.output_dir)
+    resume = _resume_target(targs)
+    check_output_dir(out, data_args.overwrite_output_dir, resume)
+
+    # ---- load and check everything before writing anything
+    model, tokenizer = modeling.load(model_args, seed=targs.seed)
+    data_seed = targs.data_seed if targs.data_seed is not None else targs.seed
+    prep = dataprep.prepare(data_args, tokenizer, seed=data_seed)
+    check_small_sources(coreset, list(prep.train_stats["per_source"]))
+    eval_every = 0
+    if targs.eval_strategy == IntervalStrategy.STEPS and prep.eval is not None:
+        # A fractional eval_steps is a share of the run, as in TrainingArguments.
+        steps = targs.eval_steps or targs.logging_steps
+        eval_every = max(1, int(steps * targs.max_steps) if 0 < steps < 1 and targs.max_steps > 0 else int(steps))
+    # colm evaluates per source itself; the Trainer's own loop has no eval dataset to run.
+    targs.eval_strategy = IntervalStrategy.NO
+
+    # ---- from here on the output dir is written
+    out.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for ckpt in out.glob("checkpoint-*"):
+            shutil.rmtree(ckpt, ignore_errors=True)
+    else:
+        last = _checkpoint_step(out, resume)
+        _truncate_jsonl(out / "metrics.jsonl", last)
+    from colm.cli.outputs import atomic_write_json
+
+    atomic_write_json(out / modeling.RUN_FILE, modeling.run_info(model_args, data_args, targs.seed))
+
+    metrics = MetricsFile(out / "metrics.jsonl")
+    timer = StepTimer()
+    pad_id = tokenizer.pad_token_id
+    batch = max(8, targs.per_device_eval_batch_size)
+    callbacks: list[Any] = [timer, metrics]
+    progress = None if targs.disable_tqdm else ProgressBar("colm train")
+    if eval_every:
+        callbacks.append(PeriodicEval(
+            (), lambda m: per_source_loss(m, prep.eval, pad_token_id=pad_id, batch_size=batch),
+            every=eval_every, metrics=metrics, timer=timer,
+            on_result=progress.show_eval if progress is not None else None,
+        ))
+    trainer = make_trainer(model, tokenizer, prep.train, targs, coreset, callbacks=callbacks, progress=progress)
+    started = time.perf_counter()
+    with PeakMemory() as mem:
+        result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - started
+    trainer.save_model()  # final model (or LoRA adapter) + tokenizer in the output dir root
+
+    validation = None
+    if prep.eval is not None:
+        validation = per_source_loss(trainer.model, prep.eval, pad_token_id=pad_id, batch_size=batch)
+        metrics.write({"step": trainer.state.global_step, "eval/loss_mean": validation["mean"],
+                       "eval/loss_worst": validation["worst"],
+                       **{f"eval/loss/{s}": v for s, v in validation["per_source"].items()}})
+    report = {
+        "command": "colm train " + " ".join(argv),
+        "output_dir": str(out),
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "train_wall_s": wall,
+        "config": {
+            "model": dataclasses.asdict(model_args),
+            "data": dataclasses.asdict(data_args),
+            "coreset": coreset.to_dict() if coreset is not None else None,
+            "training": targs.to_dict(),
+        },
+        "data": {"train": prep.train_stats, "validation": prep.eval_stats,
+                 "validation_source": prep.eval_spec},
+        "selection": _without_steps(selection_summary(out / "selections.jsonl")),
+        "validation": validation,
+        "time": timer.summary(),
+        "memory": {"peak_bytes": mem.peak_bytes, "kind": mem.kind, "description": mem.description},
+    }
+    write_report(out, report, train_markdown(report))
+    _print_summary(report, text_table)
+    return 0
+
+
+def _without_steps(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    if summary is not None:
+        summary = {k: v for k, v in summary.items() if k != "per_step"}
+    return summary
+
+
+def _print_summary(report: dict[str, Any], text_table: Any) -> None:
+    val = report.get("validation")
+    t = report["time"]
+    print(f"trained {report['global_step']} steps in {report['train_wall_s']:.1f} s "
+          f"({t['mean_s']:.3f} s/step); final training loss {report['train_loss']:.4f}")
+    if val:
+        rows = [[s, v] for s, v in val["per_source"].items()]
+        print(text_table(["source", "validation loss"], rows))
+        print(f"mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} ({val['worst_source']})")
+    print(f"report: {Path(report['output_dir']) / 'report.md'}")
+    sys.stdout.flush()
