@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from transformers import (
 )
 
 from colm.data.hub import hub_offline, looks_like_local_path
+from colm.files import atomic_write_text
 from colm.data.mixture import split_files
 
 PAD, EOS = "<pad>", "<eos>"
@@ -97,7 +97,7 @@ def default_tokenizer(
     if backend is None:
         backend = _train_bpe(files, vocab_size)
         try:
-            _atomic_write(path, backend.to_str())
+            atomic_write_text(path, backend.to_str())
         except OSError as err:  # read-only home, full disk: still usable, just not cached
             warnings.warn(f"colm: could not cache the default tokenizer at {path}: {err}")
     return _wrap(backend, name=str(path))
@@ -137,20 +137,6 @@ def _train_bpe(files: list[Path], vocab_size: int):
     )
     backend.train_from_iterator(_training_texts(files), trainer=trainer)
     return backend
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see old or new, never half
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _wrap(backend: Any, name: str) -> PreTrainedTokenizerFast:

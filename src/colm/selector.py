@@ -35,7 +35,7 @@ from colm.budget import overflow_keep, small_sources, split_budget
 from colm.config import CoresetConfig
 from colm.facility import cluster_weights, greedy_batched, greedy_unchecked
 from colm.normalize import AdamNormalizer, column_blocks, group_sums
-from colm.similarity import similarity_unchecked
+from colm.similarity import check_features, similarity_unchecked
 
 _STATE_VERSION = 1
 
@@ -131,17 +131,6 @@ class CoresetSelector:
         table = {v: self._lookup(v) for v in dict.fromkeys(sources)}
         return torch.tensor(list(map(table.__getitem__, sources)), dtype=torch.long)
 
-    @staticmethod
-    def _check_features(features: Any) -> None:
-        if not isinstance(features, Tensor):
-            raise ValueError(f"features must be a torch.Tensor, got {type(features).__name__}")
-        if features.dim() != 2:
-            raise ValueError(f"features must be 2-D [n, d], got shape {tuple(features.shape)}")
-        if features.shape[0] < 1 or features.shape[1] < 1:
-            raise ValueError(f"features must have at least one row and one column, got {tuple(features.shape)}")
-        if not features.is_floating_point():
-            raise ValueError(f"features must be floating point, got dtype {features.dtype}")
-
     # --- the selection -------------------------------------------------------------------------
     def select(
         self, features: Tensor, sources: Union[Sequence[Any], Tensor], budget: int
@@ -169,7 +158,8 @@ class CoresetSelector:
                 or naming a source absent from ``source_sizes``; budget not in ``[1, n]``.
         """
         start = time.perf_counter()
-        self._check_features(features)
+        # finiteness is checked once, on the pool mean, where it costs nothing extra
+        check_features(features, "features", finite=False)
         n, d = features.shape
         try:
             budget = operator.index(budget)

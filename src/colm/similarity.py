@@ -15,8 +15,9 @@ METRICS = ("l1", "l2", "cosine")
 _COSINE_TINY = 1e-12
 
 
-def _check_features(x: Tensor, name: str = "x") -> None:
-    """Raise ValueError when ``x`` is not a finite 2-D floating tensor with at least one row."""
+def check_features(x: Tensor, name: str = "x", *, finite: bool = True) -> None:
+    """Raise ValueError when ``x`` is not a (finite, unless ``finite=False``) 2-D floating
+    tensor with at least one row and one column."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
@@ -25,7 +26,7 @@ def _check_features(x: Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must have at least one row and one column, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
+    if finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf values")
 
 
@@ -48,7 +49,7 @@ def pairwise_similarity(x: Tensor, metric: str = "l1") -> Tensor:
     """
     if metric not in METRICS:
         raise ValueError(f"unknown similarity metric {metric!r}; expected one of {METRICS}")
-    _check_features(x)
+    check_features(x)
     return similarity_unchecked(x, metric)
 
 

@@ -31,6 +31,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from . import distributed
 from .config import CoresetConfig
+from .files import truncate_jsonl
 from .scoring import pool_features
 from .selector import CoresetSelector, Selection
 
@@ -332,15 +333,8 @@ class CoresetTrainer(Trainer):
 
     def _truncate_selection_log(self, checkpoint: str) -> None:
         """Drop logged selections past the checkpoint: the resumed run writes them again."""
-        log_path = os.path.join(self.args.output_dir, SELECTIONS_FILE)
         state_path = os.path.join(checkpoint, "trainer_state.json")
-        if not (self.is_world_process_zero() and os.path.isfile(log_path) and os.path.isfile(state_path)):
-            return
-        with open(state_path, encoding="utf-8") as f:
-            resumed_step = json.load(f)["global_step"]
-        with open(log_path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resumed_step]
-        tmp = log_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, log_path)
+        if self.is_world_process_zero() and os.path.isfile(state_path):
+            with open(state_path, encoding="utf-8") as f:
+                resumed_step = json.load(f)["global_step"]
+            truncate_jsonl(os.path.join(self.args.output_dir, SELECTIONS_FILE), resumed_step)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from colm.cli.errors import UsageError
+from colm.cli.errors import OneLineArgumentParser, UsageError
 
 ARMS = (
     ("random_b", "random b", dict(ga=1, coreset=False)),
@@ -32,13 +32,8 @@ PLOTS = ("val_loss.png", "per_source_loss.png", "selection_share.png")
 QUICK = dict(steps=3, batch_size=4, max_length=128, train_per_source=8, eval_per_source=2, eval_points=2)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (see colm.cli.main)
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineArgumentParser(
         prog="colm demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train random b, random 2b and CoLM b-of-2b for the same number of optimizer "
                     "steps on the shipped math mixture with the embedded model; print a table and "

@@ -5,6 +5,8 @@ and exits with status 2; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import argparse
+
 USAGE_EXIT = 2
 
 
@@ -32,3 +34,10 @@ def one_line(err: BaseException) -> str:
             and err.filename and str(err.filename) not in text:
         text = f"{err.filename}: {text}"
     return " ".join(text.split())
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting."""
+
+    def error(self, message: str):  # argparse hook
+        raise UsageError(f"{message} (see `{self.prog} --help`)")

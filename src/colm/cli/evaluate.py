@@ -11,16 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from colm.cli.errors import UsageError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
+from colm.cli.errors import OneLineArgumentParser, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineArgumentParser(
         prog="colm evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Per-source validation loss of a checkpoint (a `colm train` output dir, a "
                     "checkpoint-N folder, a saved model or a LoRA adapter); with --generate, greedy "
@@ -67,7 +62,7 @@ def run(argv: Sequence[str]) -> int:
 
     from colm.cli import modeling
     from colm.cli.evaluation import generation_exact_match, per_source_loss
-    from colm.cli.outputs import atomic_write_json
+    from colm.files import atomic_write_json
     from colm.cli.report import text_table
     from colm.data import DEFAULT_TEMPLATE, default_mixture_dir, load_mixture, tokenize_mixture
 

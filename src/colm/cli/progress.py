@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 
 from transformers import TrainerCallback
 
-from colm.cli.outputs import append_jsonl
+from colm.files import append_jsonl
 
 
 class MetricsFile(TrainerCallback):

@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from colm.cli.outputs import atomic_write_json, atomic_write_text, read_jsonl
+from colm.files import atomic_write_json, atomic_write_text, read_jsonl
 
 
 def selection_summary(path: str | Path) -> dict[str, Any] | None:

@@ -134,15 +134,6 @@ def make_trainer(
     return trainer
 
 
-def _truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop lines logged after `last_step` (a resumed run logs them again)."""
-    from colm.cli.outputs import atomic_write_text, read_jsonl
-
-    if path.is_file():
-        kept = [json.dumps(r) for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def _checkpoint_step(out: Path, resume: str | bool) -> int:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -181,6 +172,8 @@ def run(argv: Sequence[str]) -> int:
     targs.eval_strategy = IntervalStrategy.NO
 
     # ---- from here on the output dir is written
+    from colm.files import truncate_jsonl
+
     out.mkdir(parents=True, exist_ok=True)
     if resume is None:
         for name in RUN_FILES:
@@ -189,8 +182,8 @@ def run(argv: Sequence[str]) -> int:
             shutil.rmtree(ckpt, ignore_errors=True)
     else:
         last = _checkpoint_step(out, resume)
-        _truncate_jsonl(out / "metrics.jsonl", last)
-    from colm.cli.outputs import atomic_write_json
+        truncate_jsonl(out / "metrics.jsonl", last)
+    from colm.files import atomic_write_json
 
     atomic_write_json(out / modeling.RUN_FILE, modeling.run_info(model_args, data_args, targs.seed))
 

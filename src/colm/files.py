@@ -1,4 +1,4 @@
-"""Output files written so that a crash or Ctrl-C never leaves a half-written one."""
+"""Files written so that a crash or Ctrl-C never leaves a half-written one."""
 from __future__ import annotations
 
 import json
@@ -54,3 +54,11 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
     """Atomically write `lines` joined by newlines."""
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def truncate_jsonl(path: str | os.PathLike, last_step: int) -> None:
+    """Drop the lines of a per-step JSONL log whose "step" is past `last_step` (a resumed run
+    writes them again); atomic, and a no-op when the file does not exist."""
+    if os.path.isfile(path):
+        kept = [json.dumps(r) for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
