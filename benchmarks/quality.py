@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from transformers.utils import logging as hf_logging
 
 from colm import CoresetConfig
 from colm.cli.evaluation import per_source_loss
+from colm.cli.memory import PeakMemory
 from colm.cli.train import make_trainer
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
 from colm.default_model import default_model, default_tokenizer
@@ -87,9 +87,9 @@ def run_arm(name, ga, overrides, seed, s, tokenizer, train, evald) -> dict[str, 
     model = default_model(tokenizer, size=s["model_size"], seed=seed)
     clock = StepClock()
     trainer = make_trainer(model, tokenizer, train, targs, coreset, callbacks=[clock], log_selections=False)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    trainer.train()
+    with PeakMemory() as mem:
+        trainer.train()
     wall = time.perf_counter() - started
     with torch.no_grad():
         val = per_source_loss(model, evald, pad_token_id=tokenizer.pad_token_id)
@@ -97,8 +97,8 @@ def run_arm(name, ga, overrides, seed, s, tokenizer, train, evald) -> dict[str, 
         "arm": name, "seed": seed, "val_loss_mean": val["mean"], "val_loss_worst": val["worst"],
         "worst_source": val["worst_source"], "per_source": val["per_source"],
         "step_s": clock.median(), "wall_s": wall,
-        # ru_maxrss only grows: the growth during this arm is a lower bound on its extra memory.
-        "peak_rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024,
+        # CPU: peak RSS growth over the arm's start (see colm.cli.memory); CUDA: max allocated.
+        "peak_mem_mib": mem.peak_bytes / 2**20, "mem_kind": mem.kind,
         "coreset": coreset.to_dict() if coreset else None,
     }
 
@@ -146,9 +146,10 @@ def main() -> None:
     # Summary in the shape issue 6 asks for: {arm: {"val_loss_mean": [...], "val_loss_worst": [...]}}
     summary: dict[str, dict[str, list[float]]] = {}
     for r in results["runs"]:
-        arm = summary.setdefault(r["arm"], {"val_loss_mean": [], "val_loss_worst": [], "step_s": []})
+        arm = summary.setdefault(r["arm"], {"val_loss_mean": [], "val_loss_worst": [], "step_s": [], "peak_mem_mib": []})
         for key in arm:
-            arm[key].append(r[key])
+            if key in r:
+                arm[key].append(r[key])
     results["summary"] = summary
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
