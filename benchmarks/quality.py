@@ -11,10 +11,10 @@ loss on a fixed validation subset, time per step and peak memory growth of the p
   ablations (colm_b_of_2b with one change): no_small_sources, no_adam, no_sparsify,
                  zo_fixed_z (m=1, one z for the run: the reference code), exact, weighted
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/quality.py --arms main --seeds 0,1,2 \
-        --out benchmarks/results/quality.json
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/quality.py --arms ablations --seeds 0,1 \
-        --out benchmarks/results/ablations.json
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --arms main \
+        --seeds 0,1,2 --out benchmarks/results/quality_runs.json --summary benchmarks/results/quality.json
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --arms ablations \
+        --seeds 0,1 --out benchmarks/results/ablations_runs.json --summary benchmarks/results/ablations.json
 
 Results are appended arm by arm to the output JSON (re-running skips arms already there), so a
 long run can be interrupted and resumed.
@@ -103,19 +103,60 @@ def run_arm(name, ga, overrides, seed, s, tokenizer, train, evald) -> dict[str, 
     }
 
 
+def write_summary(runs: list[dict[str, Any]], path: Path) -> None:
+    """The machine-readable summary: per arm, one value per seed (in seed order)."""
+    summary: dict[str, dict[str, list[float]]] = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        arm = summary.setdefault(r["arm"], {"val_loss_mean": [], "val_loss_worst": []})
+        arm["val_loss_mean"].append(r["val_loss_mean"])
+        arm["val_loss_worst"].append(r["val_loss_worst"])
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3f}" if values else "—"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def markdown_table(runs: list[dict[str, Any]]) -> str:
+    """Mean ± sd over seeds per arm (validation loss mean over sources, worst source, s/step)."""
+    arms: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        arms.setdefault(r["arm"], []).append(r)
+    lines = ["| arm | seeds | val loss, mean over sources | val loss, worst source | s / step (median) |",
+             "|---|---:|---|---|---:|"]
+    for arm, rs in arms.items():
+        lines.append(
+            f"| {arm} | {len(rs)} | {_mean_sd([r['val_loss_mean'] for r in rs])} | "
+            f"{_mean_sd([r['val_loss_worst'] for r in rs])} | {statistics.median(r['step_s'] for r in rs):.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", default="main", help="'main', 'ablations' or comma-separated arm names")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--model-size", default="tiny")
     ap.add_argument("--eval-per-source", type=int, default=32)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--summary", type=Path, default=None,
+                    help='also write {arm: {"val_loss_mean": [per seed], "val_loss_worst": [per seed]}} here')
+    ap.add_argument("--summarize", action="store_true",
+                    help="print the markdown table of an existing --out file (no training)")
     args = ap.parse_args()
     hf_logging.set_verbosity_error()
+    if args.summarize:
+        runs = json.loads(args.out.read_text())["runs"]
+        if args.summary:
+            write_summary(runs, args.summary)
+        print(markdown_table(runs))
+        return
 
     table = {**MAIN_ARMS, **ABLATIONS}
     names = (list(MAIN_ARMS) if args.arms == "main" else list(ABLATIONS) if args.arms == "ablations"
@@ -143,21 +184,9 @@ def main() -> None:
             tmp = args.out.with_suffix(".tmp")
             tmp.write_text(json.dumps(results, indent=1))
             tmp.replace(args.out)
-    # Summary in the shape issue 6 asks for: {arm: {"val_loss_mean": [...], "val_loss_worst": [...]}}
-    summary: dict[str, dict[str, list[float]]] = {}
-    for r in results["runs"]:
-        arm = summary.setdefault(r["arm"], {"val_loss_mean": [], "val_loss_worst": [], "step_s": [], "peak_mem_mib": []})
-        for key in arm:
-            if key in r:
-                arm[key].append(r[key])
-    results["summary"] = summary
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(args.out)
-    print("| arm | val loss mean (per seed) | worst source (per seed) | s/step |")
-    for arm, v in summary.items():
-        print(f"| {arm} | {', '.join(f'{x:.4f}' for x in v['val_loss_mean'])} | "
-              f"{', '.join(f'{x:.4f}' for x in v['val_loss_worst'])} | {statistics.median(v['step_s']):.3f} |")
+    if args.summary:
+        write_summary(results["runs"], args.summary)
+    print(markdown_table(results["runs"]))
 
 
 if __name__ == "__main__":
