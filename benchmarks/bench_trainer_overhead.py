@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--features", default="zo,exact,hidden")
-    ap.add_argument("--zo-probes", type=int, default=8)
+    ap.add_argument("--zo-probes", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     hf_logging.set_verbosity_error()
