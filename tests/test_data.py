@@ -157,6 +157,12 @@ def test_filter_by_sources(mixture_dir: Path):
     assert source_sizes(ds) == {"beta": 3}
 
 
+@pytest.mark.parametrize("spec", ["alpha,beta", ["alpha, beta"], ["alpha", "beta"]])
+def test_sources_accept_comma_separated_names(mixture_dir: Path, spec):
+    ds = load_mixture(mixture_dir, split="train", sources=spec)
+    assert set(source_sizes(ds)) == {"alpha", "beta"}
+
+
 def test_unknown_source_names_the_known_ones(mixture_dir: Path):
     with pytest.raises(DataError, match=r"gamma.*known sources are \['alpha', 'beta'\]"):
         load_mixture(mixture_dir, split="train", sources=["beta", "gamma"])

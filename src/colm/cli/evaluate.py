@@ -96,11 +96,15 @@ def run(argv: Sequence[str]) -> int:
     headers = ["source", "examples", "loss"] + (["exact match"] if generation else [])
     rows = []
     for src in sorted(set(loss["per_source"]) | set((generation or {}).get("per_source", {}))):
-        row: list[Any] = [src, loss["n_examples"].get(src, 0), loss["per_source"].get(src, math.nan)]
+        # "—": every example of the source lost its answer to truncation at max_length
+        row: list[Any] = [src, loss["n_examples"].get(src, 0), loss["per_source"].get(src, "—")]
         if generation:
             row.append(generation["per_source"].get(src, math.nan))
         rows.append(row)
     print(text_table(headers, rows))
+    if stats.get("n_dropped"):
+        print(f"note: {stats['n_dropped']} examples had no answer token left at max length {max_length} "
+              "and are not in the loss (raise --max-length to include them)")
     line = f"loss: mean over sources {loss['mean']:.4f}, worst {loss['worst']:.4f} ({loss['worst_source']})"
     if generation:
         line += f"; exact match: mean over sources {generation['mean']:.4f}, overall {generation['overall']:.4f}"

@@ -321,6 +321,8 @@ def _filter_sources(columns: dict[str, list], sources: Sequence[str] | None) -> 
         return columns
     if isinstance(sources, str):  # a lone name would otherwise be read letter by letter
         sources = [sources]
+    # "a,b" (a natural way to type a list on a command line or in YAML) means ["a", "b"]
+    sources = [name.strip() for item in sources for name in str(item).split(",") if name.strip()]
     known = sorted(set(columns[SOURCE]))
     unknown = [s for s in sources if s not in known]
     if unknown:
