@@ -234,3 +234,20 @@ def test_bf16_autocast_on_cpu(tmp_path):
     trainer, rec = run(CoresetTrainer, tmp_path, CoresetConfig(pool_factor=2, zo_probes=2), max_steps=2, bf16=True)
     assert rec.steps == 2 and all(math.isfinite(l) for l in rec.losses)
     assert trainer.last_selection is not None and len(trainer.last_selection.indices) == 8
+
+
+def test_int_sources_with_the_default_collator(tmp_path):
+    # Fixed-length rows so transformers' default_data_collator (no padding) can stack them.
+    ds = mixture(SIZES, min_len=10, max_len=10)
+    names = {name: i for i, name in enumerate(SIZES)}
+    ds = ds.map(lambda r: {"source": names[r["source"]]})
+    trainer = CoresetTrainer(
+        model=tiny_llama(), args=training_args(tmp_path, max_steps=2), train_dataset=ds,
+        coreset_config=CoresetConfig(pool_factor=2), log_selections=True,
+    )
+    trainer.train()
+    records = [json.loads(l) for l in open(tmp_path / SELECTIONS_FILE)]
+    assert len(records) == 2 and all(len(r["selected_ids"]) == 8 for r in records)
+    # the rare source (id 2) is below the mean size: kept whole
+    for r in records:
+        assert r["selected_sources"].count("2") == r["pool_sources"].get("2", 0)
