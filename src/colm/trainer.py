@@ -31,6 +31,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from . import distributed
 from .config import CoresetConfig
+from .features import per_example_nll
 from .files import truncate_jsonl
 from .scoring import pool_features
 from .selector import CoresetSelector, Selection
@@ -245,14 +246,9 @@ class CoresetTrainer(Trainer):
         # coreset's supervised tokens (the same normalization as the unweighted loss).
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        logits = outputs.logits[:, :-1].float()  # [n, T-1, V]
-        targets = labels[:, 1:]  # [n, T-1]
-        token_nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
-        ).view(targets.shape)
-        weighted = (token_nll.sum(dim=1) * weights.to(token_nll.device)).sum()
-        denom = num_items_in_batch if num_items_in_batch is not None else targets.ne(-100).sum()
-        loss = weighted / denom
+        nll_sums, counts = per_example_nll(outputs.logits, labels)  # [n], [n]
+        denom = num_items_in_batch if num_items_in_batch is not None else counts.sum()
+        loss = (nll_sums * weights.to(nll_sums.device)).sum() / denom
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss

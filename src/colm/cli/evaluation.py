@@ -10,25 +10,14 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from colm.data import MixtureCollator
+from colm.features import per_example_nll
+
 _ANSWER = re.compile(r"the answer is\s*:?\s*(.*)", re.IGNORECASE)
-
-
-def _pad(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    longest = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.as_tensor(r["input_ids"])
-        mask[i, :n] = 1
-        labels[i, :n] = torch.as_tensor(r["labels"])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 @torch.no_grad()
@@ -48,22 +37,16 @@ def per_source_loss(model: Any, dataset: Any, *, pad_token_id: int, batch_size: 
     nll: dict[str, float] = defaultdict(float)
     tokens: dict[str, int] = defaultdict(int)
     examples: dict[str, int] = defaultdict(int)
+    collate = MixtureCollator(pad_token_id)
     try:
         for start in range(0, len(order), batch_size):
             chunk = [rows[i] for i in order[start : start + batch_size]]
-            batch = _pad(chunk, pad_token_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits = logits[:, :-1].float()  # [n, T-1, V]
-            targets = batch["labels"][:, 1:]  # [n, T-1]
-            token_nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                ignore_index=IGNORE_INDEX, reduction="none",
-            ).view(targets.shape)
-            sums = token_nll.sum(dim=1).tolist()  # [n]
-            counts = targets.ne(IGNORE_INDEX).sum(dim=1).tolist()  # [n]
-            for row, s, c in zip(chunk, sums, counts):
-                src = str(row["source"])
+            batch = collate(chunk)
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+            sums, counts = per_example_nll(logits, batch["labels"].to(device))  # [n], [n]
+            for src, s, c in zip(batch["source"], sums.tolist(), counts.tolist()):
+                src = str(src)
                 nll[src] += s
                 tokens[src] += c
                 examples[src] += 1

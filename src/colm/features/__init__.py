@@ -8,7 +8,7 @@ from __future__ import annotations
 from .api import gradient_features
 from .exact import exact_gradients
 from .hidden import final_hidden_features, last_token_index
-from .loss import per_example_loss
+from .loss import per_example_loss, per_example_nll
 from .replay import LastLayerReplay
 from .state import scoring_mode
 from .structure import find_decoder_stack
@@ -31,6 +31,7 @@ __all__ = [
     "gradient_features",
     "last_token_index",
     "per_example_loss",
+    "per_example_nll",
     "scoring_mode",
     "zo_coefficients",
     "zo_direction",

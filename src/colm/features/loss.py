@@ -29,36 +29,32 @@ def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return mask, shifted[mask]
 
 
+def sum_per_row(token_nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum ``token_nll [N]`` (row-major over ``mask [n, T-1]``) into one value per row ``[n]``
+    (float32; differentiable)."""
+    rows = mask.nonzero(as_tuple=True)[0]  # [N]
+    total = torch.zeros(mask.shape[0], dtype=torch.float32, device=token_nll.device)
+    return total.index_add(0, rows, token_nll.float())  # [n]
+
+
 def mean_per_row(token_nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Average ``token_nll [N]`` (row-major over ``mask [n, T-1]``) into one value per row ``[n]``.
 
     Rows without any supervised token get 0: they carry no training signal, and 0 (rather than NaN)
     keeps downstream similarity computations finite.
     """
-    n = mask.shape[0]
-    rows = mask.nonzero(as_tuple=True)[0]  # [N]
-    total = torch.zeros(n, dtype=torch.float32, device=token_nll.device)
-    total.index_add_(0, rows, token_nll.float())  # [n]
     count = mask.sum(dim=1).clamp(min=1).to(torch.float32)  # [n]
-    return total / count
+    return sum_per_row(token_nll, mask) / count
 
 
-def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token negative log-likelihood of each example over its supervised tokens.
+def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token NLL ``[n]`` (float32, differentiable) and supervised-token count ``[n]``
+    of each example; the shared core of :func:`per_example_loss`, the trainer's weighted loss and
+    per-source evaluation.
 
     ``logits[:, :-1]`` predicts ``labels[:, 1:]`` (the shift Hugging Face applies); positions
-    whose label is -100 (prompt tokens, padding) are excluded. Rows with no supervised token
-    return 0. Computed in float32 whatever the logits' dtype.
-
-    Memory: only the supervised rows of the logits are gathered and upcast, never a float32 copy
-    of the whole ``[n, T, V]`` tensor.
-
-    Args:
-        logits: ``[n, T, V]``.
-        labels: ``[n, T]`` with -100 where no loss is taken.
-
-    Returns:
-        ``[n]`` float32 losses.
+    whose label is -100 (prompt tokens, padding) are excluded. Only the supervised rows of the
+    logits are gathered and upcast, never a float32 copy of the whole ``[n, T, V]`` tensor.
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(
@@ -68,4 +64,21 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     mask, targets = supervised_positions(labels)  # [n, T-1], [N]
     picked = logits[:, :-1][mask].float()  # [N, V]
     token_nll = F.cross_entropy(picked, targets, reduction="none")  # [N]
-    return mean_per_row(token_nll, mask)
+    return sum_per_row(token_nll, mask), mask.sum(dim=1)
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token negative log-likelihood of each example over its supervised tokens.
+
+    Positions whose label is -100 (prompt tokens, padding) are excluded; rows with no supervised
+    token return 0. Computed in float32 whatever the logits' dtype (see :func:`per_example_nll`).
+
+    Args:
+        logits: ``[n, T, V]``.
+        labels: ``[n, T]`` with -100 where no loss is taken.
+
+    Returns:
+        ``[n]`` float32 losses.
+    """
+    sums, counts = per_example_nll(logits, labels)  # [n], [n]
+    return sums / counts.clamp(min=1).to(torch.float32)
