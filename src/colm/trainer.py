@@ -80,6 +80,15 @@ def dataset_sources(dataset: Any) -> list[str]:
     return [str(dataset[i].get(SOURCE_KEY, _SINGLE_SOURCE)) for i in range(len(dataset))]
 
 
+def checkpoint_step(checkpoint: str | os.PathLike) -> int:
+    """The optimizer step a Trainer checkpoint was written at (from its trainer_state.json)."""
+    path = os.path.join(checkpoint, "trainer_state.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{checkpoint}: not a Trainer checkpoint (no trainer_state.json in it)")
+    with open(path, encoding="utf-8") as f:
+        return int(json.load(f)["global_step"])
+
+
 def split_evenly(items: Sequence[Any], parts: int) -> list[list[Any]]:
     """Split into `parts` contiguous pieces whose sizes differ by at most one."""
     base, extra = divmod(len(items), parts)
@@ -329,8 +338,5 @@ class CoresetTrainer(Trainer):
 
     def _truncate_selection_log(self, checkpoint: str) -> None:
         """Drop logged selections past the checkpoint: the resumed run writes them again."""
-        state_path = os.path.join(checkpoint, "trainer_state.json")
-        if self.is_world_process_zero() and os.path.isfile(state_path):
-            with open(state_path, encoding="utf-8") as f:
-                resumed_step = json.load(f)["global_step"]
-            truncate_jsonl(os.path.join(self.args.output_dir, SELECTIONS_FILE), resumed_step)
+        if self.is_world_process_zero():
+            truncate_jsonl(os.path.join(self.args.output_dir, SELECTIONS_FILE), checkpoint_step(checkpoint))

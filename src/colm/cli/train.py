@@ -6,7 +6,6 @@ directory is touched, so a failed command leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sys
 import time
@@ -137,11 +136,15 @@ def make_trainer(
 def _checkpoint_step(out: Path, resume: str | bool) -> int:
     from transformers.trainer_utils import get_last_checkpoint
 
+    from colm.trainer import checkpoint_step
+
     ckpt = get_last_checkpoint(str(out)) if resume is True else resume
-    state = Path(ckpt) / "trainer_state.json"
-    if not state.is_file():
-        raise UsageError(f"--resume-from-checkpoint {ckpt}: no trainer_state.json in it")
-    return int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
+    if ckpt is None:
+        raise UsageError(f"--resume-from-checkpoint: no checkpoint-N folder in {out}")
+    try:
+        return checkpoint_step(ckpt)
+    except ValueError as err:
+        raise UsageError(f"--resume-from-checkpoint {err}") from None
 
 
 def run(argv: Sequence[str]) -> int:
