@@ -77,7 +77,7 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "exact": dict(feature="exact"),
     "zo m=1 fixed z (reference)": dict(feature="zo", zo_probes=1, zo_fixed_z=True),
     "zo m=1": dict(feature="zo", zo_probes=1),
-    "zo m=8 (current default)": dict(feature="zo", zo_probes=8),
+    "zo m=8 (default before this experiment)": dict(feature="zo", zo_probes=8),
     "zo m=32": dict(feature="zo", zo_probes=32),
     "hidden": dict(feature="hidden"),
     "random": None,
@@ -210,7 +210,7 @@ def summarize(per_pool: dict[str, dict[str, list[float]]]) -> dict[str, dict[str
         if rec.get("zo_vs_emulated_row_cos"):
             summary[name]["zo_vs_emulated_row_cos_mean"] = float(
                 np.mean(rec["zo_vs_emulated_row_cos"]))
-    pairs = [("zo m=1", "zo m=8 (current default)"), ("zo m=8 (current default)", "zo m=32"),
+    pairs = [("zo m=1", "zo m=8 (default before this experiment)"), ("zo m=8 (default before this experiment)", "zo m=32"),
              ("zo m=1", "zo m=1 fixed z (reference)"), ("zo m=1", "exact"), ("zo m=1", "hidden")]
     summary["_paired"] = {
         f"{a} minus {b}": mean_ci(np.asarray(per_pool[a]["cos"]) - np.asarray(per_pool[b]["cos"]))
@@ -324,6 +324,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         g_pool_t = target_part(g_pool)
         is_small = torch.tensor([s in small for s in sources])
         pool_info.append({"pool": p, "n_small": int(is_small.sum())})
+        exact_feats: torch.Tensor | None = None  # set by "exact", which METHODS lists first
 
         for name, overrides in METHODS.items():
             stats: dict[str, float] = {}

@@ -1,7 +1,6 @@
 """colm.default_model: the embedded tokenizer (trained once, cached atomically) and tiny Llama."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 

@@ -254,7 +254,7 @@ def _write_outputs(out: Path, report, arms, selection, sizes, small) -> None:
         "of 2b, at the compute cost that random 2b shows. On CPU the number also counts allocator "
         "caching: compare arms of one run only.", "",
         "## Per-source validation loss", "",
-        f"Sources by training-set size; * = small source (below the mean size), kept whole by CoLM.", "",
+        "Sources by training-set size; * = small source (below the mean size), kept whole by CoLM.", "",
         table(["source", "train n", *(a["label"] for a in arms)], _per_source_rows(arms, sizes, small)), "",
         "## Plots", "",
         f"![validation loss]({PLOTS[0]})", "", f"![per-source loss]({PLOTS[1]})", "",
