@@ -68,3 +68,25 @@ def test_bf16_logits_computed_in_float32() -> None:
 def test_shape_errors() -> None:
     with pytest.raises(ValueError):
         per_example_loss(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_nll_value_and_gradient_equal_cross_entropy(dtype) -> None:
+    from colm.features.loss import token_nll
+
+    gen = torch.Generator().manual_seed(7)
+    logits = (3 * torch.randn(13, 11, generator=gen)).to(dtype).requires_grad_(True)
+    targets = torch.randint(0, 11, (13,), generator=gen)
+    weights = torch.rand(13, generator=gen)
+    got = token_nll(logits, targets)
+    want = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    torch.testing.assert_close(got, want)
+    # retain_graph: the backward may run twice on one graph (the exact features' fallback)
+    (g1,) = torch.autograd.grad((got * weights).sum(), logits, retain_graph=True)
+    (g2,) = torch.autograd.grad((got * weights).sum(), logits)
+    (ref,) = torch.autograd.grad((want * weights).sum(), logits)
+    assert g1.dtype == dtype
+    torch.testing.assert_close(g1, ref)
+    torch.testing.assert_close(g2, ref)
+    with torch.no_grad():
+        torch.testing.assert_close(token_nll(logits, targets), want.detach())

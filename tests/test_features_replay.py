@@ -124,3 +124,44 @@ def test_overriding_an_earlier_layer_is_refused() -> None:
 def test_replay_before_capture_raises() -> None:
     with pytest.raises(RuntimeError, match="capture"):
         LastLayerReplay(tiny_model("llama")).losses()
+
+
+@pytest.mark.parametrize("arch,lora", CASES, ids=IDS)
+def test_loss_replay_runs_the_last_mlp_only_at_supervised_positions(arch: str, lora: bool) -> None:
+    """The trimmed MLP sees [1, N, h] (N supervised positions), and the losses still equal the
+    full model's, perturbed (value projection) or not; an override inside the MLP keeps it whole."""
+    from colm.features.replay import position_wise_mlp
+    from colm.features.loss import supervised_positions
+
+    model, batch = tiny_model(arch, lora), padded_batch(seed=5)
+    replay = LastLayerReplay(model)
+    found = position_wise_mlp(replay.stack.last)
+    assert found is not None, f"{arch}: no MLP child found on the last layer"
+    seen: list[tuple[int, ...]] = []
+    found[1].register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape[:2])))
+    replay.capture(batch)
+    n_supervised = int(supervised_positions(batch["labels"])[0].sum())
+    n, T = batch["input_ids"].shape
+    assert n_supervised < n * (T - 1)  # the batch has prompt and padding positions
+
+    replayed = replay.losses()
+    assert seen == [(1, n_supervised)]
+    assert (replayed - full_losses(model, batch)).abs().max() <= 1e-5
+
+    (name, param), = find_target_parameters(model).items()
+    value = param.detach() + 0.5 * torch.randn(param.shape, generator=torch.Generator().manual_seed(6))
+    seen.clear()
+    replayed = replay.losses({name: value})
+    assert seen == [(1, n_supervised)]
+    with applied(param, value):
+        assert (replayed - full_losses(model, batch)).abs().max() <= 1e-5
+
+    mlp_param, mlp_value = next(
+        (n_, p) for n_, p in model.named_parameters() if n_.startswith(replay._mlp_prefix)
+    )
+    mlp_value = mlp_value.detach() + 0.5
+    seen.clear()
+    replayed = replay.losses({mlp_param: mlp_value})
+    assert seen == [(n, T)]
+    with applied(dict(model.named_parameters())[mlp_param], mlp_value):
+        assert (replayed - full_losses(model, batch)).abs().max() <= 1e-5

@@ -25,6 +25,8 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor
 
+from colm import cpu_kernels
+
 # Elements per column block on CPU: small enough that a block's temporaries stay in cache.
 _CPU_BLOCK_ELEMENTS = 1 << 19
 # On GPU blocks only bound memory; one block is fastest when it fits.
@@ -164,6 +166,10 @@ class AdamNormalizer:
             ``[d]`` the sum of all rows of ``g`` (float32).
         """
         self.prepare(g)
+        if cpu_kernels.applicable(g):
+            return cpu_kernels.adam_group_sums(
+                g, self.m, self.v, groups, n_groups, self._coefficients(), self.eps
+            )
         n, d = g.shape
         sums = torch.empty(n_groups, d, dtype=torch.float32, device=g.device)  # [G, d]
         raw_total = torch.empty(d, dtype=torch.float32, device=g.device)  # [d]

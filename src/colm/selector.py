@@ -31,6 +31,7 @@ from typing import Any, Hashable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from colm import cpu_kernels
 from colm.budget import overflow_keep, small_sources, split_budget
 from colm.config import CoresetConfig
 from colm.facility import cluster_weights, greedy_batched, greedy_unchecked
@@ -366,6 +367,8 @@ def _top_columns(score: Tensor, k: int) -> Tensor:
 
 def _gather(g: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """``g[rows][:, cols]`` ``[len(rows), len(cols)]`` without copying whole rows."""
+    if cpu_kernels.applicable(g):
+        return cpu_kernels.gather(g, rows, cols)
     if not g.is_contiguous():
         return g[rows.unsqueeze(1), cols.unsqueeze(0)]
     # Flat offsets into contiguous g: one take() is cheaper than two-tensor advanced indexing.
@@ -377,6 +380,8 @@ def _selected_sums(
     g: Tensor, rows: Tensor, lin_w: Tensor, sq_w: Optional[Tensor]
 ) -> tuple[Tensor, Optional[Tensor]]:
     """``lin_w @ g[rows]`` ``[a, d]`` and ``sq_w @ g[rows]**2`` ``[b, d]`` in one blocked pass."""
+    if cpu_kernels.applicable(g):
+        return cpu_kernels.selected_sums(g, rows, lin_w, sq_w)
     k = rows.numel()
     d = g.shape[1]
     lin = torch.empty(lin_w.shape[0], d, dtype=torch.float32, device=g.device)

@@ -29,6 +29,41 @@ def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return mask, shifted[mask]
 
 
+class _TokenNLL(torch.autograd.Function):
+    """Per-token NLL ``[N]`` of ``logits [N, V]`` with a one-pass backward.
+
+    ``F.cross_entropy(reduction="none")``'s backward zero-fills an ``[N, V]`` gradient, scatters
+    into it, then runs log-softmax's backward over it: three sweeps over the largest tensor of a
+    replay. The gradient is ``(softmax - onehot) * grad``, computed here from the saved
+    log-probabilities in one sweep plus an N-element scatter.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
+        ctx.save_for_backward(logp, targets)
+        ctx.dtype = logits.dtype
+        return -logp.gather(1, targets.unsqueeze(1)).squeeze(1)  # [N]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logp, targets = ctx.saved_tensors
+        out = torch.exp(logp)  # [N, V] softmax (not in place: the graph may be retained)
+        rows = torch.arange(targets.numel(), device=out.device)
+        out[rows, targets] -= 1.0
+        out.mul_(grad.float().unsqueeze(1))
+        return out.to(ctx.dtype), None
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-token NLL ``[N]`` (float32) of each row of ``logits [N, V]`` (any float dtype) for
+    ``targets [N]`` (all supervised); equal to ``F.cross_entropy(logits.float(), targets,
+    reduction="none")``, with a cheaper backward when ``logits`` requires grad."""
+    if logits.requires_grad and torch.is_grad_enabled():
+        return _TokenNLL.apply(logits, targets)
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
 def sum_per_row(token_nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum ``token_nll [N]`` (row-major over ``mask [n, T-1]``) into one value per row ``[n]``
     (float32; differentiable)."""
@@ -62,9 +97,8 @@ def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
             f"{tuple(logits.shape)} and {tuple(labels.shape)}"
         )
     mask, targets = supervised_positions(labels)  # [n, T-1], [N]
-    picked = logits[:, :-1][mask].float()  # [N, V]
-    token_nll = F.cross_entropy(picked, targets, reduction="none")  # [N]
-    return sum_per_row(token_nll, mask), mask.sum(dim=1)
+    nll = token_nll(logits[:, :-1][mask], targets)  # [N]
+    return sum_per_row(nll, mask), mask.sum(dim=1)
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
