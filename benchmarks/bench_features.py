@@ -1,7 +1,7 @@
 """Cost of per-example feature extraction relative to one no-grad forward of the same pool.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_features.py [--repeats 5] [--threads 2]
-        [--sizes 1M 10M deep]
+        [--sizes 1M 10M deep] [--clock wall|cpu] [--json benchmarks/results/features.json]
 
 For a ~1M and a ~10M parameter Llama (and, with ``--sizes deep``, a 16-layer ~8M one; random
 weights built from configs) and a pool of 128 right-padded sequences of up to 128 tokens (prompt
@@ -17,6 +17,7 @@ Prints a markdown table of seconds and ratios to the forward.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -127,13 +128,23 @@ def main() -> None:
              "other processes sharing the cores)",
     )
     parser.add_argument("--sizes", nargs="+", default=["1M", "10M"], choices=["1M", "10M", "deep"])
+    parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     print(f"torch {torch.__version__}, {args.threads} threads, {args.clock} clock, "
           f"{platform.machine()}, {os.cpu_count()} cores, median of {args.repeats} rounds")
+    results = {}
     for size in args.sizes:
-        run(size, args.repeats, clock)
+        rows = run(size, args.repeats, clock)
+        results[size] = [{"what": label, "median_s": sec, "median_ratio_to_forward": ratio}
+                         for label, sec, ratio in rows]
+    if args.json:
+        env = {"torch": torch.__version__, "threads": args.threads, "clock": args.clock,
+               "repeats": args.repeats, "machine": platform.machine(), "cpu_count": os.cpu_count()}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "sizes": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -99,3 +99,18 @@ def test_selection_same_with_and_without_kernels(adam, monkeypatch):
     if adam:
         torch.testing.assert_close(fused.normalizer.m, plain.normalizer.m)
         torch.testing.assert_close(fused.normalizer.v, plain.normalizer.v)
+
+
+def test_a_numba_failure_falls_back_to_torch_with_a_warning(monkeypatch):
+    def broken():
+        raise RuntimeError("no LLVM target for this CPU")
+
+    monkeypatch.setattr(kernels, "_build", broken)
+    monkeypatch.setattr(kernels, "_kernels", None)
+    monkeypatch.setattr(kernels, "_failed", False)
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)
+    with pytest.warns(RuntimeWarning, match="numba kernels unavailable"):
+        assert not kernels.applicable(torch.zeros(4, 4))
+    # the selector still works, through torch
+    selection = CoresetSelector(CoresetConfig(topk_dims=2), {"a": 10}).select(torch.randn(6, 8), ["a"] * 6, 3)
+    assert selection.indices.numel() == 3

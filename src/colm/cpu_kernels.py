@@ -130,11 +130,30 @@ def _build() -> dict[str, Callable[..., Any]]:
                     for k in range(w):
                         o[k] += c * (x[k] * x[k])
 
-    return {
+    kernels = {
         "adam_group_sums": jit(adam_group_sums),
         "gather": jit(gather),
         "selected_sums": jit(selected_sums),
     }
+    _warm_up(kernels)
+    return kernels
+
+
+def _warm_up(kernels: dict[str, Callable[..., Any]]) -> None:
+    """Compile every loop now, on tiny arrays of the argument types the real calls use, so that
+    a platform where numba cannot compile falls back to torch here instead of failing mid-run."""
+    f32, i64 = np.float32, np.int64
+    g = np.ones((2, 3), f32)
+    one = f32(1.0)
+    kernels["adam_group_sums"](
+        g, np.zeros(3, f32), np.zeros(3, f32), np.zeros(2, i64), one, one, one, one, one,
+        0, 3, 2, np.zeros((1, 3), f32), np.zeros(3, f32),
+    )
+    kernels["gather"](g, np.zeros(1, i64), np.zeros(2, i64), np.zeros((1, 2), f32), 0, 1)
+    kernels["selected_sums"](
+        g, np.zeros(1, i64), np.ones((1, 1), f32), np.ones((1, 1), f32), 0, 3, 2,
+        np.zeros((1, 3), f32), np.zeros((1, 3), f32),
+    )
 
 
 def applicable(g: Tensor) -> bool:

@@ -19,7 +19,8 @@ Cost at Phi-2 size (n = 128, d = 327,680): ``features`` is read about twice, blo
 (step 3's per-source means, and step 5 over the selected rows); only ``[n_q, topk_dims]``
 blocks and ``[n_q, n_q]`` similarities are ever materialized per source. No step loops over
 examples or coordinates in Python, and the only host syncs are the budget bookkeeping, one
-finiteness check and the final stats.
+finiteness check and the final stats. On CPU, large float32 features go through the fused numba
+loops of ``colm.cpu_kernels`` (pass 1, the column gather and pass 2); elsewhere through torch.
 """
 from __future__ import annotations
 
