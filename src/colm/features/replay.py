@@ -32,8 +32,8 @@ supported) runs on those positions only: a pre-hook gathers its input to ``[1, N
 forward hook scatters the output back into a zero ``[n, T, h]``. The other positions' outputs of
 the last layer are then wrong, but nothing reads them: the head sees only supervised positions and
 the last layer is last. Attention still runs on every position (the supervised ones attend to
-them). The MLP is about two thirds of a layer's work, so this cuts a replay by ~a third where half
-the tokens are supervised. Replays with overrides inside the MLP keep it whole, so that hooks on
+them). On the 1M-parameter benchmark Llama (half the tokens supervised) this took a replay from
+0.30 to 0.24 of a full forward. Replays with overrides inside the MLP keep it whole, so that hooks on
 those modules (the exact features') see per-example ``[n, T, .]`` activations.
 """
 from __future__ import annotations
@@ -42,7 +42,6 @@ import contextlib
 from typing import Any, Iterator, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
