@@ -16,7 +16,8 @@ mean of ``g`` and ``g^2`` over the selected rows (``update_from_gradients``), ne
 The history is stored in float32 on the device of the last features seen. For the ``d`` of a
 real model (327,680 for Phi-2's LoRA B) the ``[n, d]`` intermediates are large, so the
 reductions here walk the coordinates in cache-sized column blocks (a loop over blocks, not over
-coordinates).
+coordinates). On CPU, large float32 inputs to ``feature_sums`` take the fused loop of
+``colm.cpu_kernels`` instead (the same arithmetic in one sweep).
 """
 from __future__ import annotations
 
