@@ -113,7 +113,7 @@ def test_train_writes_run_then_evaluate_reads_it(tmp_path, capsys):
                                 "--eval-strategy", "steps", "--eval-steps", "1")
     assert code == 0, err
     for name in ("metrics.jsonl", "selections.jsonl", "report.md", "report.json", "model.safetensors",
-                 "colm_run.json", "checkpoint-2/colm_selector.pt"):
+                 "colm_run.json", "checkpoint-2/colm_selector.safetensors"):
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
     assert report["global_step"] == 2

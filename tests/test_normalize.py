@@ -20,20 +20,42 @@ def hand_feature(g, m, v, t):
     return m_hat / (math.sqrt(v_hat) + EPS), m_i, v_i
 
 
-def test_first_step_matches_formula():
+def test_first_step_uses_the_pool_second_moment():
+    # With an empty history Adam's per-example formula gives sign vectors; the first step
+    # instead divides by the pool's own root mean square per coordinate (docs/method.md).
     g = torch.tensor([[0.5, -2.0, 0.0], [1e-3, 3.0, -0.25]], dtype=torch.float64)
     norm = AdamNormalizer((B1, B2), EPS)
     feats, m_i, v_i = norm.normalize(g)
     assert feats.shape == (2, 3) and norm.dim == 3 and norm.step == 0
+    rms = g.square().mean(0).sqrt()
     for i in range(2):
         for j in range(3):
-            f, mm, vv = hand_feature(float(g[i, j]), 0.0, 0.0, 0)
-            assert feats[i, j].item() == pytest.approx(f, rel=1e-5, abs=1e-7)
+            _, mm, vv = hand_feature(float(g[i, j]), 0.0, 0.0, 0)
+            assert feats[i, j].item() == pytest.approx(float(g[i, j]) / (float(rms[j]) + EPS), rel=1e-5, abs=1e-7)
             assert m_i[i, j].item() == pytest.approx(mm, rel=1e-6, abs=1e-12)
             assert v_i[i, j].item() == pytest.approx(vv, rel=1e-6, abs=1e-12)
-    # at step 1 with no history the feature is ~sign(g) (and exactly 0 for g = 0)
+    # not sign vectors: the two rows keep their relative sizes (they were +-1 before)
+    assert abs(feats[0, 1].item()) != pytest.approx(abs(feats[1, 1].item()), rel=0.1)
     assert feats[0, 2].item() == 0.0
-    assert feats[0, 0].item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_first_step_without_seed_is_adams_formula():
+    # the plain formula (no pool seed) is still what transform() applies before seeding
+    norm = AdamNormalizer((B1, B2), EPS)
+    g = torch.tensor([[0.5, -2.0]])
+    feats = norm.transform(g)
+    assert feats[0, 0].item() == pytest.approx(hand_feature(0.5, 0.0, 0.0, 0)[0], rel=1e-5)
+
+
+def test_first_step_seed_is_cleared_by_the_update():
+    norm = AdamNormalizer((B1, B2), EPS)
+    g = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    _, m_i, v_i = norm.normalize(g)
+    norm.update(m_i, v_i)
+    assert norm.step == 1 and norm._first_v is None
+    feats, _, _ = norm.normalize(g)  # step 2: Adam's formula with the history
+    f, _, _ = hand_feature(float(g[0, 0]), float(norm.m[0]), float(norm.v[0]), 1)
+    assert feats[0, 0].item() == pytest.approx(f, rel=1e-5)
 
 
 def test_later_step_with_history_matches_formula():

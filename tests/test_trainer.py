@@ -251,3 +251,186 @@ def test_int_sources_with_the_default_collator(tmp_path):
     # the rare source (id 2) is below the mean size: kept whole
     for r in records:
         assert r["selected_sources"].count("2") == r["pool_sources"].get("2", 0)
+
+
+# ------------------------------------------------------------- the stratified control
+class CountForwards(TrainerCallback):
+    """Model forward calls per optimizer step (a forward hook on the model)."""
+
+    def __init__(self, model):
+        self.per_step, self._count = [], 0
+        model.register_forward_hook(lambda *a: setattr(self, "_count", self._count + 1))
+
+    def on_step_end(self, args, state, control, **kw):
+        self.per_step.append(self._count)
+        self._count = 0
+
+
+def test_random_within_source_runs_no_scoring_forward(tmp_path):
+    # Plain training of GA=2 micro-batches is 2 model forwards per step; the stratified control
+    # adds none, while facility location adds the pool's scoring passes.
+    counts = {}
+    for method in ("random", "facility_location"):
+        model = tiny_llama()
+        counter = CountForwards(model)
+        trainer = CoresetTrainer(
+            model=model, args=training_args(tmp_path / method, max_steps=3), train_dataset=mixture(SIZES),
+            data_collator=collator(), coreset_config=CoresetConfig(pool_factor=2, within_source=method),
+            callbacks=[counter], log_selections=True,
+        )
+        trainer.train()
+        counts[method] = counter.per_step
+    assert counts["random"] == [2, 2, 2]
+    assert all(c > 2 for c in counts["facility_location"])
+    records = [json.loads(l) for l in open(tmp_path / "random" / SELECTIONS_FILE)]
+    for rec in records:  # small sources whole, selected from the pool, the full budget
+        assert len(rec["selected_ids"]) == 8 and set(rec["selected_ids"]) <= set(rec["pool_ids"])
+        assert rec["selected_sources"].count("rare") == rec["pool_sources"].get("rare", 0)
+        assert "match_error" not in rec["stats"]
+
+
+def test_random_within_source_resumes_exactly(tmp_path):
+    cfg = CoresetConfig(pool_factor=2, within_source="random")
+    ds = mixture(SIZES)
+
+    def make(out):
+        return CoresetTrainer(
+            model=tiny_llama(), args=training_args(out, max_steps=6, save_strategy="steps", save_steps=3),
+            train_dataset=ds, data_collator=collator(), coreset_config=cfg, log_selections=True,
+        )
+
+    full = make(tmp_path / "full")
+    full.train()
+    part = make(tmp_path / "part")
+    part.add_callback(StopAfter(3))
+    part.train()
+    resumed = make(tmp_path / "part")
+    resumed.train(resume_from_checkpoint=True)
+    logs = [[json.loads(l)["selected_ids"] for l in open(tmp_path / d / SELECTIONS_FILE)] for d in ("full", "part")]
+    assert logs[0] == logs[1] and len(logs[0]) == 6
+    for p1, p2 in zip(full.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------- rows without supervision
+def test_rows_without_supervised_tokens_are_never_selected(tmp_path, caplog):
+    ds = mixture(SIZES, seed=3)
+    # every fourth row loses its supervision (as when truncation cuts the response away)
+    empty_ids = set(range(0, len(ds), 4))
+    ds = ds.map(lambda r, i: {"labels": [-100] * len(r["labels"]) if i in empty_ids else r["labels"]}, with_indices=True)
+    with caplog.at_level("WARNING", logger="colm.trainer"):
+        trainer = CoresetTrainer(
+            model=tiny_llama(), args=training_args(tmp_path, max_steps=4), train_dataset=ds,
+            data_collator=collator(), coreset_config=CoresetConfig(pool_factor=2), log_selections=True,
+        )
+        trainer.train()
+    records = [json.loads(l) for l in open(tmp_path / SELECTIONS_FILE)]
+    dropped = 0
+    for rec in records:
+        assert not set(rec["selected_ids"]) & empty_ids
+        assert not set(rec["pool_ids"]) & empty_ids  # not pool members either
+        assert len(rec["selected_ids"]) == 8
+        dropped += rec["stats"]["unsupervised_rows"]
+    assert dropped > 0
+    assert sum("no supervised token" in r.message for r in caplog.records) == 1  # warned once
+
+
+# ------------------------------------------------------------- loss averaging
+class LossRecorder(CoresetTrainer):
+    """Sums the losses compute_loss returns over each optimizer step's micro-batches."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.step_inputs = getattr(self, "step_inputs", [])
+        if self.state.global_step == 0:
+            self.step_inputs.append({k: v.clone() for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels")})
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.state.global_step == 0:
+            self.first_step_loss = getattr(self, "first_step_loss", 0.0) + float(loss.detach())
+        return loss
+
+
+@pytest.mark.parametrize("pool_factor", [1, 2])
+@pytest.mark.parametrize("average", ["token", "example"])
+def test_loss_average_matches_hand_computation(tmp_path, average, pool_factor):
+    from colm.features import per_example_nll
+
+    def peaked_llama():
+        # a random model has near-uniform token losses, where both averages coincide; larger
+        # output weights make per-example losses differ
+        model = tiny_llama()
+        with torch.no_grad():
+            model.lm_head.weight.mul_(30.0)
+        return model
+
+    cfg = CoresetConfig(pool_factor=pool_factor, loss_average=average, within_source="random")
+    trainer = LossRecorder(
+        model=peaked_llama(), args=training_args(tmp_path, max_steps=1), train_dataset=mixture(SIZES),
+        data_collator=collator(), coreset_config=cfg,
+    )
+    trainer.train()
+    # the first step ran on the initial weights: recompute its loss by hand
+    model = peaked_llama().eval()
+    sums, counts = [], []
+    with torch.no_grad():
+        for batch in trainer.step_inputs:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            s, c = per_example_nll(logits, batch["labels"])
+            sums.append(s)
+            counts.append(c)
+    sums, counts = torch.cat(sums).double(), torch.cat(counts).double()
+    assert sums.numel() == 8
+    expected = (sums / counts).mean() if average == "example" else sums.sum() / counts.sum()
+    assert trainer.first_step_loss == pytest.approx(float(expected), rel=1e-5)
+    if average == "example":  # and it differs from the token average on rows of unequal length
+        assert float(expected) != pytest.approx(float(sums.sum() / counts.sum()), rel=1e-3)
+
+
+# ------------------------------------------------------------- selector state file
+def test_selector_state_is_stored_without_pickle_and_old_files_still_load(tmp_path):
+    from colm.selector_state import load_selector_state
+
+    cfg = CoresetConfig(pool_factor=2)
+    ds = mixture(SIZES)
+    trainer = CoresetTrainer(
+        model=tiny_llama(), args=training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2),
+        train_dataset=ds, data_collator=collator(), coreset_config=cfg,
+    )
+    trainer.train()
+    path = tmp_path / "checkpoint-2" / SELECTOR_STATE_FILE
+    assert path.read_bytes()[:8] != b"\x80\x04\x95" and path.suffix == ".safetensors"
+    config, state = load_selector_state(path)
+    assert config == cfg.to_dict() and state["calls"] == 2
+    torch.testing.assert_close(state["normalizer"]["v"], trainer.selector.normalizer.v)
+    # a checkpoint of an older colm (pickled colm_selector.pt) still resumes
+    legacy = tmp_path / "checkpoint-2" / "colm_selector.pt"
+    torch.save({"config": config, "selector": state}, legacy)
+    path.unlink()
+    again = CoresetTrainer(
+        model=tiny_llama(), args=training_args(tmp_path, max_steps=3), train_dataset=ds,
+        data_collator=collator(), coreset_config=cfg,
+    )
+    again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert again.state.global_step == 3 and again.selector.calls == 3
+
+
+class _Boom:
+    def __reduce__(self):
+        return (open, ("/tmp/colm_pickle_ran", "w"))
+
+
+def test_a_crafted_pickle_checkpoint_does_not_run_code(tmp_path):
+    import os
+
+    from colm.selector_state import load_selector_state
+
+    bad = tmp_path / "colm_selector.pt"
+    torch.save({"config": {}, "selector": {"version": 1, "x": _Boom()}}, bad)
+    if os.path.exists("/tmp/colm_pickle_ran"):
+        os.unlink("/tmp/colm_pickle_ran")
+    with pytest.raises(ValueError, match="cannot be read safely"):
+        load_selector_state(bad)
+    assert not os.path.exists("/tmp/colm_pickle_ran")
+    torn = tmp_path / "colm_selector.safetensors"
+    torn.write_bytes(b"\x10\x00\x00")
+    with pytest.raises(ValueError, match="colm_selector.safetensors"):
+        load_selector_state(torn)

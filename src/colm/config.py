@@ -13,6 +13,11 @@ from typing import Any, Sequence, Union
 SIMILARITIES = ("l1", "l2", "cosine")
 FEATURES = ("zo", "exact", "hidden")
 SMALL_SOURCE_RULES = ("below_mean", "none")
+#: How a large source's share of the budget is filled (see ``CoresetConfig.within_source``).
+WITHIN_SOURCE = ("facility_location", "random", "mean_match", "cluster_sample", "pps")
+#: Of those, the ones that look at no gradient feature (the trainer then runs no scoring pass).
+FEATURE_FREE = ("random",)
+LOSS_AVERAGES = ("token", "example")
 
 
 @dataclass
@@ -25,6 +30,17 @@ class CoresetConfig:
     small_sources: Union[str, Sequence[str]] = "below_mean"
     """Which sources are kept whole: "below_mean" (dataset-level size below the mean source size,
     the paper's rule), "none", or an explicit list of source names."""
+
+    within_source: str = "facility_location"
+    """How each large source's share of the budget is filled. "facility_location": the paper's
+    medoids of the source's pool rows in the normalized, sparsified feature space. "random":
+    uniformly at random without replacement, seeded by (seed, step): the stratified control
+    (small sources kept whole, per-source budgets, no gradient features and no scoring pass).
+    "mean_match": the rows whose uniform mean is closest to the source's pool mean in that
+    feature space (greedy, then improving swaps). "cluster_sample": facility-location clusters
+    used as strata, each sampled at random in proportion to its size. "pps": sampling without
+    replacement with probability proportional to the feature norm, with Horvitz-Thompson
+    weights (trains a weighted loss). docs/method.md explains each."""
 
     similarity: str = "l1"
     """Facility-location similarity: "l1" (paper default), "l2" or "cosine"."""
@@ -51,9 +67,11 @@ class CoresetConfig:
     """SPSA perturbation size epsilon."""
 
     zo_probes: int = 1
-    """Number m of random directions z_j per step; the feature is sum_j c_ij z_j / m. Default 1:
-    in the fidelity experiment (docs/benchmarks.md) m = 8 or 32 matched the pool gradient no
-    better than m = 1 at 5x / 22x the cost."""
+    """Number m of random directions z_j per step; the feature is sum_j c_ij z_j / m. With m = 1
+    every feature of a step is a multiple of the same vector z (rank 1): selection then sees one
+    number per example, its directional derivative along z, whatever the seed policy; fresh z
+    per step only changes which number. m directions give a rank-m random projection of the
+    gradient at 2m replays of the last layer."""
 
     zo_fixed_z: bool = False
     """Reuse ONE set of directions for the whole run (the reference code's behaviour, which makes
@@ -64,7 +82,14 @@ class CoresetConfig:
     projection of the last decoder layer (its LoRA B when a LoRA adapter is present)."""
 
     weighted: bool = False
-    """Weight each selected example's loss by its cluster size (the paper trains uniform)."""
+    """Weight each selected example's loss by its cluster size (the paper trains uniform).
+    Ignored by "random" and "mean_match" (uniform by design); "pps" always weights."""
+
+    loss_average: str = "token"
+    """How the coreset's loss is averaged: "token" (mean over all supervised tokens of the
+    coreset, as transformers.Trainer does) or "example" (each example's mean token loss, then
+    the mean over examples: every example weighs the same, as in the paper's reference code and
+    as selection assumes when it matches per-example gradients)."""
 
     score_batch_size: int | None = None
     """Examples per no-grad scoring chunk; None scores the pool in chunks of the training
@@ -97,6 +122,10 @@ class CoresetConfig:
                 raise bad("small_sources", f"one of {SMALL_SOURCE_RULES} or a list of source names")
         elif not isinstance(self.small_sources, list):
             raise bad("small_sources", f"one of {SMALL_SOURCE_RULES} or a list of source names")
+        if self.within_source not in WITHIN_SOURCE:
+            raise bad("within_source", f"one of {WITHIN_SOURCE}")
+        if self.loss_average not in LOSS_AVERAGES:
+            raise bad("loss_average", f"one of {LOSS_AVERAGES}")
         if self.similarity not in SIMILARITIES:
             raise bad("similarity", f"one of {SIMILARITIES}")
         if self.topk_dims is not None and (
@@ -128,6 +157,13 @@ class CoresetConfig:
             raise bad("score_batch_size", "None or an integer >= 1")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise bad("seed", "an integer")
+        if not isinstance(self.weighted, bool):
+            raise bad("weighted", "true or false")
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether selection looks at gradient features (False: no scoring pass is needed)."""
+        return self.within_source not in FEATURE_FREE
 
     # --- serialization -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -9,7 +9,16 @@ folded in so far, example ``i`` with gradient ``g_i`` gets
 
 i.e. the bias correction of the step about to be taken (step ``t + 1``, as in Adam). After
 selection the history becomes the mean of ``m_i, v_i`` over the selected large-source examples,
-and ``t`` grows by one. Because ``m_i, v_i`` are affine in ``g_i, g_i^2``, that mean only needs the
+and ``t`` grows by one.
+
+The first step is the exception. With an empty history (``t = 0``) the formula gives
+``g_i / (|g_i| + eps)``, the sign vector of each example: every example then looks alike up to
+signs, and with rank-1 (zo, m = 1) features every example of one sign is identical, so a
+selection decided by ties picks the first rows of the pool. Instead, with ``t = 0`` the second
+moment comes from the pool itself: ``v_ref = mean_i g_i^2`` over the rows being compared
+(``seed_first_step``), and ``feature_i = g_i / (sqrt(v_ref) + eps)``. That is the scale Adam's
+own ``v`` takes once it has seen such gradients, it keeps the differences between examples, and
+it does not depend on row order. The history update after the first selection is unchanged. Because ``m_i, v_i`` are affine in ``g_i, g_i^2``, that mean only needs the
 mean of ``g`` and ``g^2`` over the selected rows (``update_from_gradients``), never the
 ``[n, d]`` moment matrices.
 
@@ -80,6 +89,8 @@ class AdamNormalizer:
         self.m: Optional[Tensor] = None  # [d] float32
         self.v: Optional[Tensor] = None  # [d] float32
         self.step = 0  # t: number of updates folded into (m, v)
+        # [d] the pool's mean g^2, standing in for v while the history is empty (t = 0)
+        self._first_v: Optional[Tensor] = None
 
     @classmethod
     def from_config(cls, config: Any) -> "AdamNormalizer":
@@ -108,16 +119,33 @@ class AdamNormalizer:
         if self.m.device != g.device:
             self.m, self.v = self.m.to(g.device), self.v.to(g.device)
 
-    def _coefficients(self) -> tuple[float, float, float, float]:
-        """``(cm, cg, cv, cg2)`` with ``m_hat_i = cm*m + cg*g`` and ``v_hat_i = cv*v + cg2*g^2``."""
+    def seed_first_step(self, mean_g2: Tensor) -> None:
+        """Give the first normalization (empty history, ``t = 0``) the pool's second moment
+        ``mean_g2`` ``[d]`` (mean of ``g^2`` over the rows compared) in place of ``v``. Ignored
+        once the history has an update. Cleared by the next update."""
+        if self.step > 0:
+            return
+        if self.m is None or mean_g2.shape != self.m.shape:
+            raise ValueError("seed_first_step needs a [d] tensor after the dimension is known")
+        if not bool(torch.isfinite(mean_g2).all()):
+            raise ValueError("features are too large: their squares overflow float32")
+        self._first_v = mean_g2.detach().to(self.m)
+
+    def _reference(self) -> tuple[Tensor, Tensor, tuple[float, float, float, float]]:
+        """``(m, v, (cm, cg, cv, cg2))`` with ``m_hat_i = cm*m + cg*g`` and
+        ``v_hat_i = cv*v + cg2*g^2``: Adam's bias-corrected per-example moments, or on the
+        first step (seeded) ``g`` over the pool's second moment."""
+        assert self.m is not None and self.v is not None
+        if self.step == 0 and self._first_v is not None:
+            return self.m, self._first_v, (0.0, 1.0, 1.0, 0.0)
         b1, b2 = self.betas
         t = self.step + 1
         c1, c2 = 1.0 - b1**t, 1.0 - b2**t
-        return b1 / c1, (1.0 - b1) / c1, b2 / c2, (1.0 - b2) / c2
+        return self.m, self.v, (b1 / c1, (1.0 - b1) / c1, b2 / c2, (1.0 - b2) / c2)
 
     def _features(self, g: Tensor, m: Tensor, v: Tensor) -> Tensor:
-        """Normalized features of a block ``g`` ``[n, w]`` given history ``m, v`` ``[w]``."""
-        cm, cg, cv, cg2 = self._coefficients()
+        """Normalized features of a block ``g`` ``[n, w]`` given the reference ``m, v`` ``[w]``."""
+        cm, cg, cv, cg2 = self._reference()[2]
         g = g.float()
         denom = torch.addcmul(v * cv, g, g, value=cg2)  # [n, w] = v_hat_i
         denom.sqrt_().add_(self.eps)
@@ -130,28 +158,34 @@ class AdamNormalizer:
         Returns:
             ``(features, m_i, v_i)``, each ``[n, d]`` float32: the normalized features and the
             (not bias-corrected) per-example moments to pass to ``update`` for the selected rows.
+            With an empty history the rows of ``g`` seed the first step (``seed_first_step``).
             Materializes three ``[n, d]`` matrices; the selector uses the block-wise
             ``transform``/``feature_sums``/``update_from_moments`` instead.
         """
         self.prepare(g)
         b1, b2 = self.betas
         gf = g.float()
+        if self.step == 0:
+            self.seed_first_step(gf.square().mean(dim=0))
         m_i = torch.add(self.m * b1, gf, alpha=1.0 - b1)  # [n, d]
         v_i = torch.addcmul(self.v * b2, gf, gf, value=1.0 - b2)  # [n, d]
-        return self._features(gf, self.m, self.v), m_i, v_i
+        m, v, _ = self._reference()
+        return self._features(gf, m, v), m_i, v_i
 
     def transform(self, g: Tensor, columns: Optional[Tensor] = None) -> Tensor:
         """Normalized features of ``g`` ``[n, w]``: all ``d`` coordinates (``columns=None``,
         ``w = d``) or the coordinates ``columns`` (LongTensor ``[w]``) of the full ``d``."""
         if columns is None:
             self.prepare(g)
-            return self._features(g, self.m, self.v)
+            m, v, _ = self._reference()
+            return self._features(g, m, v)
         if self.m is None:
             raise ValueError("transform(columns=...) needs the dimension: call feature_sums first")
         if g.dim() != 2 or g.shape[1] != columns.numel():
             raise ValueError(f"expected g of shape [n, {columns.numel()}], got {tuple(g.shape)}")
-        columns = columns.to(self.m.device)
-        return self._features(g, self.m.index_select(0, columns), self.v.index_select(0, columns))
+        m, v, _ = self._reference()
+        columns = columns.to(m.device)
+        return self._features(g, m.index_select(0, columns), v.index_select(0, columns))
 
     def feature_sums(self, g: Tensor, groups: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
         """Per-group sums of normalized rows, plus the plain sum of the raw rows, in one read
@@ -167,17 +201,16 @@ class AdamNormalizer:
             ``[d]`` the sum of all rows of ``g`` (float32).
         """
         self.prepare(g)
+        m, v, coefficients = self._reference()
         if cpu_kernels.applicable(g):
-            return cpu_kernels.adam_group_sums(
-                g, self.m, self.v, groups, n_groups, self._coefficients(), self.eps
-            )
+            return cpu_kernels.adam_group_sums(g, m, v, groups, n_groups, coefficients, self.eps)
         n, d = g.shape
         sums = torch.empty(n_groups, d, dtype=torch.float32, device=g.device)  # [G, d]
         raw_total = torch.empty(d, dtype=torch.float32, device=g.device)  # [d]
         for cols in column_blocks(n, d, g.device):
             block = g[:, cols].float()  # [n, w]
             torch.sum(block, dim=0, out=raw_total[cols])
-            sums[:, cols] = group_sums(self._features(block, self.m[cols], self.v[cols]), groups, n_groups)
+            sums[:, cols] = group_sums(self._features(block, m[cols], v[cols]), groups, n_groups)
         return sums, raw_total
 
     def update(self, m_i: Tensor, v_i: Tensor) -> None:
@@ -188,9 +221,7 @@ class AdamNormalizer:
         if m_i.shape[0] == 0:
             return
         self.prepare(m_i)
-        self.m = m_i.float().mean(dim=0)
-        self.v = v_i.float().mean(dim=0)
-        self.step += 1
+        self._commit(m_i.float().mean(dim=0), v_i.float().mean(dim=0))
 
     def update_from_moments(self, mean_g: Tensor, mean_g2: Tensor) -> None:
         """Same as ``update`` given the mean of ``g`` and of ``g^2`` ``[d]`` over the selected rows."""
@@ -199,9 +230,22 @@ class AdamNormalizer:
         if mean_g.shape != self.m.shape or mean_g2.shape != self.m.shape:
             raise ValueError(f"moments must have shape [{self.m.numel()}]")
         b1, b2 = self.betas
-        self.m = torch.add(self.m * b1, mean_g.to(self.m), alpha=1.0 - b1)
-        self.v = torch.add(self.v * b2, mean_g2.to(self.v), alpha=1.0 - b2)
+        self._commit(
+            torch.add(self.m * b1, mean_g.to(self.m), alpha=1.0 - b1),
+            torch.add(self.v * b2, mean_g2.to(self.v), alpha=1.0 - b2),
+        )
+
+    def _commit(self, m: Tensor, v: Tensor) -> None:
+        """Make ``(m, v)`` the history and advance the step, unless they are not finite: a
+        history with inf/NaN would corrupt every later selection (and every checkpoint), so
+        the update is refused and the state stays as it was."""
+        if not (bool(torch.isfinite(m).all()) and bool(torch.isfinite(v).all())):
+            raise ValueError(
+                "features are too large: the Adam history update overflows float32 (state unchanged)"
+            )
+        self.m, self.v = m, v
         self.step += 1
+        self._first_v = None
 
     def update_from_gradients(self, g: Tensor, rows: Tensor) -> None:
         """Same as ``update(m_i[rows], v_i[rows])`` from the raw gradients ``g`` ``[n, d]``,
@@ -236,6 +280,18 @@ class AdamNormalizer:
         m, v = state.get("m"), state.get("v")
         if (m is None) != (v is None) or (m is not None and m.shape != v.shape):
             raise ValueError("normalizer state has inconsistent m and v")
+        if m is not None:
+            if m.dim() != 1 or not m.is_floating_point() or not v.is_floating_point():
+                raise ValueError("normalizer state: m and v must be 1-D floating tensors")
+            if not (bool(torch.isfinite(m).all()) and bool(torch.isfinite(v).all())) or bool((v < 0).any()):
+                raise ValueError(
+                    "normalizer state is corrupt: m and v must be finite and v >= 0 "
+                    "(the checkpoint cannot be resumed)"
+                )
+        step = state.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"normalizer state: step must be an integer >= 0, got {step!r}")
+        self._first_v = None
         self.m = None if m is None else m.detach().clone().float()
         self.v = None if v is None else v.detach().clone().float()
         self.step = int(state["step"])

@@ -1,26 +1,28 @@
-"""CoresetSelector: per-example features + source labels -> the coreset (METHOD.md steps 2, 4-7).
+"""CoresetSelector: per-example features + source labels -> the coreset (docs/method.md).
 
 Framework-free: it sees tensors and source labels, never a model. One call to ``select``:
 
-1. small sources (``budget.small_sources``) are kept whole; if they alone exceed the budget,
-   ``budget.overflow_keep`` decides which of them stay and large sources get nothing;
-2. the remaining budget is split over the large sources present (``budget.split_budget``);
-3. large-source rows are Adam-normalized against the history (``normalize.AdamNormalizer``),
-   when ``config.adam_normalize``;
-4. per large source: keep the ``config.topk_dims`` coordinates with the largest
-   |mean normalized feature| over that source's pool rows, build ``pairwise_similarity`` and run
-   greedy facility location with that source's budget (all sources stepped together when their
-   sizes are similar); weights are cluster sizes (``facility.cluster_weights``). For the
-   "cosine" metric the similarity is shifted to ``1 + cos`` so that, as with l1/l2, it is
-   non-negative and every row counts in the objective;
-5. the Adam history becomes the mean moments of the selected large-source rows.
+1. **Budgets.** Small sources (``budget.small_sources``) are kept whole; if they alone exceed
+   the budget, ``budget.overflow_keep`` decides which of them stay and large sources get
+   nothing. The rest of the budget is split over the large sources present
+   (``budget.split_budget``).
+2. **Features** (skipped by feature-free methods such as ``within_source="random"``): one pass
+   over the large-source rows gives per-source sums of the Adam-normalized features
+   (``normalize.AdamNormalizer``; on the first step the pool supplies the second moment) and
+   the pool mean of the raw features.
+3. **Sparsify**: per large source, keep the ``config.topk_dims`` coordinates with the largest
+   |mean normalized feature| over that source's pool rows.
+4. **Fill each large source's share** with ``config.within_source`` (``colm.within_source``):
+   facility-location medoids (the paper; all sources stepped together), random picks, mean
+   matching, cluster-stratified or norm-proportional sampling.
+5. **History**: the Adam history becomes the mean moments of the selected large-source rows;
+   ``match_error`` compares the trained coreset's mean with the pool's.
 
 Cost at Phi-2 size (n = 128, d = 327,680): ``features`` is read about twice, block by block
-(step 3's per-source means, and step 5 over the selected rows); only ``[n_q, topk_dims]``
-blocks and ``[n_q, n_q]`` similarities are ever materialized per source. No step loops over
-examples or coordinates in Python, and the only host syncs are the budget bookkeeping, one
-finiteness check and the final stats. On CPU, large float32 features go through the fused numba
-loops of ``colm.cpu_kernels`` (pass 1, the column gather and pass 2); elsewhere through torch.
+(step 2, and step 5 over the selected rows); only ``[n_q, topk_dims]`` blocks and
+``[n_q, n_q]`` similarities are ever materialized per source. No step loops over examples or
+coordinates in Python. On CPU, large float32 features go through the fused numba loops of
+``colm.cpu_kernels``; elsewhere through torch.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from colm.config import CoresetConfig
 from colm.facility import cluster_weights, greedy_batched, greedy_unchecked
 from colm.normalize import AdamNormalizer, column_blocks, group_sums
 from colm.similarity import check_features, similarity_unchecked
+from colm.within_source import cluster_sample, mean_match, pps_sample, random_subset, selection_generator
 
 _STATE_VERSION = 1
 
@@ -48,24 +51,57 @@ class Selection:
 
     Attributes:
         indices: LongTensor ``[budget]``, distinct positions in the pool, ascending.
-        weights: ``[budget]`` float cluster sizes: how many pool examples each chosen one stands
-            for (a kept small-source example stands for itself). They sum to the pool size
-            unless some pool rows are represented by nobody: overflow (small sources alone
-            exceed the budget, all weights are 1) or a large source that got 0 slots.
+        weights: ``[budget]`` float: how many pool examples each chosen one stands for (a kept
+            small-source example stands for itself; a facility-location medoid for its cluster;
+            a row drawn from a large source by another method for ``n_q / b_q`` rows of it, or
+            for its Horvitz-Thompson share with "pps"). They sum to the pool size unless some
+            pool rows are represented by nobody: overflow (small sources alone exceed the
+            budget, all weights are 1) or a large source that got 0 slots.
         stats: numbers describing the selection (see ``CoresetSelector.select``).
+        loss_weights: ``[budget]`` float, the per-example loss weights to train with: ``weights``
+            when ``config.weighted``, each "pps" row's Horvitz-Thompson weight scaled to mean 1
+            within its source, else all ones (uniform, as the paper trains).
     """
 
     indices: Tensor
     weights: Tensor
     stats: dict[str, float] = field(default_factory=dict)
+    loss_weights: Optional[Tensor] = None
+
+    def __post_init__(self) -> None:
+        if self.loss_weights is None:
+            self.loss_weights = torch.ones_like(self.weights)
+
+
+@dataclass
+class _Plan:
+    """Step 1's bookkeeping for one pool (host tensors and ints)."""
+
+    counts: list[int]  # pool rows per source (source order)
+    rows: tuple[Tensor, ...]  # pool positions per source, ascending
+    present: list[int]  # sources with rows in the pool
+    large: list[int]  # large sources present
+    shares: list[int]  # budget of each source in `large`
+    kept: Tensor  # small-source positions kept, ascending
+    n_small: int  # small-source rows in the pool
+    overflow: bool
+
+    @property
+    def budget_large(self) -> int:
+        return sum(self.shares)
+
+    def to_choose(self) -> list[tuple[int, int]]:
+        """(source, budget) of the large sources where a method must choose (0 < b < n_q)."""
+        return [(q, b) for q, b in zip(self.large, self.shares) if 0 < b < self.counts[q]]
 
 
 class CoresetSelector:
     """Select a weighted coreset from a pool of per-example gradient features.
 
     Args:
-        config: the ``CoresetConfig`` (uses ``small_sources``, ``similarity``, ``topk_dims``,
-            ``adam_normalize``, ``adam_betas``, ``adam_eps``).
+        config: the ``CoresetConfig`` (uses ``small_sources``, ``within_source``,
+            ``similarity``, ``topk_dims``, ``adam_normalize``, ``adam_betas``, ``adam_eps``,
+            ``weighted``, ``seed``).
         source_sizes: dataset-level example count per source (decides which sources are small).
             Its iteration order is the "source order" used to break ties.
     """
@@ -111,15 +147,17 @@ class CoresetSelector:
             f"source {value!r} is not in source_sizes (known sources: {sorted(self._by_name)})"
         )
 
-    def _source_ids(self, sources: Union[Sequence[Any], Tensor], n: int) -> Tensor:
-        """Map the pool's source labels to source indices: host LongTensor ``[n]``."""
+    def _source_ids(self, sources: Union[Sequence[Any], Tensor], n: Optional[int]) -> Tensor:
+        """Map the pool's source labels to source indices: host LongTensor ``[n]`` (``n`` None:
+        as many as there are labels)."""
+        what = "features have {n} rows but sources has {m} entries"
         if isinstance(sources, Tensor):
             if sources.dim() != 1:
                 raise ValueError(f"sources must be 1-D, got shape {tuple(sources.shape)}")
             if sources.is_floating_point() or sources.is_complex():
                 raise ValueError(f"source tensor must hold integer ids, got dtype {sources.dtype}")
-            if sources.numel() != n:
-                raise ValueError(f"features have {n} rows but sources has {sources.numel()} entries")
+            if n is not None and sources.numel() != n:
+                raise ValueError(what.format(n=n, m=sources.numel()))
             values, inverse = torch.unique(sources.cpu(), return_inverse=True)
             table = torch.tensor([self._lookup(v) for v in values.tolist()], dtype=torch.long)
             return table[inverse]
@@ -127,20 +165,23 @@ class CoresetSelector:
             sources = sources.tolist()  # e.g. a numpy array of labels
         if isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence):
             raise ValueError(f"sources must be a sequence of labels or a LongTensor, got {type(sources).__name__}")
-        if len(sources) != n:
-            raise ValueError(f"features have {n} rows but sources has {len(sources)} entries")
+        if n is not None and len(sources) != n:
+            raise ValueError(what.format(n=n, m=len(sources)))
         # Labels are resolved once per distinct value; the per-example map runs in C.
         table = {v: self._lookup(v) for v in dict.fromkeys(sources)}
         return torch.tensor(list(map(table.__getitem__, sources)), dtype=torch.long)
 
     # --- the selection -------------------------------------------------------------------------
     def select(
-        self, features: Tensor, sources: Union[Sequence[Any], Tensor], budget: int
+        self, features: Optional[Tensor], sources: Union[Sequence[Any], Tensor], budget: int
     ) -> Selection:
         """Choose ``budget`` of the ``n`` pool examples.
 
         Args:
-            features: ``[n, d]`` per-example gradient features (any device, floating dtype).
+            features: ``[n, d]`` per-example gradient features (any device, floating dtype,
+                finite; with Adam normalization their squares must fit in float32, i.e.
+                ``|x| < 1.8e19``), or None for a feature-free ``within_source``
+                ("random"), which then picks on the CPU.
             sources: ``n`` source labels (keys of ``source_sizes``, or their ``str``), or an
                 integer tensor ``[n]`` of keys.
             budget: coreset size, ``1 <= budget <= n``.
@@ -149,157 +190,222 @@ class CoresetSelector:
             ``Selection`` on ``features``' device. ``stats``: ``kept_small`` (small-source
             examples kept), ``dropped_small`` and ``overflow`` (1.0 when small sources alone
             exceeded the budget), ``n_large_sources`` (present in the pool), ``budget_large``,
-            ``selected/<source>`` (chosen count per source present), ``objective`` (sum of the
-            facility-location objectives of the sources where it ran), ``match_error``
-            (``||sum_j w_j f_j / sum_j w_j - mean_i f_i|| / ||mean_i f_i||`` on the raw
-            features; the absolute error when the pool mean is 0), ``adam_step`` (history
-            updates so far) and ``select_ms``.
+            ``selected/<source>`` (chosen count per source present), ``adam_step`` (history
+            updates so far), ``select_ms``; with features also ``objective`` (the sum of the
+            per-source objectives of the method: facility location's F, mean matching's
+            squared error, 0 otherwise) and ``match_error`` (``||sum_j w_j f_j / sum_j w_j -
+            mean_i f_i|| / ||mean_i f_i||`` on the raw features with the loss weights ``w``;
+            the absolute error when the pool mean is 0).
 
         Raises:
-            ValueError: features not a finite 2-D floating tensor; sources of the wrong length
-                or naming a source absent from ``source_sizes``; budget not in ``[1, n]``.
+            ValueError: features not a finite 2-D floating tensor with data (or missing when
+                the method needs them); sources of the wrong length or naming a source absent
+                from ``source_sizes``; budget not an integer in ``[1, n]``. A rejected call
+                changes no state.
         """
         start = time.perf_counter()
-        # finiteness is checked once, on the pool mean, where it costs nothing extra
-        check_features(features, "features", finite=False)
-        n, d = features.shape
+        if features is None:
+            if self.config.needs_features:
+                raise ValueError(
+                    f"features are required with within_source={self.config.within_source!r}; "
+                    "only a feature-free method ('random') selects without them"
+                )
+            n = None
+        else:
+            # finiteness is checked on the pool mean, where it costs nothing extra
+            check_features(features, "features", finite=False)
+            n = features.shape[0]
+        ids = self._source_ids(sources, n)  # [n] host
+        n = ids.numel()
+        if isinstance(budget, bool):
+            raise ValueError(f"budget must be an integer, got {budget!r}")
         try:
             budget = operator.index(budget)
         except TypeError:
             raise ValueError(f"budget must be an integer, got {budget!r}") from None
-        if isinstance(budget, bool) or not 1 <= budget <= n:
+        if not 1 <= budget <= n:
             raise ValueError(f"budget must be in [1, {n}] (the pool size), got {budget}")
-        ids = self._source_ids(sources, n)  # [n] host
         with torch.no_grad():
             selection = self._select(features, ids, budget)
+        if selection.indices.unique().numel() != budget:  # every path guarantees it; be loud
+            raise RuntimeError(f"internal error: the selection repeats a pool row ({selection.indices.tolist()})")
         selection.stats["select_ms"] = (time.perf_counter() - start) * 1e3
         return selection
 
-    def _select(self, g: Tensor, ids: Tensor, budget: int) -> Selection:
-        cfg = self.config
-        device = g.device
-        n, d = g.shape
-        n_sources = len(self._keys)
-        counts = torch.bincount(ids, minlength=n_sources).tolist()  # per source, host ints
+    def _plan(self, ids: Tensor, budget: int) -> _Plan:
+        """Step 1: who is kept whole, and each large source's share of the rest."""
+        counts = torch.bincount(ids, minlength=len(self._keys)).tolist()  # per source, host ints
         # Pool positions grouped by source, ascending within each source (stable sort).
-        order = torch.argsort(ids, stable=True)
-        rows_host = torch.split(order, counts)
-        present = [q for q in range(n_sources) if counts[q] > 0]
+        rows = torch.split(torch.argsort(ids, stable=True), counts)
+        present = [q for q in range(len(self._keys)) if counts[q] > 0]
         small_q = [q for q in present if self._small_flags[q]]
         large_q = [q for q in present if not self._small_flags[q]]
-
-        # Steps 2 and 6: small sources first, the rest split over large sources.
         n_small = sum(counts[q] for q in small_q)
         overflow = n_small > budget
         if overflow:
-            kept = overflow_keep(budget, [(self.source_sizes[self._keys[q]], rows_host[q]) for q in small_q])
+            kept = overflow_keep(budget, [(self.source_sizes[self._keys[q]], rows[q]) for q in small_q])
         elif small_q:
-            kept = torch.sort(torch.cat([rows_host[q] for q in small_q])).values
+            kept = torch.sort(torch.cat([rows[q] for q in small_q])).values
         else:
             kept = torch.empty(0, dtype=torch.long)
-        budget_large = budget - kept.numel()
-        shares = split_budget(budget_large, [counts[q] for q in large_q])
+        shares = split_budget(budget - kept.numel(), [counts[q] for q in large_q])
+        return _Plan(counts, rows, present, large_q, shares, kept, n_small, overflow)
 
-        topk = cfg.topk_dims if cfg.topk_dims is not None and cfg.topk_dims < d else None
-        # Coordinates need ranking only where facility location actually chooses (0 < b_q < n_q).
-        rank = topk is not None and any(0 < b < counts[q] for q, b in zip(large_q, shares))
-
-        # Pass 1 over the features: per-source sums of the (normalized) features, to rank
-        # coordinates by, and the pool mean (match error, finiteness check).
+    def _select(self, g: Optional[Tensor], ids: Tensor, budget: int) -> Selection:
+        cfg = self.config
+        device = g.device if g is not None else torch.device("cpu")
+        plan = self._plan(ids, budget)
+        choose = plan.to_choose()
         ids_dev = ids.to(device)  # [n]
-        if cfg.adam_normalize and large_q:
+
+        # Rows taken without choice: kept small sources, and large sources that get every row.
+        parts: list[tuple[Tensor, Tensor, Tensor]] = [  # (rows, weights, loss weights)
+            (plan.kept.to(device), _ones(plan.kept.numel(), device), _ones(plan.kept.numel(), device))
+        ]
+        for q, b in zip(plan.large, plan.shares):
+            if b == plan.counts[q]:
+                rows = plan.rows[q].to(device)
+                parts.append((rows, _ones(b, device), _ones(b, device)))
+        objective = torch.zeros((), dtype=torch.float64, device=device)
+        uses_history = cfg.adam_normalize and cfg.needs_features and g is not None
+
+        if g is None or not cfg.needs_features:
+            pool_total = None if g is None else _raw_total(g)  # [d]
+            for q, b in choose:
+                gen = selection_generator(cfg.seed, self.calls, q)
+                picks = plan.rows[q].index_select(0, random_subset(plan.counts[q], b, gen)).to(device)
+                parts.append((picks, torch.full((b,), plan.counts[q] / b, device=device), _ones(b, device)))
+        else:
+            blocks, pool_total = self._feature_blocks(g, ids_dev, plan, choose, uses_history)
+            fl_pending: list[tuple[Tensor, Tensor, int]] = []  # (rows, similarity, budget)
+            for (q, b), feats in zip(choose, blocks):
+                rows = plan.rows[q].to(device)  # [n_q]
+                n_q = plan.counts[q]
+                method = cfg.within_source
+                if method in ("facility_location", "cluster_sample"):
+                    # float64 gains: a greedy step's sum over rows then hardly depends on row
+                    # order, so a permuted pool gives the permuted choice (no float near-ties)
+                    sim = similarity_unchecked(feats, cfg.similarity).double()  # [n_q, n_q]
+                    if cfg.similarity == "cosine":
+                        # Shift cosine into [0, 2] so every row counts in the objective, as with
+                        # l1/l2 (facility_location ignores negative similarities).
+                        sim = sim + 1.0
+                    if method == "facility_location":
+                        fl_pending.append((rows, sim, b))
+                        continue
+                    local = cluster_sample(sim, b, selection_generator(cfg.seed, self.calls, q)).to(device)
+                    weight, loss_weight = torch.full((b,), n_q / b, device=device), _ones(b, device)
+                elif method == "mean_match":
+                    local, error = mean_match(feats, b)
+                    objective = objective + error
+                    weight, loss_weight = torch.full((b,), n_q / b, device=device), _ones(b, device)
+                elif method == "pps":
+                    size = torch.linalg.vector_norm(feats.double(), dim=1)  # [n_q]
+                    local, ht = pps_sample(size, b, selection_generator(cfg.seed, self.calls, q))
+                    ht = ht.to(device)
+                    weight, loss_weight = ht * (n_q / ht.sum()), ht * (b / ht.sum())
+                    local = local.to(device)
+                else:  # validated by CoresetConfig; a new name must be wired in here
+                    raise RuntimeError(f"within_source {method!r} has no implementation")
+                parts.append((rows.index_select(0, local), weight, loss_weight))
+            for (rows, sim, _), (picks, gains) in zip(fl_pending, _greedy_all(fl_pending)):
+                weight = cluster_weights(sim, picks).float()
+                parts.append((rows.index_select(0, picks), weight, _ones(picks.numel(), device)))
+                objective = objective + gains.sum().double()
+
+        indices = torch.cat([p[0] for p in parts])  # [budget]
+        weight = torch.cat([p[1].float() for p in parts])  # [budget]
+        loss_weight = weight if cfg.weighted else torch.cat([p[2].float() for p in parts])
+        indices, perm = torch.sort(indices)
+        weight, loss_weight = weight.index_select(0, perm), loss_weight.index_select(0, perm)
+
+        numbers = [objective]
+        if g is not None:
+            numbers.append(self._match_and_update(g, ids_dev, indices, loss_weight, pool_total, plan, uses_history))
+        self.calls += 1
+        # One host sync for every number reported.
+        src_sel = ids_dev.index_select(0, indices)  # [budget] source of each chosen row
+        per_source = torch.bincount(src_sel, minlength=len(self._keys))
+        values = torch.cat([torch.stack([v.double() for v in numbers]), per_source.double()]).tolist()
+        stats: dict[str, float] = {
+            "kept_small": float(plan.kept.numel()),
+            "dropped_small": float(plan.n_small - plan.kept.numel()),
+            "overflow": float(plan.overflow),
+            "n_large_sources": float(len(plan.large)),
+            "budget_large": float(plan.budget_large),
+            "adam_step": float(self.normalizer.step),
+        }
+        if g is not None:
+            stats["objective"], stats["match_error"] = values[0], values[1]
+        for q in plan.present:
+            stats[f"selected/{self._keys[q]}"] = values[len(numbers) + q]
+        return Selection(indices=indices, weights=weight, stats=stats, loss_weights=loss_weight)
+
+    def _feature_blocks(
+        self, g: Tensor, ids_dev: Tensor, plan: _Plan, choose: list[tuple[int, int]], normalize: bool
+    ) -> tuple[list[Tensor], Tensor]:
+        """Steps 2-3: each choosing source's rows in the (normalized) sparsified feature space
+        ``[n_q, h]``, and the raw pool total ``[d]``."""
+        cfg = self.config
+        n, d = g.shape
+        n_sources = len(self._keys)
+        topk = cfg.topk_dims if cfg.topk_dims is not None and cfg.topk_dims < d else None
+        if normalize:
             self.normalizer.prepare(g)  # fixes d on the first call; ValueError if it changed
-        if cfg.adam_normalize and rank:
+            if self.normalizer.step == 0 and choose:
+                # First step: the pool's second moment over the rows compared stands in for the
+                # empty history (see colm.normalize).
+                rows = torch.cat([plan.rows[q] for q, _ in choose]).to(g.device)
+                mean_g2 = _mean_square(g, rows)  # [d]
+                if not bool(torch.isfinite(mean_g2).all()) and not bool(torch.isfinite(g).all()):
+                    raise ValueError("features contain NaN or inf values")
+                self.normalizer.seed_first_step(mean_g2)  # ValueError if the squares overflow
+        if topk is not None and choose and normalize:
             source_sums, pool_total = self.normalizer.feature_sums(g, ids_dev, n_sources)
-        elif rank:
+        elif topk is not None and choose:
             source_sums = _raw_group_sums(g, ids_dev, n_sources)  # [S, d]
             pool_total = source_sums.sum(dim=0)
-        else:  # nothing to rank: only the pool mean is needed
+        else:  # nothing to rank: only the pool total is needed
             source_sums, pool_total = None, _raw_total(g)
-        pool_mean = pool_total / n  # [d]
-        if not bool(torch.isfinite(pool_mean).all()):
-            # Any NaN/inf entry makes its column's mean non-finite; finite inputs only get here
-            # when the sum itself overflows.
-            if not bool(torch.isfinite(g).all()):
-                raise ValueError("features contain NaN or inf values")
-            raise ValueError("features are too large: their mean overflows float32")
-
-        # Step 7 per large source.
-        chosen = [kept.to(device)]
-        weights = [torch.ones(kept.numel(), dtype=torch.float32, device=device)]
-        objective = torch.zeros((), dtype=torch.float32, device=device)
-        pending: list[tuple[Tensor, Tensor, int]] = []  # (rows, similarity, budget) per source
-        for q, b in zip(large_q, shares):
-            if b == 0:
-                continue
-            rows = rows_host[q].to(device)  # [n_q]
-            if b == counts[q]:
-                chosen.append(rows)
-                weights.append(torch.ones(b, dtype=torch.float32, device=device))
-                continue
+        _check_magnitude(pool_total, g)
+        if source_sums is not None and not bool(torch.isfinite(source_sums).all()):
+            raise ValueError("features are too large: their normalized sums overflow float32")
+        blocks = []
+        for q, _ in choose:
+            rows = plan.rows[q].to(g.device)  # [n_q]
             if topk is not None:
-                # Step 5. Sorted columns make the gather walk each row forward in memory
-                # (~4x faster on CPU than topk's arbitrary order).
-                score = source_sums[q].abs()  # [d]; |mean| ranks like |sum| within a source
-                cols = _top_columns(score, topk)  # [h], ascending
+                # Sorted columns make the gather walk each row forward in memory (~4x faster on
+                # CPU than topk's arbitrary order); |mean| ranks like |sum| within a source.
+                cols = _top_columns(source_sums[q].abs(), topk)  # [h], ascending
                 block = _gather(g, rows, cols)  # [n_q, h]
             else:
-                cols = None
-                block = g.index_select(0, rows)  # [n_q, d]
-            feats = self.normalizer.transform(block, cols) if cfg.adam_normalize else block.float()
-            # feats are finite: the input passed the check above and normalization cannot
-            # create NaN/inf, so the public functions' validation (a host sync each) is skipped.
-            sim = similarity_unchecked(feats, cfg.similarity)  # [n_q, n_q]
-            if cfg.similarity == "cosine":
-                # Shift cosine into [0, 2] so every row counts in the objective, as with l1/l2
-                # (facility_location ignores negative similarities).
-                sim = sim + 1.0
-            pending.append((rows, sim, b))
-        for (rows, sim, _), (picks, gains) in zip(pending, _greedy_all(pending)):
-            chosen.append(rows.index_select(0, picks))
-            weights.append(cluster_weights(sim, picks).float())
-            objective = objective + gains.sum().float()
+                cols, block = None, g.index_select(0, rows)  # [n_q, d]
+            blocks.append(self.normalizer.transform(block, cols) if normalize else block.float())
+        return blocks, pool_total
 
-        indices = torch.cat(chosen)  # [budget]
-        weight = torch.cat(weights)  # [budget]
-        indices, perm = torch.sort(indices)
-        weight = weight.index_select(0, perm)
-
-        # Pass 2 over the selected rows: match error, and the Adam history update.
-        src_sel = ids_dev.index_select(0, indices)  # [budget] source of each chosen row
-        is_large_sel = (~self._is_small).to(device)[src_sel]  # [budget]
-        n_large_sel = budget_large
-        lin_w = [weight / weight.sum()]  # weighted mean of the coreset
+    def _match_and_update(
+        self, g: Tensor, ids_dev: Tensor, indices: Tensor, loss_weight: Tensor, pool_total: Tensor,
+        plan: _Plan, update: bool,
+    ) -> Tensor:
+        """Step 5, one pass over the selected rows: the match error of the trained coreset, and
+        the Adam history update from the selected large-source rows. Returns the match error."""
+        n = g.shape[0]
+        is_large_sel = (~self._is_small).to(g.device)[ids_dev.index_select(0, indices)]  # [budget]
+        lin_w = [loss_weight / loss_weight.sum()]  # weighted mean of the trained coreset
         sq_w: Optional[Tensor] = None
-        update = cfg.adam_normalize and n_large_sel > 0
+        update = update and plan.budget_large > 0
         if update:
-            mean_w = is_large_sel.float() / n_large_sel  # [budget]
+            mean_w = is_large_sel.float() / plan.budget_large  # [budget]
             lin_w.append(mean_w)
             sq_w = mean_w.unsqueeze(0)
         lin, sq = _selected_sums(g, indices, torch.stack(lin_w), sq_w)
-        diff = torch.linalg.vector_norm(lin[0] - pool_mean)
+        pool_mean = pool_total.double() / n
+        diff = torch.linalg.vector_norm(lin[0].double() - pool_mean)
         scale = torch.linalg.vector_norm(pool_mean)
         match_error = torch.where(scale > 0, diff / scale, diff)
         if update:
-            self.normalizer.update_from_moments(lin[1], sq[0])
-        self.calls += 1
-
-        # One host sync for every number reported.
-        per_source = torch.bincount(src_sel, minlength=n_sources)
-        numbers = torch.cat([torch.stack([objective, match_error.float()]), per_source.float()]).tolist()
-        stats: dict[str, float] = {
-            "kept_small": float(kept.numel()),
-            "dropped_small": float(n_small - kept.numel()),
-            "overflow": float(overflow),
-            "n_large_sources": float(len(large_q)),
-            "budget_large": float(budget_large),
-            "objective": numbers[0],
-            "match_error": numbers[1],
-            "adam_step": float(self.normalizer.step),
-        }
-        for q in present:
-            stats[f"selected/{self._keys[q]}"] = numbers[2 + q]
-        return Selection(indices=indices, weights=weight, stats=stats)
+            self.normalizer.update_from_moments(lin[1], sq[0])  # ValueError (no change) on overflow
+        return match_error
 
     # --- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -307,10 +413,40 @@ class CoresetSelector:
         return {"version": _STATE_VERSION, "calls": self.calls, "normalizer": self.normalizer.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported selector state version {state.get('version')!r}")
-        self.calls = int(state["calls"])
+        if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
+            version = state.get("version") if isinstance(state, Mapping) else None
+            raise ValueError(f"unsupported selector state version {version!r}")
+        calls = state.get("calls")
+        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
+            raise ValueError(f"selector state: calls must be an integer >= 0, got {calls!r}")
         self.normalizer.load_state_dict(state["normalizer"])
+        self.calls = calls
+
+
+def _ones(k: int, device: torch.device) -> Tensor:
+    return torch.ones(k, dtype=torch.float32, device=device)
+
+
+def _check_magnitude(total: Tensor, g: Tensor) -> None:
+    """ValueError unless the pool total ``[d]`` is finite. Any NaN/inf feature makes its
+    column's total non-finite, so a good pool pays one ``[d]`` check; ``g`` is inspected only
+    to tell NaN/inf input from finite features whose sum overflows."""
+    if bool(torch.isfinite(total).all()):
+        return
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError("features contain NaN or inf values")
+    raise ValueError("features are too large: their sum over the pool overflows float32")
+
+
+def _mean_square(g: Tensor, rows: Tensor) -> Tensor:
+    """Mean of ``g[rows] ** 2`` over the rows, ``[d]`` float32, accumulated in float64 so that
+    the result does not depend on the order of the rows (used once per run)."""
+    d = g.shape[1]
+    out = torch.empty(d, dtype=torch.float32, device=g.device)
+    for cols in column_blocks(rows.numel(), d, g.device):
+        block = g[:, cols].index_select(0, rows).double()  # [k, w]
+        out[cols] = block.square_().mean(dim=0).float()
+    return out
 
 
 def _raw_group_sums(g: Tensor, groups: Tensor, n_groups: int) -> Tensor:

@@ -26,6 +26,8 @@ def check_features(x: Tensor, name: str = "x", *, finite: bool = True) -> None:
         raise ValueError(f"{name} must have at least one row and one column, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (shape only, no values): pass real data")
     if finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf values")
 

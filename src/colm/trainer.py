@@ -5,10 +5,16 @@ A thin adapter. The Trainer's own loop runs unchanged; colm plugs into three ext
 * the training DataLoader yields *rows* (uncollated examples) in chunks `pool_factor` times the
   per-device batch, so one optimizer step's `gradient_accumulation_steps` chunks form the pool and
   an epoch stays one pass over the data;
-* `get_batch_samples` (called once per optimizer step) scores the pool without gradients, selects
-  the coreset, and returns exactly the number of micro-batches the loop expects, collated by the
-  user's collator, with `num_items_in_batch` recomputed over the coreset;
-* checkpoints carry the selector state, restored by `resume_from_checkpoint`.
+* `get_batch_samples` (called once per optimizer step) scores the pool without gradients (unless
+  the selection needs no features, as `within_source="random"`), selects the coreset, and
+  returns exactly the number of micro-batches the loop expects, collated by the user's
+  collator, with `num_items_in_batch` recomputed over the coreset;
+* checkpoints carry the selector state (tensors + JSON, no pickle), restored by
+  `resume_from_checkpoint`.
+
+Pool rows without a supervised token (every label -100 after the shift) carry no training
+signal: they are never scored or selected, do not count as pool members, and are counted in
+the step's stats (`coreset/unsupervised_rows`), with a warning the first time.
 
 `per_device_train_batch_size` x `gradient_accumulation_steps` x world size keeps its meaning: the
 batch the optimizer steps on. The `source` column reaches the selector only, never the model or
@@ -32,16 +38,22 @@ from transformers.trainer_utils import get_last_checkpoint
 from . import distributed
 from .config import CoresetConfig
 from .features import per_example_nll
+from .features.loss import IGNORE_INDEX
 from .files import truncate_jsonl
 from .scoring import pool_features
 from .selector import CoresetSelector, Selection
+from .selector_state import load_selector_state, save_selector_state
 
 logger = logging.getLogger(__name__)
 
 SOURCE_KEY = "source"
 ID_KEY = "colm_example_id"
 WEIGHT_KEY = "colm_weight"
-SELECTOR_STATE_FILE = "colm_selector.pt"
+#: Examples the optimizer step trains on, over all micro-batches and ranks (loss_average="example").
+STEP_EXAMPLES_KEY = "colm_step_examples"
+SELECTOR_STATE_FILE = "colm_selector.safetensors"
+#: Written by colm before the safetensors format (pickle): still read, with weights_only=True.
+LEGACY_SELECTOR_STATE_FILE = "colm_selector.pt"
 SELECTIONS_FILE = "selections.jsonl"
 _PRIVATE_KEYS = (SOURCE_KEY, ID_KEY)
 _SINGLE_SOURCE = "all"
@@ -120,6 +132,7 @@ class CoresetTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.coreset_config = coreset_config or CoresetConfig(pool_factor=1)
         self.log_selections = log_selections
+        self._warned_unsupervised = False
         self._coreset_logs: dict[str, float] = {}
         self._coreset_log_count = 0
         self.last_selection: Selection | None = None
@@ -197,70 +210,136 @@ class CoresetTrainer(Trainer):
             return [], None
         if not self.selection_enabled:
             batches = [self._collate(chunk) for chunk in chunks]
+            if self.coreset_config.loss_average == "example":
+                batches = self._with_example_weights(batches, None)
         else:
-            batches = self._select_batches(chunks, len(chunks), device)
+            batches = self._select_batches(chunks)
         return batches, self._get_num_items_in_batch(batches, device)
 
-    def _select_batches(
-        self, chunks: list[list[dict[str, Any]]], num_batches: int, device: torch.device
-    ) -> list[dict[str, Any]]:
+    def _select_batches(self, chunks: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         assert self.selector is not None
         cfg = self.coreset_config
+        num_batches = len(chunks)
         world, rank = distributed.world_size(), distributed.rank()
         local_rows = [row for chunk in chunks for row in chunk]
+        # Rows with no supervised token are no pool members: never scored, never selected.
+        local_rows, unsupervised = self._supervised_only(local_rows)
 
         # Score this rank's rows without gradients, in chunks that fit, then assemble the
-        # global pool's features on every rank.
+        # global pool's features on every rank (skipped when selection looks at no feature).
         start = time.perf_counter()
-        chunk_size = cfg.score_batch_size or self.args.per_device_train_batch_size
-        score_batches = [
-            self._prepare_inputs(self._collate(local_rows[i : i + chunk_size]))
-            for i in range(0, len(local_rows), chunk_size)
-        ]
-        features = pool_features(self.model, score_batches, cfg, step=self.state.global_step)  # [N, d]
+        features = None
+        if cfg.needs_features:
+            chunk_size = cfg.score_batch_size or self.args.per_device_train_batch_size
+            score_batches = [
+                self._prepare_inputs(self._collate(local_rows[i : i + chunk_size]))
+                for i in range(0, len(local_rows), chunk_size)
+            ]
+            features = pool_features(self.model, score_batches, cfg, step=self.state.global_step)  # [N, d]
         score_ms = (time.perf_counter() - start) * 1e3
 
         pool_rows = distributed.gather_objects(local_rows)
+        unsupervised = sum(distributed.gather_objects([unsupervised]))
+        if len(pool_rows) < world * num_batches:
+            raise ValueError(
+                f"this step's pool has only {len(pool_rows)} rows with a supervised token "
+                f"({unsupervised} have none: every label is -100); at least {world * num_batches} "
+                "are needed to fill the micro-batches. Drop such rows from the dataset (e.g. rows "
+                "whose response was truncated away) or check the labels your collator builds."
+            )
         sources = [str(row.get(SOURCE_KEY, _SINGLE_SOURCE)) for row in pool_rows]
         # Budget: the batch the optimizer steps on, shrunk with the pool on a short last step,
         # and a multiple of the world size so every rank trains an equal share.
-        # Every rank contributed num_batches non-empty chunks, so the budget never exceeds the pool.
-        per_rank = max(num_batches, math.ceil(len(pool_rows) / (cfg.pool_factor * world)))
+        per_rank = max(num_batches, math.ceil((len(pool_rows) + unsupervised) / (cfg.pool_factor * world)))
         budget = min(per_rank * world, len(pool_rows))
 
         selection = self.selector.select(features, sources, budget)
+        selection.stats["unsupervised_rows"] = float(unsupervised)
         self.last_selection = selection
         picked = selection.indices.tolist()
-        weights = selection.weights.to(torch.float32)
-        # Normalize to mean 1 over the coreset so the weighted loss keeps the loss scale.
-        weights = weights * (len(picked) / weights.sum())
-
         self._record_selection(selection, pool_rows, sources, score_ms)
 
         mine = list(range(rank, len(picked), world))
-        batches = []
-        for part in split_evenly(mine, num_batches):
-            batch = self._collate([pool_rows[picked[j]] for j in part])
-            if cfg.weighted:
-                batch[WEIGHT_KEY] = weights[part].clone()
-            batches.append(batch)
+        parts = split_evenly(mine, num_batches)
+        batches = [self._collate([pool_rows[picked[j]] for j in part]) for part in parts]
+        weights = selection.loss_weights.to(torch.float32).cpu()  # [budget]
+        if bool((weights != 1).any()) or cfg.loss_average == "example":
+            # Normalized to mean 1 over the coreset so a weighted loss keeps the loss scale.
+            weights = weights * (len(picked) / weights.sum())
+            batches = self._with_example_weights(batches, [weights[part] for part in parts], len(picked))
+        return batches
+
+    def _supervised_only(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """The rows that have at least one supervised next-token label, and how many had none.
+
+        The labels are those the user's collator builds (it may derive them from input_ids),
+        so the pool is collated once here; padding does not change what is supervised."""
+        labels = self._collate(rows).get("labels")
+        if labels is None:
+            return rows, 0
+        keep = (torch.as_tensor(labels)[:, 1:] != IGNORE_INDEX).any(dim=1).tolist()  # [n]
+        dropped = len(rows) - sum(keep)
+        if dropped and not self._warned_unsupervised:
+            self._warned_unsupervised = True
+            logger.warning(
+                "%d of %d pool rows have no supervised token (every label is -100); they are "
+                "left out of selection and training (counted as coreset/unsupervised_rows)",
+                dropped, len(rows),
+            )
+        return ([row for row, k in zip(rows, keep) if k] if dropped else rows), dropped
+
+    def _with_example_weights(
+        self, batches: list[dict[str, Any]], weights: list[torch.Tensor] | None, step_examples: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Attach per-example loss weights and, for loss_average="example", the step's example
+        count to each micro-batch (compute_loss reads and removes them)."""
+        if step_examples is None:  # plain training: the step's examples over all ranks
+            step_examples = sum(distributed.gather_objects([sum(len(b["input_ids"]) for b in batches)]))
+        for k, batch in enumerate(batches):
+            n = len(batch["input_ids"])
+            batch[WEIGHT_KEY] = weights[k].clone() if weights is not None else torch.ones(n)
+            if self.coreset_config.loss_average == "example":
+                batch[STEP_EXAMPLES_KEY] = torch.tensor(float(step_examples))
         return batches
 
     # ---- loss -------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weights = inputs.pop(WEIGHT_KEY, None)
+        step_examples = inputs.pop(STEP_EXAMPLES_KEY, None)
         if weights is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # Cluster-size weighted loss: each example's summed token NLL times its weight, over the
-        # coreset's supervised tokens (the same normalization as the unweighted loss).
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         nll_sums, counts = per_example_nll(outputs.logits, labels)  # [n], [n]
-        denom = num_items_in_batch if num_items_in_batch is not None else counts.sum()
-        loss = (nll_sums * weights.to(nll_sums.device)).sum() / denom
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+        weights = weights.to(nll_sums.device)
+        if step_examples is None:
+            # loss_average="token", weighted: each example's summed token NLL times its weight,
+            # over the coreset's supervised tokens (the unweighted loss's normalization).
+            denom = num_items_in_batch if num_items_in_batch is not None else counts.sum()
+            loss = (nll_sums * weights).sum() / denom
+            global_denominator = num_items_in_batch is not None
+            if self.args.average_tokens_across_devices and global_denominator:
+                loss = loss * self.accelerator.num_processes
+        else:
+            # loss_average="example": each example's mean token NLL, averaged over the step's
+            # examples on every micro-batch and rank. DDP averages gradients over ranks, hence
+            # the world size; a loop that divides by the accumulation steps gets them back.
+            means = nll_sums / counts.clamp(min=1).to(nll_sums.dtype)  # [n]
+            loss = (means * weights).sum() / step_examples.to(means.device)
             loss = loss * self.accelerator.num_processes
+            if not self._loss_scaled_for_accumulation(num_items_in_batch):
+                loss = loss * self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
+
+    def _loss_scaled_for_accumulation(self, num_items_in_batch) -> bool:
+        """Whether `Trainer.training_step` leaves the loss as is (True) or divides it by the
+        gradient accumulation steps (False): the rule of transformers' training_step."""
+        if self.loss_is_scaled_for_ga is not None:
+            return bool(self.loss_is_scaled_for_ga)
+        return bool(
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+            or self.compute_loss_func is not None
+        )
 
     # ---- telemetry --------------------------------------------------------------------------
     def _record_selection(
@@ -301,12 +380,10 @@ class CoresetTrainer(Trainer):
         super()._save_rng_state(output_dir)
         if self.selector is not None and self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
-            path = os.path.join(output_dir, SELECTOR_STATE_FILE)
-            tmp = path + ".tmp"
-            torch.save(
-                {"config": self.coreset_config.to_dict(), "selector": self.selector.state_dict()}, tmp
+            save_selector_state(
+                os.path.join(output_dir, SELECTOR_STATE_FILE), self.coreset_config.to_dict(),
+                self.selector.state_dict(),
             )
-            os.replace(tmp, path)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         checkpoint = resume_from_checkpoint
@@ -320,20 +397,24 @@ class CoresetTrainer(Trainer):
 
     def _load_selector_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, SELECTOR_STATE_FILE)
+        legacy = os.path.join(checkpoint, LEGACY_SELECTOR_STATE_FILE)
         if self.selector is None:
             if self.selection_enabled and self.train_dataset is not None:
                 self.selector = self._build_selector(self.train_dataset)
             else:
                 return
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) and not os.path.isfile(legacy):
             raise ValueError(
                 f"checkpoint {checkpoint!r} has no {SELECTOR_STATE_FILE}: it was not written by a "
                 "CoresetTrainer with selection on, so the selector state cannot be restored"
             )
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if saved.get("config") != self.coreset_config.to_dict():
+        config, state = load_selector_state(path if os.path.isfile(path) else legacy)
+        if config != self.coreset_config.to_dict():
             logger.warning("resuming with a CoresetConfig that differs from the checkpoint's")
-        self.selector.load_state_dict(saved["selector"])
+        try:
+            self.selector.load_state_dict(state)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from None
         self._truncate_selection_log(checkpoint)
 
     def _truncate_selection_log(self, checkpoint: str) -> None:

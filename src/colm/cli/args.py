@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from colm.cli.errors import UsageError
-from colm.config import FEATURES, SIMILARITIES, CoresetConfig
+from colm.config import FEATURES, LOSS_AVERAGES, SIMILARITIES, WITHIN_SOURCE, CoresetConfig
 
 #: Sizes of the embedded default model (colm.default_model.MODEL_SIZES; not imported: torch).
 MODEL_SIZES = ("tiny", "small", "base")
@@ -164,7 +164,8 @@ def _selection_arguments() -> type:
 #: CoresetConfig fields whose name clashes with a TrainingArguments field.
 SELECTION_PREFIXED = {"seed": "selection_seed"}
 #: Options whose values are a fixed set (argparse checks them and lists them in --help).
-CHOICES = {"similarity": SIMILARITIES, "feature": FEATURES}
+CHOICES = {"similarity": SIMILARITIES, "feature": FEATURES, "within_source": WITHIN_SOURCE,
+           "loss_average": LOSS_AVERAGES}
 SelectionArguments = _selection_arguments()
 
 

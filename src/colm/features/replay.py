@@ -21,6 +21,14 @@ one decoder layer plus the LM head. Substituted parameters go through
 Capture stops the forward with an exception as soon as the last layer's inputs are recorded, so
 the last layer and the LM head do not run twice.
 
+Half-precision models: a replay of a bf16/fp16 model runs the last layer and the tail in
+float32 (float32 copies of their parameters, made once per replay object, and the captured
+activations upcast). Zeroth-order features take differences of losses at ``theta +- eps z``;
+in bf16 the perturbed weight is rounded back to 8 bits of mantissa (at |w| ~ 0.2 and
+eps = 1e-3 the applied step is off by tens of percent) and the loss difference is of the order
+of bf16's own rounding, so coefficients came out wrong, even with the wrong sign. The layers
+before the last one still run in the model's dtype: their output is the data being scored.
+
 KV cache: every forward passes ``use_cache=False`` and the captured kwargs are checked to hold no
 ``Cache``. A ``DynamicCache`` handed to the layer would grow on each replay and make the attention
 read stale keys/values, silently ignoring perturbations of the value projection.
@@ -84,16 +92,23 @@ def _contains_cache(value: Any) -> bool:
     return False
 
 
-def _detach(value: Any) -> Any:
+def _detach(value: Any, float32: bool = False) -> Any:
+    """Detached copy of a nest of tensors; ``float32`` also upcasts half-precision tensors."""
     if isinstance(value, torch.Tensor):
-        return value.detach()
+        value = value.detach()
+        if float32 and value.dtype in HALF_DTYPES:
+            value = value.float()
+        return value
     if isinstance(value, tuple):
-        return tuple(_detach(v) for v in value)
+        return tuple(_detach(v, float32) for v in value)
     if isinstance(value, list):
-        return [_detach(v) for v in value]
+        return [_detach(v, float32) for v in value]
     if isinstance(value, dict):
-        return {k: _detach(v) for k, v in value.items()}
+        return {k: _detach(v, float32) for k, v in value.items()}
     return value
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class LastLayerReplay:
@@ -111,12 +126,24 @@ class LastLayerReplay:
     parameter names (``model.named_parameters()``) and must belong to the last decoder layer or to
     the modules after it. Replays run in whatever grad mode the caller is in (the exact features
     backpropagate through them); the caller chooses eval/train mode.
+
+    ``float32``: replay the last layer and the tail in float32 (see the module docstring). None
+    (default) does so exactly when one of their parameters is bf16 or fp16. Overrides are then
+    expected in float32 (``compute_dtype``).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, float32: bool | None = None) -> None:
         self.model = model
         self.stack: DecoderStack = find_decoder_stack(model)
         self.head: nn.Module = output_embeddings(model)
+        self._replayed = {
+            name: p for name, p in model.named_parameters()
+            if name.startswith(self.stack.last_prefix) or not name.startswith(f"{self.stack.path}.")
+        }
+        if float32 is None:
+            float32 = any(p.dtype in HALF_DTYPES for p in self._replayed.values())
+        self.float32 = bool(float32)
+        self._fp32_params: dict[str, torch.Tensor] | None = None
         found = position_wise_mlp(self.stack.last)
         self._mlp: nn.Module | None = None if found is None else found[1]
         self._mlp_prefix = "" if found is None else f"{self.stack.last_prefix}{found[0]}."
@@ -129,6 +156,11 @@ class LastLayerReplay:
     @property
     def captured(self) -> bool:
         return self._args is not None
+
+    def compute_dtype(self, param: torch.Tensor) -> torch.dtype:
+        """The dtype a replay computes ``param`` in (float32 for half parameters when
+        ``self.float32``), i.e. the dtype overrides of it should have."""
+        return torch.float32 if self.float32 and param.dtype in HALF_DTYPES else param.dtype
 
     @property
     def batch_size(self) -> int:
@@ -144,7 +176,7 @@ class LastLayerReplay:
         store: dict[str, Any] = {}
 
         def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            store["args"], store["kwargs"] = _detach(args), _detach(kwargs)
+            store["args"], store["kwargs"] = _detach(args, self.float32), _detach(kwargs, self.float32)
             raise StopForward
 
         handle = self.stack.last.register_forward_pre_hook(grab, with_kwargs=True)
@@ -167,8 +199,9 @@ class LastLayerReplay:
         self._labels = labels.to(device) if labels is not None else None
 
     def release(self) -> None:
-        """Drop the captured activations."""
+        """Drop the captured activations (and the float32 parameter copies)."""
         self._args = self._kwargs = self._inputs = self._labels = None
+        self._fp32_params = None
 
     def _require_capture(self) -> None:
         if not self.captured:
@@ -314,6 +347,12 @@ class LastLayerReplay:
         return out
 
     def _forward(self, overrides: Mapping[str, torch.Tensor] | None):
+        if self.float32:
+            if self._fp32_params is None:  # once per replay object: the weights do not change
+                self._fp32_params = {
+                    name: p.detach().float() for name, p in self._replayed.items() if p.dtype in HALF_DTYPES
+                }
+            overrides = {**self._fp32_params, **(overrides or {})}
         params = self.translate(overrides or {})
         with self._only_last_layer():
             return functional_call(

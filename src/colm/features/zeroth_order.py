@@ -79,15 +79,17 @@ def zo_features_from_coefficients(
 
 
 def _perturbed(
-    targets: Mapping[str, torch.Tensor], z: torch.Tensor, scale: float
+    replay: LastLayerReplay, targets: Mapping[str, torch.Tensor], z: torch.Tensor, scale: float
 ) -> dict[str, torch.Tensor]:
-    """New tensors θ + scale·z (split over the targets in order), computed in float32."""
+    """New tensors θ + scale·z (split over the targets in order), computed in float32 and kept
+    in the dtype the replay computes in (float32 for a half-precision model: rounding θ + εz
+    back to bf16 would change the step actually taken)."""
     out: dict[str, torch.Tensor] = {}
     offset = 0
     for name, p in targets.items():
         k = p.numel()
         part = z[offset:offset + k].view(p.shape)
-        out[name] = (p.detach().float() + scale * part).to(p.dtype)
+        out[name] = (p.detach().float() + scale * part).to(replay.compute_dtype(p))
         offset += k
     return out
 
@@ -130,7 +132,7 @@ def zo_coefficients(
     with torch.no_grad():
         for j in range(config.zo_probes):
             z = zo_direction(config, step, j, numel, device, torch.float32)  # [d]
-            plus = replay.losses(_perturbed(targets, z, eps))  # [n]
-            minus = replay.losses(_perturbed(targets, z, -eps))  # [n]
+            plus = replay.losses(_perturbed(replay, targets, z, eps))  # [n]
+            minus = replay.losses(_perturbed(replay, targets, z, -eps))  # [n]
             columns.append((plus - minus) / (2.0 * eps))
     return torch.stack(columns, dim=1)  # [n, m]

@@ -1,0 +1,89 @@
+"""The selector's state in a checkpoint: safetensors tensors plus JSON, never pickle.
+
+A checkpoint folder can come from anywhere (a shared drive, a download), so reading it must not
+run code. The Adam history ``m``, ``v`` (``[d]`` float32 each) is stored as safetensors tensors
+and everything else (the CoresetConfig, the step counters, betas, eps) as JSON in the file's
+metadata. Files written by older colm versions (``colm_selector.pt``, a pickled dict of tensors
+and numbers) are still read, through ``torch.load(weights_only=True)``, which refuses anything
+but tensors and plain containers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+FORMAT = "colm-selector"
+FORMAT_VERSION = 1
+_METADATA_KEY = "colm"
+
+
+def save_selector_state(path: str | os.PathLike, config: dict[str, Any], state: dict[str, Any]) -> None:
+    """Write ``CoresetSelector.state_dict()`` and the config dict to ``path`` atomically."""
+    from safetensors.torch import save_file
+
+    normalizer = dict(state["normalizer"])
+    tensors = {}
+    for key in ("m", "v"):
+        value = normalizer.pop(key)
+        if value is not None:
+            tensors[key] = value.detach().to("cpu", torch.float32).contiguous()
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config,
+        "selector": {**{k: v for k, v in state.items() if k != "normalizer"}, "normalizer": normalizer},
+    }
+    tmp = f"{os.fspath(path)}.tmp"
+    save_file(tensors, tmp, metadata={_METADATA_KEY: json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def load_selector_state(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """``(config dict, CoresetSelector state dict)`` from ``path`` (this format or the legacy
+    pickle one). Raises ValueError naming the file when it is torn, foreign or unreadable."""
+    path = os.fspath(path)
+    if path.endswith(".pt"):
+        return _load_legacy(path)
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            raw = (f.metadata() or {}).get(_METADATA_KEY)
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable selector state ({err}); the checkpoint is damaged") from None
+    try:
+        meta = json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: malformed selector metadata ({err.msg})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a colm selector state (no '{FORMAT}' metadata)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: selector state format {meta.get('format_version')!r} is not supported by "
+            f"this colm (it reads {FORMAT_VERSION}); use the colm version that wrote it"
+        )
+    selector = meta.get("selector")
+    if not isinstance(selector, dict) or not isinstance(selector.get("normalizer"), dict):
+        raise ValueError(f"{path}: selector state without a normalizer entry")
+    normalizer = dict(selector["normalizer"])
+    normalizer["m"], normalizer["v"] = tensors.get("m"), tensors.get("v")
+    return meta.get("config"), {**selector, "normalizer": normalizer}
+
+
+def _load_legacy(path: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    import pickle
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise ValueError(
+            f"{path}: an old-format selector state that cannot be read safely ({' '.join(str(err).split())[:200]}); "
+            "resume from a checkpoint written by this colm version, or start a new run"
+        ) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("selector"), dict):
+        raise ValueError(f"{path}: not a colm selector state")
+    return saved.get("config"), saved["selector"]
