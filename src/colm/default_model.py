@@ -3,7 +3,7 @@
 `colm` runs end to end with no download: the tokenizer is trained (about 2 s on 2 CPU
 cores) on the train split of the math mixture shipped in `colm.data`, then cached; the
 model is a freshly initialised `LlamaForCausalLM`. `load_model_and_tokenizer` picks between
-this default and any Hugging Face causal LM (hub id or local folder).
+this default, any Hugging Face causal LM (hub id or local folder) and a GGUF file (colm.gguf).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from transformers import (
 from colm.data.hub import hub_offline, looks_like_local_path
 from colm.files import atomic_write_text
 from colm.data.mixture import split_files
+from colm.gguf import find_gguf, is_gguf_file, load_gguf
 
 PAD, EOS = "<pad>", "<eos>"
 #: Role markers are single special tokens so a chat turn boundary is never split.
@@ -189,16 +190,19 @@ def load_model_and_tokenizer(
     colm_cache_dir: str | os.PathLike | None = None,
     **from_pretrained_kwargs: Any,
 ) -> tuple[PreTrainedModel, Any]:
-    """The embedded default (None) or a Hugging Face causal LM from a hub id or local folder.
+    """The embedded default (None), a Hugging Face causal LM from a hub id or local folder, or a
+    GGUF file (a `.gguf` path or a folder holding one; see `colm.gguf.load_gguf`, cached).
 
     Offline (HF_HUB_OFFLINE=1 or the Hub unreachable) only local files are used, so a model
     that is not there fails at once with a ValueError naming it, instead of retrying for ~20 s.
     A tokenizer without a pad token gets pad = eos.
 
     Args:
-        model_id_or_path: hub id ("org/name"), a local folder, or None for the default.
+        model_id_or_path: hub id ("org/name"), a local folder, a `.gguf` file, or None for the
+            default.
         size, seed: the default model's size and init seed (ignored for a pretrained model).
-        colm_cache_dir: the default tokenizer's cache (see `default_tokenizer`).
+        colm_cache_dir: colm's cache: the default tokenizer (see `default_tokenizer`) and the
+            converted GGUF files.
         **from_pretrained_kwargs: passed to `AutoModelForCausalLM.from_pretrained` (e.g. dtype,
             revision, cache_dir); the hub options among them (revision, cache_dir, token,
             local_files_only, trust_remote_code, subfolder) go to the tokenizer as well.
@@ -208,6 +212,10 @@ def load_model_and_tokenizer(
         return default_model(tokenizer, size=size, seed=seed), tokenizer
     name = os.fspath(model_id_or_path)
     local = Path(name).expanduser()
+    gguf_file = find_gguf(local) if local.exists() or is_gguf_file(local) else None
+    if gguf_file is not None:
+        model, tokenizer = load_gguf(gguf_file, cache_dir=colm_cache_dir, **from_pretrained_kwargs)
+        return _with_pad_token(model, tokenizer, name)
     if not local.exists():
         if looks_like_local_path(name):
             raise ValueError(f"model {name!r}: no such local folder")
@@ -226,6 +234,10 @@ def load_model_and_tokenizer(
             else "check the id or path"
         )
         raise ValueError(f"could not load model {name!r}: {hint} ({err})") from err
+    return _with_pad_token(model, tokenizer, name)
+
+
+def _with_pad_token(model: PreTrainedModel, tokenizer: Any, name: str) -> tuple[PreTrainedModel, Any]:
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"model {name!r}: its tokenizer has neither a pad nor an eos token")

@@ -26,8 +26,10 @@ class ModelArguments:
 
     model: Optional[str] = field(
         default=None,
-        metadata={"help": "Hugging Face Hub id or local folder of a causal LM. Default: colm's "
-                          "embedded Llama (see --model-size), built offline with no download."},
+        metadata={"help": "Hugging Face Hub id or local folder of a causal LM, or a GGUF file (a "
+                          ".gguf path or a folder holding one; converted once, then cached). "
+                          "Default: colm's embedded Llama (see --model-size), built offline "
+                          "with no download."},
     )
     model_size: str = field(
         default="tiny",

@@ -59,13 +59,20 @@ def apply_lora(model: Any, model_args: Any) -> Any:
 def run_info(model_args: Any, data_args: Any, seed: int) -> dict[str, Any]:
     """What a later `colm evaluate` needs to know about how the model was trained."""
     return {
-        "model": model_args.model,
+        "model": _absolute_if_local(model_args.model),
         "model_size": model_args.model_size,
         "model_seed": seed,
         "lora_r": model_args.lora_r,
         "template": data_args.template,
         "max_length": data_args.max_length,
     }
+
+
+def _absolute_if_local(model: str | None) -> str | None:
+    # A relative folder or .gguf path would break `colm evaluate` run from another directory.
+    if model is not None and Path(model).expanduser().exists():
+        return str(Path(model).expanduser().resolve())
+    return model
 
 
 def find_run_info(checkpoint: Path) -> dict[str, Any]:
