@@ -77,7 +77,10 @@ ARMS: dict[str, tuple[str | None, dict[str, Any] | None]] = {
     "FL, zo m=8": ("zo8", dict(within_source="facility_location")),
     "FL, exact": ("exact", dict(within_source="facility_location")),
     "mean_match, exact": ("exact", dict(within_source="mean_match")),
-    "mean_match, zo m=8": ("zo8", dict(within_source="mean_match")),
+    "mean_match, exact, pool moment": ("exact", dict(within_source="mean_match", adam_second_moment="pool")),
+    "mean_match, exact, pool moment, all dims": (
+        "exact", dict(within_source="mean_match", adam_second_moment="pool", topk_dims=None)),
+    "mean_match, zo m=8, pool moment": ("zo8", dict(within_source="mean_match", adam_second_moment="pool")),
     "cluster_sample, exact": ("exact", dict(within_source="cluster_sample")),
     "pps, exact": ("exact", dict(within_source="pps")),
     "pps, zo m=1": ("zo1", dict(within_source="pps")),
@@ -332,11 +335,12 @@ METRICS = ("cos_grad", "relerr_grad", "cos_update", "relerr_update", "cos_target
 def measure_point(lab: Lab, args, point: int, adam: AdamState, log: Callable[[str], None]) -> dict[str, Any]:
     """Run every arm on the pools of one point; raw per-pool values and group ids."""
     pool, budget = args.pool, args.pool // 2
+    arms = {name: ARMS[name] for name in args.arms}
     selectors = {
         name: CoresetSelector(CoresetConfig(seed=args.seed, **(over or {})), lab.source_sizes)
-        for name, (_, over) in ARMS.items() if over is not None
+        for name, (_, over) in arms.items() if over is not None
     }
-    raw: dict[str, dict[str, list[float]]] = {name: {m: [] for m in METRICS} for name in ARMS}
+    raw: dict[str, dict[str, list[float]]] = {name: {m: [] for m in METRICS} for name in arms}
     groups: list[int] = []
     t0 = time.perf_counter()
     step = 0
@@ -349,7 +353,7 @@ def measure_point(lab: Lab, args, point: int, adam: AdamState, log: Callable[[st
         g_pool = (G.double().sum(0) / tokens.sum()).double()
         u_pool = adam.update(g_pool)
         t_pool = torch.cat([g_pool[a:b] for a, b in lab.target_spans])
-        for name, (kind, _) in ARMS.items():
+        for name, (kind, _) in arms.items():
             if name == RANDOM_B:
                 gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
                 chosen, w = torch.randperm(pool, generator=gen)[:budget], torch.ones(budget)
@@ -444,7 +448,7 @@ def run(args) -> dict[str, Any]:
         "lab": args.lab, "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "torch": torch.__version__, "args": vars(args), "arms": {k: [v[0], v[1]] for k, v in ARMS.items()},
+        "torch": torch.__version__, "args": vars(args), "arms": {k: list(ARMS[k]) for k in args.arms},
         "source_sizes": lab.source_sizes, "n_ground_truth_params": lab.n_gt, "target": lab.target_names,
     }, "points": {}, "summary": {}}
     trained, losses = 0, []
@@ -488,11 +492,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--model", default=None, help="smollm2: path of the GGUF file (default: the installed one)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arms", type=lambda s: s.split(";"), default=list(ARMS),
+                    help="';'-separated arm names (default: all); the two controls are always run")
     ap.add_argument("--summarize", action="store_true", help="print the tables of an existing --out file")
     args = ap.parse_args(argv)
     if args.summarize:
         print(markdown(json.loads(args.out.read_text())))
         return
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        ap.error(f"unknown arm(s) {unknown}; arms: {list(ARMS)}")
+    args.arms = [a for a in ARMS if a in set(args.arms) | {CONTROL, RANDOM_B}]
     tiny = args.lab == "tiny"
     defaults = dict(points=[20, 100] if tiny else [0, 30], train_batch=32 if tiny else 8,
                     lr=1e-3 if tiny else 2e-4, max_length=128 if tiny else 256,

@@ -1,34 +1,40 @@
-"""Quality at equal optimizer steps, ablations and CPU efficiency (issue 6, items 1-3).
+"""Quality at equal optimizer steps: the stratified control, CoLM, the candidates, ablations.
 
 Every arm trains the embedded default model from the same initialisation (per seed) on the
 shipped math mixture for the same number of optimizer steps, then reports per-source validation
 loss on a fixed validation subset, time per step and peak memory growth of the process. Arms:
 
-  random_b       plain training, batch b
-  random_2b      batch 2b (gradient accumulation 2 x b)
-  random_4b      batch 4b (gradient accumulation 4 x b)
-  colm_b_of_2b   CoresetTrainer, pool 2b, coreset b, default CoresetConfig
+  random_b            plain training, batch b
+  random_2b           batch 2b (gradient accumulation 2 x b)
+  random_4b           batch 4b (gradient accumulation 4 x b)
+  stratified_b_of_2b  the control: pool 2b, small sources kept whole, every large source's share
+                      filled uniformly at random (within_source="random"; no features, no scoring)
+  colm_b_of_2b        the paper's selection: pool 2b, facility location on zo (m = 1) features
+  candidates (pool 2b, coreset b, exact features, one within-source method each):
+                      fl_exact, mean_match_exact, mean_match_pool (adam_second_moment="pool"),
+                      cluster_sample_exact, pps_exact
   ablations (colm_b_of_2b with one change): no_small_sources, no_adam, no_sparsify,
-                 zo_fixed_z (m=1, one z for the run: the reference code), exact, weighted
+                      zo_fixed_z (m=1, one z for the run: the reference code), exact, weighted
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --arms main \
-        --seeds 0,1,2 --out benchmarks/results/quality_runs.json --summary benchmarks/results/quality.json
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --arms ablations \
-        --seeds 0,1 --out benchmarks/results/ablations_runs.json --summary benchmarks/results/ablations.json
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --arms main,candidates \
+        --seeds 0,1,2,3,4 --out benchmarks/results/quality_runs.json --summary benchmarks/results/quality.json
 
 Results are appended arm by arm to the output JSON (re-running skips arms already there), so a
-long run can be interrupted and resumed.
+long run can be interrupted and resumed. The table gives mean +- sd over seeds and, per seed,
+the paired difference of every arm minus the stratified control with a 95% t interval.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from scipy import stats as sstats
 from transformers import TrainingArguments
 from transformers.utils import logging as hf_logging
 
@@ -39,21 +45,33 @@ from colm.cli.train import make_trainer
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
 from colm.default_model import default_model, default_tokenizer
 
+#: The paper's selection as colm implements it (the default CoresetConfig may change).
+PAPER = {"within_source": "facility_location", "feature": "zo", "zo_probes": 1}
 MAIN_ARMS: dict[str, tuple[int, dict[str, Any] | None]] = {
     # name: (gradient_accumulation_steps, CoresetConfig overrides or None for plain training)
     "random_b": (1, None),
     "random_2b": (2, None),
     "random_4b": (4, None),
-    "colm_b_of_2b": (1, {}),
+    "stratified_b_of_2b": (1, {"within_source": "random"}),
+    "colm_b_of_2b": (1, PAPER),
+}
+CANDIDATES: dict[str, tuple[int, dict[str, Any] | None]] = {
+    "fl_exact": (1, {"within_source": "facility_location", "feature": "exact"}),
+    "mean_match_exact": (1, {"within_source": "mean_match", "feature": "exact"}),
+    "mean_match_pool": (1, {"within_source": "mean_match", "feature": "exact", "adam_second_moment": "pool"}),
+    "cluster_sample_exact": (1, {"within_source": "cluster_sample", "feature": "exact"}),
+    "pps_exact": (1, {"within_source": "pps", "feature": "exact"}),
 }
 ABLATIONS: dict[str, tuple[int, dict[str, Any] | None]] = {
-    "no_small_sources": (1, {"small_sources": "none"}),
-    "no_adam": (1, {"adam_normalize": False}),
-    "no_sparsify": (1, {"topk_dims": None}),
-    "zo_fixed_z": (1, {"zo_fixed_z": True, "zo_probes": 1}),
-    "exact": (1, {"feature": "exact"}),
-    "weighted": (1, {"weighted": True}),
+    "no_small_sources": (1, {**PAPER, "small_sources": "none"}),
+    "no_adam": (1, {**PAPER, "adam_normalize": False}),
+    "no_sparsify": (1, {**PAPER, "topk_dims": None}),
+    "zo_fixed_z": (1, {**PAPER, "zo_fixed_z": True}),
+    "exact": (1, {**PAPER, "feature": "exact"}),
+    "weighted": (1, {**PAPER, "weighted": True}),
 }
+GROUPS = {"main": MAIN_ARMS, "candidates": CANDIDATES, "ablations": ABLATIONS}
+CONTROL = "stratified_b_of_2b"
 
 
 class StepClock:
@@ -119,25 +137,40 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def paired(runs: list[dict[str, Any]], arm: str, base: str, key: str) -> dict[str, float] | None:
+    """Per-seed differences arm - base on ``key``: mean, sd, 95% t interval, n."""
+    by_seed = {(r["arm"], r["seed"]): r[key] for r in runs}
+    diffs = [by_seed[(arm, s)] - by_seed[(base, s)] for (a, s) in by_seed if a == arm and (base, s) in by_seed]
+    if len(diffs) < 2:
+        return None
+    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    half = float(sstats.t.ppf(0.975, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
+    return {"mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half, "n": len(diffs)}
+
+
 def markdown_table(runs: list[dict[str, Any]]) -> str:
-    """Mean ± sd over seeds per arm (validation loss mean over sources, worst source, s/step)."""
+    """Mean ± sd over seeds per arm, and each arm minus the stratified control, paired by seed."""
     arms: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         arms.setdefault(r["arm"], []).append(r)
-    lines = ["| arm | seeds | val loss, mean over sources | val loss, worst source | s / step (median) |",
-             "|---|---:|---|---|---:|"]
+    lines = ["| arm | seeds | val loss, mean over sources | minus stratified (paired, 95% CI) "
+             "| val loss, worst source | minus stratified (paired, 95% CI) | s / step (median) |",
+             "|---|---:|---|---|---|---|---:|"]
     for arm, rs in arms.items():
-        lines.append(
-            f"| {arm} | {len(rs)} | {_mean_sd([r['val_loss_mean'] for r in rs])} | "
-            f"{_mean_sd([r['val_loss_worst'] for r in rs])} | {statistics.median(r['step_s'] for r in rs):.3f} |"
-        )
+        cells = []
+        for key in ("val_loss_mean", "val_loss_worst"):
+            d = paired(runs, arm, CONTROL, key) if arm != CONTROL else None
+            cells.append(_mean_sd([r[key] for r in rs]))
+            cells.append("—" if d is None else f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]")
+        lines.append(f"| {arm} | {len(rs)} | " + " | ".join(cells)
+                     + f" | {statistics.median(r['step_s'] for r in rs):.3f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arms", default="main", help="'main', 'ablations' or comma-separated arm names")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--arms", default="main", help="comma-separated arm names or groups (main, candidates, ablations)")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -158,9 +191,11 @@ def main() -> None:
         print(markdown_table(runs))
         return
 
-    table = {**MAIN_ARMS, **ABLATIONS}
-    names = (list(MAIN_ARMS) if args.arms == "main" else list(ABLATIONS) if args.arms == "ablations"
-             else args.arms.split(","))
+    table = {**MAIN_ARMS, **CANDIDATES, **ABLATIONS}
+    names = [n for part in args.arms.split(",") for n in (GROUPS[part] if part in GROUPS else [part])]
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        ap.error(f"unknown arm(s) {unknown}; arms: {sorted(table)} or groups {sorted(GROUPS)}")
     s = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "model_size": args.model_size}
     tokenizer = default_tokenizer()
     train, _ = tokenize_mixture(load_mixture(default_mixture_dir(), split="train"), tokenizer, max_length=args.max_length)

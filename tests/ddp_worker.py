@@ -27,14 +27,18 @@ class SelectionLog(TrainerCallback):
 
 def main() -> None:
     out = Path(sys.argv[1])
-    feature = sys.argv[2] if len(sys.argv) > 2 else "zo"
+    variant = sys.argv[2] if len(sys.argv) > 2 else "zo"
+    # "zo" / "exact": facility location on those features; "random-example": the stratified
+    # control (no features exchanged) with every example weighing the same in the loss
+    settings = (dict(within_source="random", loss_average="example") if variant == "random-example"
+                else dict(feature=variant))
     ref: list = [None]
     log = SelectionLog(ref)
     trainer = CoresetTrainer(
         model=tiny_llama(), args=training_args(out, per_device_train_batch_size=2, max_steps=4,
                                                ddp_backend="gloo"),
         train_dataset=mixture({"big_a": 60, "big_b": 50, "rare": 10}), data_collator=collator(),
-        coreset_config=CoresetConfig(pool_factor=2, zo_probes=2, feature=feature), callbacks=[log],
+        coreset_config=CoresetConfig(pool_factor=2, zo_probes=2, **settings), callbacks=[log],
     )
     ref[0] = trainer
     trainer.train()

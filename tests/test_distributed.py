@@ -12,7 +12,7 @@ import pytest
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("feature", ["zo", "exact"])
+@pytest.mark.parametrize("feature", ["zo", "exact", "random-example"])
 def test_two_ranks_agree(tmp_path, feature):
     worker = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

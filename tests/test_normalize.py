@@ -1,4 +1,4 @@
-"""AdamNormalizer against the hand-written formula of METHOD.md step 4."""
+"""AdamNormalizer against the hand-written formula of docs/method.md, step 4."""
 import io
 import math
 
@@ -52,7 +52,7 @@ def test_first_step_seed_is_cleared_by_the_update():
     g = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     _, m_i, v_i = norm.normalize(g)
     norm.update(m_i, v_i)
-    assert norm.step == 1 and norm._first_v is None
+    assert norm.step == 1 and norm._pool_v is None
     feats, _, _ = norm.normalize(g)  # step 2: Adam's formula with the history
     f, _, _ = hand_feature(float(g[0, 0]), float(norm.m[0]), float(norm.v[0]), 1)
     assert feats[0, 0].item() == pytest.approx(f, rel=1e-5)
@@ -142,3 +142,16 @@ def test_state_round_trip_through_torch_save():
     assert other.step == 1 and other.betas == (0.8, 0.99) and other.eps == 1e-6
     assert torch.equal(other.m, norm.m) and torch.equal(other.v, norm.v)
     torch.testing.assert_close(other.normalize(g)[0], norm.normalize(g)[0], rtol=0, atol=0)
+
+
+def test_pool_second_moment_is_shared_and_linear():
+    norm = AdamNormalizer((B1, B2), EPS, second_moment="pool")
+    norm.load_state_dict({"m": torch.tensor([0.1, -0.2]), "v": torch.tensor([0.04, 0.01]), "step": 3})
+    g = torch.tensor([[0.3, 0.1], [-1.0, 0.0], [0.5, 2.0]])
+    feats, _, _ = norm.normalize(g)
+    t = 4
+    v_hat = (B2 * torch.tensor([0.04, 0.01]) + (1 - B2) * g.square().mean(0)) / (1 - B2**t)
+    m_hat = (B1 * torch.tensor([0.1, -0.2]) + (1 - B1) * g) / (1 - B1**t)
+    torch.testing.assert_close(feats, m_hat / (v_hat.sqrt() + EPS))
+    # one preconditioner for all rows: the mean of the features is the feature of the mean
+    torch.testing.assert_close(feats[:2].mean(0), norm.transform(g[:2].mean(0, keepdim=True))[0])

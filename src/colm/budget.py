@@ -1,4 +1,4 @@
-"""Which sources are kept whole, and how the rest of the budget is split (METHOD.md steps 2, 6).
+"""Which sources are kept whole, and how the rest of the budget is split (docs/method.md, steps 2 and 6).
 
 Everything here is small host-side integer arithmetic over *sources* (never over examples), so
 it is exact and deterministic.

@@ -18,11 +18,12 @@ WITHIN_SOURCE = ("facility_location", "random", "mean_match", "cluster_sample", 
 #: Of those, the ones that look at no gradient feature (the trainer then runs no scoring pass).
 FEATURE_FREE = ("random",)
 LOSS_AVERAGES = ("token", "example")
+SECOND_MOMENTS = ("per_example", "pool")
 
 
 @dataclass
 class CoresetConfig:
-    """How colm picks the coreset it trains on at each optimizer step (METHOD.md, steps 1-8)."""
+    """How colm picks the coreset it trains on at each optimizer step (docs/method.md, steps 1-8)."""
 
     pool_factor: int = 2
     """Pool size = pool_factor x the batch the optimizer steps on. 1 disables selection."""
@@ -51,6 +52,14 @@ class CoresetConfig:
 
     adam_normalize: bool = True
     """Match Adam updates m_hat / (sqrt(v_hat) + eps) rather than raw gradients."""
+
+    adam_second_moment: str = "per_example"
+    """The second moment that normalizes each example's gradient. "per_example": the paper's
+    m_hat_i / (sqrt(v_hat_i) + eps), with the example's own g_i^2 folded into v_hat_i (a
+    non-linear map: the mean of normalized features is not the normalized mean). "pool": v_hat
+    from the history with the pool's mean g^2 folded in, shared by all examples: one diagonal
+    preconditioner, features linear in g, so matching their mean matches the Adam-preconditioned
+    mean gradient. Both use the pool's mean g^2 on the first step (empty history)."""
 
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Betas of the Adam history used for normalization (should equal the optimizer's)."""
@@ -134,6 +143,8 @@ class CoresetConfig:
             raise bad("topk_dims", "None or an integer >= 1")
         if not isinstance(self.adam_normalize, bool):
             raise bad("adam_normalize", "true or false")
+        if self.adam_second_moment not in SECOND_MOMENTS:
+            raise bad("adam_second_moment", f"one of {SECOND_MOMENTS}")
         if (
             len(self.adam_betas) != 2
             or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.adam_betas)

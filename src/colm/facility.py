@@ -1,4 +1,4 @@
-"""Greedy facility location and cluster weights (METHOD.md step 7).
+"""Greedy facility location and cluster weights (docs/method.md, step 7).
 
 Objective, for a similarity matrix ``sim`` ``[n, n]`` and a set ``S`` of columns:
 

@@ -1,4 +1,4 @@
-"""Adam-history normalization of per-example gradient features (METHOD.md step 4).
+"""Adam-history normalization of per-example gradient features (docs/method.md, step 4).
 
 Training uses Adam, so examples are matched on the Adam *update* each would cause rather than
 on the raw gradient. With history ``(m, v)`` over the ``d`` target coordinates and ``t`` updates
@@ -16,9 +16,14 @@ The first step is the exception. With an empty history (``t = 0``) the formula g
 signs, and with rank-1 (zo, m = 1) features every example of one sign is identical, so a
 selection decided by ties picks the first rows of the pool. Instead, with ``t = 0`` the second
 moment comes from the pool itself: ``v_ref = mean_i g_i^2`` over the rows being compared
-(``seed_first_step``), and ``feature_i = g_i / (sqrt(v_ref) + eps)``. That is the scale Adam's
+(``set_pool_moment``), and ``feature_i = g_i / (sqrt(v_ref) + eps)``. That is the scale Adam's
 own ``v`` takes once it has seen such gradients, it keeps the differences between examples, and
-it does not depend on row order. The history update after the first selection is unchanged. Because ``m_i, v_i`` are affine in ``g_i, g_i^2``, that mean only needs the
+it does not depend on row order. The history update after the first selection is unchanged.
+
+``second_moment="pool"`` uses that shared reference at every step: ``v_hat = (b2 v + (1 - b2)
+mean_i g_i^2) / (1 - b2^(t+1))`` for all examples, so the features are an affine function of
+``g_i`` (one diagonal preconditioner) and the mean of the features of a set is the feature of
+its mean gradient. Because ``m_i, v_i`` are affine in ``g_i, g_i^2``, that mean only needs the
 mean of ``g`` and ``g^2`` over the selected rows (``update_from_gradients``), never the
 ``[n, d]`` moment matrices.
 
@@ -78,24 +83,35 @@ class AdamNormalizer:
     ``ValueError``.
     """
 
-    def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(
+        self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, second_moment: str = "per_example"
+    ) -> None:
         b1, b2 = (float(b) for b in betas)
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
+        if second_moment not in ("per_example", "pool"):
+            raise ValueError(f"second_moment must be 'per_example' or 'pool', got {second_moment!r}")
         self.betas = (b1, b2)
         self.eps = float(eps)
+        self.second_moment = second_moment
         self.m: Optional[Tensor] = None  # [d] float32
         self.v: Optional[Tensor] = None  # [d] float32
         self.step = 0  # t: number of updates folded into (m, v)
-        # [d] the pool's mean g^2, standing in for v while the history is empty (t = 0)
-        self._first_v: Optional[Tensor] = None
+        # [d] the pool's mean g^2 of this step: stands in for v while the history is empty
+        # (t = 0), and is folded into the shared v_hat with second_moment="pool"
+        self._pool_v: Optional[Tensor] = None
 
     @classmethod
     def from_config(cls, config: Any) -> "AdamNormalizer":
         """Build from a ``CoresetConfig`` (its ``adam_betas`` and ``adam_eps``)."""
-        return cls(tuple(config.adam_betas), config.adam_eps)
+        return cls(tuple(config.adam_betas), config.adam_eps, config.adam_second_moment)
+
+    @property
+    def needs_pool_moment(self) -> bool:
+        """Whether the next normalization uses the pool's mean g^2 (``set_pool_moment``)."""
+        return self.step == 0 or self.second_moment == "pool"
 
     @property
     def dim(self) -> Optional[int]:
@@ -119,29 +135,31 @@ class AdamNormalizer:
         if self.m.device != g.device:
             self.m, self.v = self.m.to(g.device), self.v.to(g.device)
 
-    def seed_first_step(self, mean_g2: Tensor) -> None:
-        """Give the first normalization (empty history, ``t = 0``) the pool's second moment
-        ``mean_g2`` ``[d]`` (mean of ``g^2`` over the rows compared) in place of ``v``. Ignored
-        once the history has an update. Cleared by the next update."""
-        if self.step > 0:
-            return
+    def set_pool_moment(self, mean_g2: Tensor) -> None:
+        """The pool's mean ``g^2`` ``[d]`` over the rows compared at this step: the second
+        moment of the first step (empty history), and with ``second_moment="pool"`` part of the
+        shared ``v_hat`` of every step. Cleared by the next update."""
         if self.m is None or mean_g2.shape != self.m.shape:
-            raise ValueError("seed_first_step needs a [d] tensor after the dimension is known")
+            raise ValueError("set_pool_moment needs a [d] tensor after the dimension is known")
         if not bool(torch.isfinite(mean_g2).all()):
             raise ValueError("features are too large: their squares overflow float32")
-        self._first_v = mean_g2.detach().to(self.m)
+        self._pool_v = mean_g2.detach().to(self.m)
 
     def _reference(self) -> tuple[Tensor, Tensor, tuple[float, float, float, float]]:
         """``(m, v, (cm, cg, cv, cg2))`` with ``m_hat_i = cm*m + cg*g`` and
-        ``v_hat_i = cv*v + cg2*g^2``: Adam's bias-corrected per-example moments, or on the
-        first step (seeded) ``g`` over the pool's second moment."""
+        ``v_hat_i = cv*v + cg2*g^2``: Adam's bias-corrected per-example moments; on the first
+        step ``g`` over the pool's second moment; with ``second_moment="pool"`` the shared
+        ``v_hat`` (then ``cg2 = 0``)."""
         assert self.m is not None and self.v is not None
-        if self.step == 0 and self._first_v is not None:
-            return self.m, self._first_v, (0.0, 1.0, 1.0, 0.0)
         b1, b2 = self.betas
         t = self.step + 1
         c1, c2 = 1.0 - b1**t, 1.0 - b2**t
-        return self.m, self.v, (b1 / c1, (1.0 - b1) / c1, b2 / c2, (1.0 - b2) / c2)
+        cm, cg, cv, cg2 = b1 / c1, (1.0 - b1) / c1, b2 / c2, (1.0 - b2) / c2
+        if self._pool_v is not None and self.step == 0:
+            return self.m, self._pool_v, (0.0, 1.0, 1.0, 0.0)
+        if self._pool_v is not None and self.second_moment == "pool":
+            return self.m, self.v * cv + self._pool_v * cg2, (cm, cg, 1.0, 0.0)
+        return self.m, self.v, (cm, cg, cv, cg2)
 
     def _features(self, g: Tensor, m: Tensor, v: Tensor) -> Tensor:
         """Normalized features of a block ``g`` ``[n, w]`` given the reference ``m, v`` ``[w]``."""
@@ -158,15 +176,15 @@ class AdamNormalizer:
         Returns:
             ``(features, m_i, v_i)``, each ``[n, d]`` float32: the normalized features and the
             (not bias-corrected) per-example moments to pass to ``update`` for the selected rows.
-            With an empty history the rows of ``g`` seed the first step (``seed_first_step``).
+            The rows of ``g`` are the pool where a pool moment is used (``set_pool_moment``).
             Materializes three ``[n, d]`` matrices; the selector uses the block-wise
             ``transform``/``feature_sums``/``update_from_moments`` instead.
         """
         self.prepare(g)
         b1, b2 = self.betas
         gf = g.float()
-        if self.step == 0:
-            self.seed_first_step(gf.square().mean(dim=0))
+        if self.needs_pool_moment:
+            self.set_pool_moment(gf.square().mean(dim=0))
         m_i = torch.add(self.m * b1, gf, alpha=1.0 - b1)  # [n, d]
         v_i = torch.addcmul(self.v * b2, gf, gf, value=1.0 - b2)  # [n, d]
         m, v, _ = self._reference()
@@ -245,7 +263,7 @@ class AdamNormalizer:
             )
         self.m, self.v = m, v
         self.step += 1
-        self._first_v = None
+        self._pool_v = None
 
     def update_from_gradients(self, g: Tensor, rows: Tensor) -> None:
         """Same as ``update(m_i[rows], v_i[rows])`` from the raw gradients ``g`` ``[n, d]``,
@@ -291,7 +309,7 @@ class AdamNormalizer:
         step = state.get("step")
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"normalizer state: step must be an integer >= 0, got {step!r}")
-        self._first_v = None
+        self._pool_v = None
         self.m = None if m is None else m.detach().clone().float()
         self.v = None if v is None else v.detach().clone().float()
         self.step = int(state["step"])

@@ -352,14 +352,15 @@ class CoresetSelector:
         topk = cfg.topk_dims if cfg.topk_dims is not None and cfg.topk_dims < d else None
         if normalize:
             self.normalizer.prepare(g)  # fixes d on the first call; ValueError if it changed
-            if self.normalizer.step == 0 and choose:
-                # First step: the pool's second moment over the rows compared stands in for the
-                # empty history (see colm.normalize).
+            if self.normalizer.needs_pool_moment and choose:
+                # The pool's second moment over the rows compared: it stands in for the empty
+                # history on the first step, and is shared by all rows with
+                # adam_second_moment="pool" (see colm.normalize).
                 rows = torch.cat([plan.rows[q] for q, _ in choose]).to(g.device)
                 mean_g2 = _mean_square(g, rows)  # [d]
                 if not bool(torch.isfinite(mean_g2).all()) and not bool(torch.isfinite(g).all()):
                     raise ValueError("features contain NaN or inf values")
-                self.normalizer.seed_first_step(mean_g2)  # ValueError if the squares overflow
+                self.normalizer.set_pool_moment(mean_g2)  # ValueError if the squares overflow
         if topk is not None and choose and normalize:
             source_sums, pool_total = self.normalizer.feature_sums(g, ids_dev, n_sources)
         elif topk is not None and choose:

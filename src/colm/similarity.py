@@ -1,4 +1,4 @@
-"""Pairwise similarity between per-example features (METHOD.md step 7).
+"""Pairwise similarity between per-example features (docs/method.md, step 7).
 
 Facility location needs a similarity where "more similar" means "larger". For the distance
 metrics the paper uses s_ij = C - d_ij with C the largest distance in the matrix, so every

@@ -137,7 +137,7 @@ def _selection_arguments() -> type:
             typ, value = list[str], None
             factory = lambda d=default: [d] if isinstance(d, str) else list(d)  # noqa: E731
         elif f.name in ("adam_betas", "adam_eps"):
-            # None: the optimizer's own (--adam-beta1/--adam-beta2/--adam-epsilon), as METHOD.md asks.
+            # None: the optimizer's own (--adam-beta1/--adam-beta2/--adam-epsilon), as docs/method.md step 4 asks.
             typ = Optional[list[float]] if f.name == "adam_betas" else Optional[float]
             value = None
             help_text += " Default: the optimizer's."

@@ -1,4 +1,4 @@
-"""Per-example gradient features from any Hugging Face causal LM (METHOD.md step 3).
+"""Per-example gradient features from any Hugging Face causal LM (docs/method.md, step 3).
 
 ``gradient_features`` is the entry point; the pieces are public for tests, the trainer and the
 distributed exchange (ranks share only the SPSA coefficients and regenerate the directions).

@@ -1,6 +1,6 @@
 """Which parameters the gradient features are taken over.
 
-Default (METHOD.md step 3): the value projection of the LAST decoder layer, or its LoRA B matrix
+Default (docs/method.md, step 3): the value projection of the LAST decoder layer, or its LoRA B matrix
 when a peft LoRA adapter wraps it (the part being trained).
 
 The value projection is found by module name inside the last layer, generically:
