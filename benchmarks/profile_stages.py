@@ -53,11 +53,13 @@ def profile_select(repeats: int) -> None:
 
         setattr(owner, name, wrapper)
 
-    for name in ("_top_columns", "_gather", "_selected_sums", "_greedy_all",
-                 "similarity_unchecked", "cluster_weights"):
+    import colm.passes as passes_mod
+
+    for name in ("_greedy_all", "similarity_unchecked", "cluster_weights"):
         timed(selector_mod, name)
-    for name in ("feature_sums", "transform"):
-        timed(AdamNormalizer, name)
+    for name in ("normalized_group_sums", "top_columns", "gather", "selected_sums", "mean_square"):
+        timed(passes_mod, name)
+    timed(AdamNormalizer, "transform")
     features, sources, sizes = make_pool(128, 327_680)
     selector = CoresetSelector(CoresetConfig(), sizes)
     selector.select(features, sources, 64)  # warm-up (and numba compile)

@@ -5,7 +5,7 @@ import torch
 pytest.importorskip("numba")
 
 import colm.cpu_kernels as kernels  # noqa: E402
-import colm.normalize as normalize_mod  # noqa: E402
+import colm.passes as passes_mod  # noqa: E402
 from colm import AdamNormalizer, CoresetConfig, CoresetSelector  # noqa: E402
 
 
@@ -38,13 +38,13 @@ def test_adam_group_sums_equal_torch(threads, monkeypatch):
     norm.m[5] = 0.0
     groups = torch.tensor([3, 0, 3, 1, 0, 0, 3, 1, 0])  # group 2 empty
     expected, expected_raw = torch_feature_sums(norm, g, groups, 4, monkeypatch)
-    sums, raw = kernels.adam_group_sums(g, norm.m, norm.v, groups, 4, norm._reference()[2], norm.eps)
+    sums, raw = kernels.adam_group_sums(g, norm.m, norm.v, groups, 4, norm.reference()[2], norm.eps)
     torch.testing.assert_close(sums, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(raw, expected_raw, rtol=1e-5, atol=1e-6)
     assert torch.equal(sums[2], torch.zeros(d))
     # deterministic whatever the split: the same bits as a one-thread run
     torch.set_num_threads(1)
-    again, _ = kernels.adam_group_sums(g, norm.m, norm.v, groups, 4, norm._reference()[2], norm.eps)
+    again, _ = kernels.adam_group_sums(g, norm.m, norm.v, groups, 4, norm.reference()[2], norm.eps)
     assert torch.equal(again, sums)
 
 
@@ -80,7 +80,7 @@ def test_selection_same_with_and_without_kernels(adam, monkeypatch):
     """Several steps (history growing) pick the same rows with the fused loops as without."""
     monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)
     monkeypatch.setattr(kernels, "BLOCK_COLUMNS", 64)
-    monkeypatch.setattr(normalize_mod, "_CPU_BLOCK_ELEMENTS", 512)
+    monkeypatch.setattr(passes_mod, "_CPU_BLOCK_ELEMENTS", 512)
     gen = torch.Generator().manual_seed(2)
     n, d = 48, 700
     sizes = {"a": 1000, "b": 800, "c": 30}

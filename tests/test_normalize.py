@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import colm.normalize as normalize_mod
+import colm.passes as passes_mod
 from colm import AdamNormalizer, CoresetConfig
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
@@ -85,7 +85,7 @@ def test_update_sets_means_and_counts_steps():
 
 
 def test_update_from_gradients_equals_update(monkeypatch):
-    monkeypatch.setattr(normalize_mod, "_CPU_BLOCK_ELEMENTS", 8)  # force several column blocks
+    monkeypatch.setattr(passes_mod, "_CPU_BLOCK_ELEMENTS", 8)  # force several column blocks
     g = torch.randn(7, 10, generator=torch.Generator().manual_seed(1))
     rows = torch.tensor([0, 3, 6])
     a, b = AdamNormalizer(), AdamNormalizer()
@@ -101,7 +101,7 @@ def test_update_from_gradients_equals_update(monkeypatch):
 
 
 def test_blocked_sums_and_column_transform(monkeypatch):
-    monkeypatch.setattr(normalize_mod, "_CPU_BLOCK_ELEMENTS", 16)
+    monkeypatch.setattr(passes_mod, "_CPU_BLOCK_ELEMENTS", 16)
     gen = torch.Generator().manual_seed(2)
     g = torch.randn(5, 23, generator=gen)
     norm = AdamNormalizer()

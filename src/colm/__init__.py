@@ -22,6 +22,7 @@ _PUBLIC = {
     "gradient_features": "colm.features",
     "LastLayerReplay": "colm.features",
     "CoresetTrainer": "colm.trainer",
+    "CoresetTrainerMixin": "colm.trainer",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

@@ -27,50 +27,19 @@ its mean gradient. Because ``m_i, v_i`` are affine in ``g_i, g_i^2``, that mean 
 mean of ``g`` and ``g^2`` over the selected rows (``update_from_gradients``), never the
 ``[n, d]`` moment matrices.
 
-The history is stored in float32 on the device of the last features seen. For the ``d`` of a
-real model (327,680 for Phi-2's LoRA B) the ``[n, d]`` intermediates are large, so the
-reductions here walk the coordinates in cache-sized column blocks (a loop over blocks, not over
-coordinates). On CPU, large float32 inputs to ``feature_sums`` take the fused loop of
-``colm.cpu_kernels`` instead (the same arithmetic in one sweep).
+The history is stored in float32 on the device of the last features seen. The passes over
+``[n, d]`` features (per-source sums of normalized rows, sums over the selected rows) live in
+``colm.passes``, which applies ``AdamNormalizer.formula`` block by block (or the same arithmetic
+in a fused numba loop on CPU).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from colm import cpu_kernels
-
-# Elements per column block on CPU: small enough that a block's temporaries stay in cache.
-_CPU_BLOCK_ELEMENTS = 1 << 19
-# On GPU blocks only bound memory; one block is fastest when it fits.
-_GPU_BLOCK_ELEMENTS = 1 << 26
-
-
-def column_blocks(n: int, d: int, device: torch.device) -> Iterator[slice]:
-    """Column slices covering ``range(d)`` whose ``[n, block]`` temporaries are cache/memory-sized."""
-    per = _GPU_BLOCK_ELEMENTS if device.type != "cpu" else _CPU_BLOCK_ELEMENTS
-    width = max(1, per // max(n, 1))
-    for start in range(0, d, width):
-        yield slice(start, min(start + width, d))
-
-
-def group_sums(rows: Tensor, groups: Tensor, n_groups: int) -> Tensor:
-    """Sum of the rows of ``rows`` ``[n, w]`` per group: ``[n_groups, w]`` float32.
-
-    ``groups`` ``[n]`` holds each row's group id in ``[0, n_groups)``. On CPU this is an
-    ``index_add_`` (~5x faster there than the equivalent skinny one-hot GEMM); on GPU a one-hot
-    GEMM, because ``index_add_`` uses atomics there and its float sums would change from run to
-    run, while selection must be deterministic.
-    """
-    rows = rows.float()
-    if rows.device.type == "cpu":
-        out = torch.zeros(n_groups, rows.shape[1], dtype=torch.float32)
-        return out.index_add_(0, groups, rows)
-    one_hot = torch.nn.functional.one_hot(groups, n_groups).T.to(torch.float32)  # [G, n]
-    return one_hot @ rows
-
+from colm.passes import column_blocks, normalized_group_sums
 
 class AdamNormalizer:
     """Stateful Adam-history normalizer.
@@ -145,7 +114,7 @@ class AdamNormalizer:
             raise ValueError("features are too large: their squares overflow float32")
         self._pool_v = mean_g2.detach().to(self.m)
 
-    def _reference(self) -> tuple[Tensor, Tensor, tuple[float, float, float, float]]:
+    def reference(self) -> tuple[Tensor, Tensor, tuple[float, float, float, float]]:
         """``(m, v, (cm, cg, cv, cg2))`` with ``m_hat_i = cm*m + cg*g`` and
         ``v_hat_i = cv*v + cg2*g^2``: Adam's bias-corrected per-example moments; on the first
         step ``g`` over the pool's second moment; with ``second_moment="pool"`` the shared
@@ -161,9 +130,9 @@ class AdamNormalizer:
             return self.m, self.v * cv + self._pool_v * cg2, (cm, cg, 1.0, 0.0)
         return self.m, self.v, (cm, cg, cv, cg2)
 
-    def _features(self, g: Tensor, m: Tensor, v: Tensor) -> Tensor:
+    def formula(self, g: Tensor, m: Tensor, v: Tensor) -> Tensor:
         """Normalized features of a block ``g`` ``[n, w]`` given the reference ``m, v`` ``[w]``."""
-        cm, cg, cv, cg2 = self._reference()[2]
+        cm, cg, cv, cg2 = self.reference()[2]
         g = g.float()
         denom = torch.addcmul(v * cv, g, g, value=cg2)  # [n, w] = v_hat_i
         denom.sqrt_().add_(self.eps)
@@ -187,23 +156,23 @@ class AdamNormalizer:
             self.set_pool_moment(gf.square().mean(dim=0))
         m_i = torch.add(self.m * b1, gf, alpha=1.0 - b1)  # [n, d]
         v_i = torch.addcmul(self.v * b2, gf, gf, value=1.0 - b2)  # [n, d]
-        m, v, _ = self._reference()
-        return self._features(gf, m, v), m_i, v_i
+        m, v, _ = self.reference()
+        return self.formula(gf, m, v), m_i, v_i
 
     def transform(self, g: Tensor, columns: Optional[Tensor] = None) -> Tensor:
         """Normalized features of ``g`` ``[n, w]``: all ``d`` coordinates (``columns=None``,
         ``w = d``) or the coordinates ``columns`` (LongTensor ``[w]``) of the full ``d``."""
         if columns is None:
             self.prepare(g)
-            m, v, _ = self._reference()
-            return self._features(g, m, v)
+            m, v, _ = self.reference()
+            return self.formula(g, m, v)
         if self.m is None:
             raise ValueError("transform(columns=...) needs the dimension: call feature_sums first")
         if g.dim() != 2 or g.shape[1] != columns.numel():
             raise ValueError(f"expected g of shape [n, {columns.numel()}], got {tuple(g.shape)}")
-        m, v, _ = self._reference()
+        m, v, _ = self.reference()
         columns = columns.to(m.device)
-        return self._features(g, m.index_select(0, columns), v.index_select(0, columns))
+        return self.formula(g, m.index_select(0, columns), v.index_select(0, columns))
 
     def feature_sums(self, g: Tensor, groups: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
         """Per-group sums of normalized rows, plus the plain sum of the raw rows, in one read
@@ -219,17 +188,7 @@ class AdamNormalizer:
             ``[d]`` the sum of all rows of ``g`` (float32).
         """
         self.prepare(g)
-        m, v, coefficients = self._reference()
-        if cpu_kernels.applicable(g):
-            return cpu_kernels.adam_group_sums(g, m, v, groups, n_groups, coefficients, self.eps)
-        n, d = g.shape
-        sums = torch.empty(n_groups, d, dtype=torch.float32, device=g.device)  # [G, d]
-        raw_total = torch.empty(d, dtype=torch.float32, device=g.device)  # [d]
-        for cols in column_blocks(n, d, g.device):
-            block = g[:, cols].float()  # [n, w]
-            torch.sum(block, dim=0, out=raw_total[cols])
-            sums[:, cols] = group_sums(self._features(block, m[cols], v[cols]), groups, n_groups)
-        return sums, raw_total
+        return normalized_group_sums(g, groups, n_groups, self)
 
     def update(self, m_i: Tensor, v_i: Tensor) -> None:
         """Set the history to the mean of ``m_i, v_i`` ``[k, d]`` (the selected large-source rows

@@ -34,11 +34,11 @@ from typing import Any, Hashable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from colm import cpu_kernels
+from colm import passes
 from colm.budget import overflow_keep, small_sources, split_budget
 from colm.config import CoresetConfig
 from colm.facility import cluster_weights, greedy_batched, greedy_unchecked
-from colm.normalize import AdamNormalizer, column_blocks, group_sums
+from colm.normalize import AdamNormalizer
 from colm.similarity import check_features, similarity_unchecked
 from colm.within_source import cluster_sample, mean_match, pps_sample, random_subset, selection_generator
 
@@ -252,79 +252,71 @@ class CoresetSelector:
         return _Plan(counts, rows, present, large_q, shares, kept, n_small, overflow)
 
     def _select(self, g: Optional[Tensor], ids: Tensor, budget: int) -> Selection:
-        cfg = self.config
         device = g.device if g is not None else torch.device("cpu")
-        plan = self._plan(ids, budget)
-        choose = plan.to_choose()
         ids_dev = ids.to(device)  # [n]
-
-        # Rows taken without choice: kept small sources, and large sources that get every row.
-        parts: list[tuple[Tensor, Tensor, Tensor]] = [  # (rows, weights, loss weights)
-            (plan.kept.to(device), _ones(plan.kept.numel(), device), _ones(plan.kept.numel(), device))
-        ]
-        for q, b in zip(plan.large, plan.shares):
-            if b == plan.counts[q]:
-                rows = plan.rows[q].to(device)
-                parts.append((rows, _ones(b, device), _ones(b, device)))
-        objective = torch.zeros((), dtype=torch.float64, device=device)
-        uses_history = cfg.adam_normalize and cfg.needs_features and g is not None
-
-        if g is None or not cfg.needs_features:
-            pool_total = None if g is None else _raw_total(g)  # [d]
-            for q, b in choose:
-                gen = selection_generator(cfg.seed, self.calls, q)
-                picks = plan.rows[q].index_select(0, random_subset(plan.counts[q], b, gen)).to(device)
-                parts.append((picks, torch.full((b,), plan.counts[q] / b, device=device), _ones(b, device)))
-        else:
-            blocks, pool_total = self._feature_blocks(g, ids_dev, plan, choose, uses_history)
-            fl_pending: list[tuple[Tensor, Tensor, int]] = []  # (rows, similarity, budget)
-            for (q, b), feats in zip(choose, blocks):
-                rows = plan.rows[q].to(device)  # [n_q]
-                n_q = plan.counts[q]
-                method = cfg.within_source
-                if method in ("facility_location", "cluster_sample"):
-                    # float64 gains: a greedy step's sum over rows then hardly depends on row
-                    # order, so a permuted pool gives the permuted choice (no float near-ties)
-                    sim = similarity_unchecked(feats, cfg.similarity).double()  # [n_q, n_q]
-                    if cfg.similarity == "cosine":
-                        # Shift cosine into [0, 2] so every row counts in the objective, as with
-                        # l1/l2 (facility_location ignores negative similarities).
-                        sim = sim + 1.0
-                    if method == "facility_location":
-                        fl_pending.append((rows, sim, b))
-                        continue
-                    local = cluster_sample(sim, b, selection_generator(cfg.seed, self.calls, q)).to(device)
-                    weight, loss_weight = torch.full((b,), n_q / b, device=device), _ones(b, device)
-                elif method == "mean_match":
-                    local, error = mean_match(feats, b)
-                    objective = objective + error
-                    weight, loss_weight = torch.full((b,), n_q / b, device=device), _ones(b, device)
-                elif method == "pps":
-                    size = torch.linalg.vector_norm(feats.double(), dim=1)  # [n_q]
-                    local, ht = pps_sample(size, b, selection_generator(cfg.seed, self.calls, q))
-                    ht = ht.to(device)
-                    weight, loss_weight = ht * (n_q / ht.sum()), ht * (b / ht.sum())
-                    local = local.to(device)
-                else:  # validated by CoresetConfig; a new name must be wired in here
-                    raise RuntimeError(f"within_source {method!r} has no implementation")
-                parts.append((rows.index_select(0, local), weight, loss_weight))
-            for (rows, sim, _), (picks, gains) in zip(fl_pending, _greedy_all(fl_pending)):
-                weight = cluster_weights(sim, picks).float()
-                parts.append((rows.index_select(0, picks), weight, _ones(picks.numel(), device)))
-                objective = objective + gains.sum().double()
-
-        indices = torch.cat([p[0] for p in parts])  # [budget]
-        weight = torch.cat([p[1].float() for p in parts])  # [budget]
-        loss_weight = weight if cfg.weighted else torch.cat([p[2].float() for p in parts])
+        uses_history = self.config.adam_normalize and self.config.needs_features and g is not None
+        plan = self._plan(ids, budget)  # 1. budgets
+        choose = plan.to_choose()
+        blocks, pool_total = (  # 2-3. normalized, sparsified features of the rows to choose from
+            self._feature_blocks(g, ids_dev, plan, choose, uses_history)
+            if g is not None and self.config.needs_features
+            else (None, None if g is None else passes.raw_total(g))
+        )
+        parts, objective = self._fill(plan, choose, blocks, device)  # 4. each large source's share
+        indices = torch.cat([p.rows for p in parts])  # [budget]
+        weight = torch.cat([p.weights for p in parts])  # [budget]
+        loss_weight = weight if self.config.weighted else torch.cat([p.loss_weights for p in parts])
         indices, perm = torch.sort(indices)
         weight, loss_weight = weight.index_select(0, perm), loss_weight.index_select(0, perm)
-
         numbers = [objective]
-        if g is not None:
+        if g is not None:  # 5. match error and Adam history
             numbers.append(self._match_and_update(g, ids_dev, indices, loss_weight, pool_total, plan, uses_history))
         self.calls += 1
-        # One host sync for every number reported.
-        src_sel = ids_dev.index_select(0, indices)  # [budget] source of each chosen row
+        stats = self._stats(plan, ids_dev.index_select(0, indices), numbers, with_features=g is not None)
+        return Selection(indices=indices, weights=weight, stats=stats, loss_weights=loss_weight)
+
+    def _fill(
+        self, plan: _Plan, choose: list[tuple[int, int]], blocks: Optional[list[Tensor]], device: torch.device
+    ) -> tuple[list["_Part"], Tensor]:
+        """Step 4: the rows taken without choice (kept small sources, large sources that get
+        every row) and each choosing source's picks by ``config.within_source``; also the sum of
+        the per-source objectives (0-d float64)."""
+        cfg = self.config
+        parts = [_Part.uniform(plan.kept.to(device))]
+        parts += [_Part.uniform(plan.rows[q].to(device)) for q, b in zip(plan.large, plan.shares) if b == plan.counts[q]]
+        objective = torch.zeros((), dtype=torch.float64, device=device)
+        if blocks is None:  # feature-free: uniform picks within each source
+            for q, b in choose:
+                local = random_subset(plan.counts[q], b, selection_generator(cfg.seed, self.calls, q))
+                parts.append(_Part.sample(plan.rows[q].index_select(0, local).to(device), plan.counts[q]))
+            return parts, objective
+        fl_pending: list[tuple[Tensor, Tensor, int]] = []  # (rows, similarity, budget): stepped together
+        for (q, b), feats in zip(choose, blocks):
+            rows, n_q, method = plan.rows[q].to(device), plan.counts[q], cfg.within_source
+            gen = selection_generator(cfg.seed, self.calls, q)
+            if method in ("facility_location", "cluster_sample"):
+                sim = _similarity(feats, cfg.similarity)  # [n_q, n_q]
+                if method == "facility_location":
+                    fl_pending.append((rows, sim, b))
+                else:
+                    parts.append(_Part.sample(rows.index_select(0, cluster_sample(sim, b, gen).to(device)), n_q))
+            elif method == "mean_match":
+                local, error = mean_match(feats, b)
+                objective = objective + error
+                parts.append(_Part.sample(rows.index_select(0, local), n_q))
+            elif method == "pps":
+                local, ht = pps_sample(torch.linalg.vector_norm(feats.double(), dim=1), b, gen)  # [b], [b]
+                ht = ht.to(device)
+                parts.append(_Part(rows.index_select(0, local.to(device)), ht * (n_q / ht.sum()), ht * (b / ht.sum())))
+            else:  # validated by CoresetConfig; a new name must be wired in here
+                raise RuntimeError(f"within_source {method!r} has no implementation")
+        for (rows, sim, _), (picks, gains) in zip(fl_pending, _greedy_all(fl_pending)):
+            parts.append(_Part(rows.index_select(0, picks), cluster_weights(sim, picks).float(), _ones(picks.numel(), device)))
+            objective = objective + gains.sum().double()
+        return parts, objective
+
+    def _stats(self, plan: _Plan, src_sel: Tensor, numbers: list[Tensor], with_features: bool) -> dict[str, float]:
+        """The numbers ``select`` reports, with one host sync for all of them."""
         per_source = torch.bincount(src_sel, minlength=len(self._keys))
         values = torch.cat([torch.stack([v.double() for v in numbers]), per_source.double()]).tolist()
         stats: dict[str, float] = {
@@ -335,11 +327,11 @@ class CoresetSelector:
             "budget_large": float(plan.budget_large),
             "adam_step": float(self.normalizer.step),
         }
-        if g is not None:
+        if with_features:
             stats["objective"], stats["match_error"] = values[0], values[1]
         for q in plan.present:
             stats[f"selected/{self._keys[q]}"] = values[len(numbers) + q]
-        return Selection(indices=indices, weights=weight, stats=stats, loss_weights=loss_weight)
+        return stats
 
     def _feature_blocks(
         self, g: Tensor, ids_dev: Tensor, plan: _Plan, choose: list[tuple[int, int]], normalize: bool
@@ -357,17 +349,17 @@ class CoresetSelector:
                 # history on the first step, and is shared by all rows with
                 # adam_second_moment="pool" (see colm.normalize).
                 rows = torch.cat([plan.rows[q] for q, _ in choose]).to(g.device)
-                mean_g2 = _mean_square(g, rows)  # [d]
+                mean_g2 = passes.mean_square(g, rows)  # [d]
                 if not bool(torch.isfinite(mean_g2).all()) and not bool(torch.isfinite(g).all()):
                     raise ValueError("features contain NaN or inf values")
                 self.normalizer.set_pool_moment(mean_g2)  # ValueError if the squares overflow
         if topk is not None and choose and normalize:
-            source_sums, pool_total = self.normalizer.feature_sums(g, ids_dev, n_sources)
+            source_sums, pool_total = passes.normalized_group_sums(g, ids_dev, n_sources, self.normalizer)
         elif topk is not None and choose:
-            source_sums = _raw_group_sums(g, ids_dev, n_sources)  # [S, d]
+            source_sums = passes.raw_group_sums(g, ids_dev, n_sources)  # [S, d]
             pool_total = source_sums.sum(dim=0)
         else:  # nothing to rank: only the pool total is needed
-            source_sums, pool_total = None, _raw_total(g)
+            source_sums, pool_total = None, passes.raw_total(g)
         _check_magnitude(pool_total, g)
         if source_sums is not None and not bool(torch.isfinite(source_sums).all()):
             raise ValueError("features are too large: their normalized sums overflow float32")
@@ -377,8 +369,8 @@ class CoresetSelector:
             if topk is not None:
                 # Sorted columns make the gather walk each row forward in memory (~4x faster on
                 # CPU than topk's arbitrary order); |mean| ranks like |sum| within a source.
-                cols = _top_columns(source_sums[q].abs(), topk)  # [h], ascending
-                block = _gather(g, rows, cols)  # [n_q, h]
+                cols = passes.top_columns(source_sums[q].abs(), topk)  # [h], ascending
+                block = passes.gather(g, rows, cols)  # [n_q, h]
             else:
                 cols, block = None, g.index_select(0, rows)  # [n_q, d]
             blocks.append(self.normalizer.transform(block, cols) if normalize else block.float())
@@ -399,7 +391,7 @@ class CoresetSelector:
             mean_w = is_large_sel.float() / plan.budget_large  # [budget]
             lin_w.append(mean_w)
             sq_w = mean_w.unsqueeze(0)
-        lin, sq = _selected_sums(g, indices, torch.stack(lin_w), sq_w)
+        lin, sq = passes.selected_sums(g, indices, torch.stack(lin_w), sq_w)
         pool_mean = pool_total.double() / n
         diff = torch.linalg.vector_norm(lin[0].double() - pool_mean)
         scale = torch.linalg.vector_norm(pool_mean)
@@ -428,6 +420,35 @@ def _ones(k: int, device: torch.device) -> Tensor:
     return torch.ones(k, dtype=torch.float32, device=device)
 
 
+@dataclass
+class _Part:
+    """Some of the chosen rows, with their weights (see ``Selection``)."""
+
+    rows: Tensor  # [k] pool positions
+    weights: Tensor  # [k] how many pool rows each stands for
+    loss_weights: Tensor  # [k]
+
+    @classmethod
+    def uniform(cls, rows: Tensor) -> "_Part":
+        """Rows taken whole: each stands for itself."""
+        return cls(rows, _ones(rows.numel(), rows.device), _ones(rows.numel(), rows.device))
+
+    @classmethod
+    def sample(cls, rows: Tensor, n_source: int) -> "_Part":
+        """An unweighted pick of ``len(rows)`` of a source's ``n_source`` rows."""
+        k = rows.numel()
+        return cls(rows, torch.full((k,), n_source / k, device=rows.device), _ones(k, rows.device))
+
+
+def _similarity(feats: Tensor, metric: str) -> Tensor:
+    """Facility location's ``[n_q, n_q]`` similarity, float64: the gains of a greedy step then
+    hardly depend on row order (a permuted pool gives the permuted choice), and cosine is
+    shifted into [0, 2] so that, as with l1/l2, every row counts in the objective
+    (facility_location ignores negative similarities)."""
+    sim = similarity_unchecked(feats, metric).double()
+    return sim + 1.0 if metric == "cosine" else sim
+
+
 def _check_magnitude(total: Tensor, g: Tensor) -> None:
     """ValueError unless the pool total ``[d]`` is finite. Any NaN/inf feature makes its
     column's total non-finite, so a good pool pays one ``[d]`` check; ``g`` is inspected only
@@ -437,39 +458,6 @@ def _check_magnitude(total: Tensor, g: Tensor) -> None:
     if not bool(torch.isfinite(g).all()):
         raise ValueError("features contain NaN or inf values")
     raise ValueError("features are too large: their sum over the pool overflows float32")
-
-
-def _mean_square(g: Tensor, rows: Tensor) -> Tensor:
-    """Mean of ``g[rows] ** 2`` over the rows, ``[d]`` float32, accumulated in float64 so that
-    the result does not depend on the order of the rows (used once per run)."""
-    d = g.shape[1]
-    out = torch.empty(d, dtype=torch.float32, device=g.device)
-    for cols in column_blocks(rows.numel(), d, g.device):
-        block = g[:, cols].index_select(0, rows).double()  # [k, w]
-        out[cols] = block.square_().mean(dim=0).float()
-    return out
-
-
-def _raw_group_sums(g: Tensor, groups: Tensor, n_groups: int) -> Tensor:
-    """Per-group sums of the raw rows ``[n_groups, d]`` (float32), block by block."""
-    n, d = g.shape
-    if g.dtype == torch.float32 and g.device.type == "cpu":
-        return group_sums(g, groups, n_groups)  # one pass, no copy of g
-    out = torch.empty(n_groups, d, dtype=torch.float32, device=g.device)
-    for cols in column_blocks(n, d, g.device):
-        out[:, cols] = group_sums(g[:, cols], groups, n_groups)
-    return out
-
-
-def _raw_total(g: Tensor) -> Tensor:
-    """Sum of the rows ``[d]`` in float32 (half inputs are upcast block by block)."""
-    if g.dtype == torch.float32:
-        return g.sum(dim=0)
-    n, d = g.shape
-    out = torch.empty(d, dtype=torch.float32, device=g.device)
-    for cols in column_blocks(n, d, g.device):
-        out[cols] = g[:, cols].float().sum(dim=0)
-    return out
 
 
 def _greedy_all(pending: Sequence[tuple[Tensor, Tensor, int]]) -> list[tuple[Tensor, Tensor]]:
@@ -483,50 +471,3 @@ def _greedy_all(pending: Sequence[tuple[Tensor, Tensor, int]]) -> list[tuple[Ten
     return [greedy_unchecked(sim, b) for _, sim, b in pending]
 
 
-def _top_columns(score: Tensor, k: int) -> Tensor:
-    """Indices of the ``k`` largest entries of ``score`` ``[d]``, ascending.
-
-    On CPU a full ``topk`` over d = 327,680 costs ~3 ms; a threshold taken from a 1-in-32
-    sample keeps roughly 2k candidates, and the exact ``topk`` then runs on those (~1 ms in
-    all). Whenever at
-    least ``k`` entries pass the threshold, the k-th largest value passes it too, so the result
-    is the full ``topk``'s; otherwise (adversarial ties) it falls back to the full ``topk``.
-    """
-    d = score.numel()
-    if score.device.type == "cpu" and d >= 64 * k:
-        stride = 32  # the sample's (2k / stride)-th largest estimates the 2k-th largest
-        threshold = torch.topk(score[::stride], max(1, 2 * k // stride), sorted=False).values.min()
-        candidates = torch.nonzero(score >= threshold).squeeze(1)  # [~2k]
-        if candidates.numel() >= k:
-            best = torch.topk(score.index_select(0, candidates), k, sorted=False).indices
-            return torch.sort(candidates.index_select(0, best)).values
-    return torch.sort(torch.topk(score, k, sorted=False).indices).values
-
-
-def _gather(g: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """``g[rows][:, cols]`` ``[len(rows), len(cols)]`` without copying whole rows."""
-    if cpu_kernels.applicable(g):
-        return cpu_kernels.gather(g, rows, cols)
-    if not g.is_contiguous():
-        return g[rows.unsqueeze(1), cols.unsqueeze(0)]
-    # Flat offsets into contiguous g: one take() is cheaper than two-tensor advanced indexing.
-    offsets = rows.unsqueeze(1) * g.shape[1] + cols.unsqueeze(0)  # [n_q, h]
-    return g.reshape(-1).take(offsets)
-
-
-def _selected_sums(
-    g: Tensor, rows: Tensor, lin_w: Tensor, sq_w: Optional[Tensor]
-) -> tuple[Tensor, Optional[Tensor]]:
-    """``lin_w @ g[rows]`` ``[a, d]`` and ``sq_w @ g[rows]**2`` ``[b, d]`` in one blocked pass."""
-    if cpu_kernels.applicable(g):
-        return cpu_kernels.selected_sums(g, rows, lin_w, sq_w)
-    k = rows.numel()
-    d = g.shape[1]
-    lin = torch.empty(lin_w.shape[0], d, dtype=torch.float32, device=g.device)
-    sq = None if sq_w is None else torch.empty(sq_w.shape[0], d, dtype=torch.float32, device=g.device)
-    for cols in column_blocks(k, d, g.device):
-        block = g[:, cols].index_select(0, rows).float()  # [k, w]
-        lin[:, cols] = lin_w @ block
-        if sq is not None:
-            sq[:, cols] = sq_w @ block.square_()
-    return lin, sq

@@ -37,10 +37,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from . import distributed
 from .config import CoresetConfig
-from .features import per_example_nll
+from .features import gradient_features, per_example_nll
 from .features.loss import IGNORE_INDEX
 from .files import truncate_jsonl
-from .scoring import pool_features
 from .selector import CoresetSelector, Selection
 from .selector_state import load_selector_state, save_selector_state
 
@@ -56,6 +55,8 @@ SELECTOR_STATE_FILE = "colm_selector.safetensors"
 LEGACY_SELECTOR_STATE_FILE = "colm_selector.pt"
 SELECTIONS_FILE = "selections.jsonl"
 _PRIVATE_KEYS = (SOURCE_KEY, ID_KEY)
+#: `description` of the training DataLoader that yields pools of rows (see get_train_dataloader).
+_POOL_LOADER = "Training"
 _SINGLE_SOURCE = "all"
 
 
@@ -112,14 +113,16 @@ def split_evenly(items: Sequence[Any], parts: int) -> list[list[Any]]:
     return out
 
 
-class CoresetTrainer(Trainer):
-    """`transformers.Trainer` that trains each step on a coreset of a larger pool (CoLM).
+class CoresetTrainerMixin:
+    """CoLM selection for `transformers.Trainer` or any subclass of it: put it first among the
+    bases, e.g. `class MyTrainer(CoresetTrainerMixin, SomeTrainer)`. Each optimizer step then
+    trains on a coreset of a larger pool.
 
     Args:
-        coreset_config: the selection settings; None or `pool_factor=1` trains like `Trainer`.
+        coreset_config: the selection settings; None or `pool_factor=1` trains like the base.
         log_selections: also write every step's selected example ids to
             `<output_dir>/selections.jsonl` (main process only).
-        All other arguments are `transformers.Trainer`'s.
+        All other arguments are the base trainer's.
     """
 
     def __init__(
@@ -166,22 +169,19 @@ class CoresetTrainer(Trainer):
             self.selector = self._build_selector(self.train_dataset)
         # The Trainer's own DataLoader machinery (sampler, seeding, accelerate sharding, resume
         # skipping) is kept; only the batch (a pool chunk) and the collate function change.
-        user_collator, self.data_collator = self.data_collator, keep_rows
-        try:
-            return self._get_dataloader(
-                dataset=_IndexedRows(self.train_dataset),
-                description="Training",
-                batch_size=self._train_batch_size * self.coreset_config.pool_factor,
-                sampler_fn=lambda _: self._get_train_sampler(self.train_dataset),
-                is_training=True,
-            )
-        finally:
-            self.data_collator = user_collator
+        return self._get_dataloader(
+            dataset=_IndexedRows(self.train_dataset),
+            description=_POOL_LOADER,
+            batch_size=self._train_batch_size * self.coreset_config.pool_factor,
+            sampler_fn=lambda _: self._get_train_sampler(self.train_dataset),
+            is_training=True,
+        )
 
     def _get_collator_with_removed_columns(self, data_collator: Callable, description: str | None = None):
-        # Training rows are filtered in `_collate` (which must keep `source` for the selector).
-        if description == "Training":
-            return data_collator
+        # The pool loader hands out rows; `_collate` applies the user's collator (and the column
+        # filtering, which must keep `source` for the selector) once the coreset is chosen.
+        if description == _POOL_LOADER:
+            return keep_rows
         return super()._get_collator_with_removed_columns(data_collator, description)
 
     def _collate(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -235,7 +235,7 @@ class CoresetTrainer(Trainer):
                 self._prepare_inputs(self._collate(local_rows[i : i + chunk_size]))
                 for i in range(0, len(local_rows), chunk_size)
             ]
-            features = pool_features(self.model, score_batches, cfg, step=self.state.global_step)  # [N, d]
+            features = gradient_features(self.model, score_batches, cfg, self.state.global_step, gather=True)  # [N, d]
         score_ms = (time.perf_counter() - start) * 1e3
 
         pool_rows = distributed.gather_objects(local_rows)
@@ -421,3 +421,14 @@ class CoresetTrainer(Trainer):
         """Drop logged selections past the checkpoint: the resumed run writes them again."""
         if self.is_world_process_zero():
             truncate_jsonl(os.path.join(self.args.output_dir, SELECTIONS_FILE), checkpoint_step(checkpoint))
+
+
+class CoresetTrainer(CoresetTrainerMixin, Trainer):
+    """`transformers.Trainer` that trains each step on a coreset of a larger pool (CoLM).
+
+    Args:
+        coreset_config: the selection settings; None or `pool_factor=1` trains like `Trainer`.
+        log_selections: also write every step's selected example ids to
+            `<output_dir>/selections.jsonl` (main process only).
+        All other arguments are `transformers.Trainer`'s.
+    """

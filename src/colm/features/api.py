@@ -1,11 +1,19 @@
-"""``gradient_features``: the one entry point the trainer calls."""
+"""``gradient_features``: the one path that turns pool batches into per-example features.
+
+The public API and the trainer both come through here: one batch or pre-collated chunks,
+chunked further by ``config.score_batch_size``, and with ``gather=True`` the features of the
+global pool of a distributed run (rank order) on every rank. For zeroth-order features only the
+SPSA coefficients ``[n, m]`` travel between ranks; every rank rebuilds ``c z`` from the shared
+seed and step.
+"""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence, Union
 
 import torch
 from torch import nn
 
+from .. import distributed
 from .exact import exact_gradients
 from .hidden import final_hidden_features
 from .replay import LastLayerReplay
@@ -14,8 +22,10 @@ from .structure import model_device
 from .targets import find_target_parameters
 from .zeroth_order import zo_coefficients, zo_features_from_coefficients
 
+Batch = Mapping[str, torch.Tensor]
 
-def _chunks(batch: Mapping[str, torch.Tensor], size: int | None):
+
+def _chunks(batch: Batch, size: int | None):
     n = batch["input_ids"].shape[0]
     if size is None or size >= n:
         yield batch
@@ -28,19 +38,17 @@ def _chunks(batch: Mapping[str, torch.Tensor], size: int | None):
         }
 
 
-def _features_one(model: nn.Module, batch, config, step: int) -> torch.Tensor:
+def _score_chunk(model: nn.Module, batch: Batch, config, step: int, targets) -> torch.Tensor:
+    """zo coefficients ``[n, m]``, or the features ``[n, d]`` of the other types, of one chunk."""
     if config.feature == "hidden":
         return final_hidden_features(model, batch)
     replay = LastLayerReplay(model)
     replay.capture(batch)
     try:
-        targets = find_target_parameters(model, config.target_modules)
         if config.feature == "zo":
-            numel = sum(p.numel() for p in targets.values())
-            c = zo_coefficients(replay, None, config, step, targets=targets)  # [n, m]
-            return zo_features_from_coefficients(c, config, step, numel, c.device)
+            return zo_coefficients(replay, None, config, step, targets=targets)  # [n, m]
         if config.feature == "exact":
-            return exact_gradients(replay, targets)
+            return exact_gradients(replay, targets)  # [n, d]
         raise ValueError(
             f"CoresetConfig.feature = {config.feature!r} is invalid: expected 'zo', 'exact' or 'hidden'"
         )
@@ -49,27 +57,37 @@ def _features_one(model: nn.Module, batch, config, step: int) -> torch.Tensor:
 
 
 def gradient_features(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], config, step: int = 0
+    model: nn.Module, batch: Union[Batch, Sequence[Batch]], config, step: int = 0, *, gather: bool = False
 ) -> torch.Tensor:
-    """Per-example features ``[n, d]`` (float32, on the model's device) of a pool batch.
+    """Per-example features ``[n, d]`` (float32, on the model's device) of a pool.
 
     Args:
         model: a transformers causal LM, optionally wrapped by peft.
         batch: ``input_ids [n, T]``, ``attention_mask [n, T]``, ``labels [n, T]`` (-100 where no
-            loss is taken; not needed for ``"hidden"``); other keys are ignored.
+            loss is taken; not needed for ``"hidden"``); other keys are ignored. Or a sequence
+            of such batches (e.g. a pool collated in chunks), scored in order.
         config: a ``CoresetConfig``; ``feature`` picks ``"zo"`` (SPSA, ``d`` = target numel),
             ``"exact"`` (per-example gradients, same ``d``) or ``"hidden"`` (``d`` = hidden size).
-            ``score_batch_size``, when set, scores the batch in chunks of that many examples.
+            ``score_batch_size``, when set, scores each batch in chunks of that many examples.
         step: optimizer step (selects the SPSA directions unless ``config.zo_fixed_z``).
+        gather: in a distributed run, return the features of every rank's rows (rank order),
+            the same on every rank; without a process group it changes nothing.
 
     The model is scored in eval mode and left exactly as it was: parameters bit-identical, modes,
     ``requires_grad`` and ``.grad`` restored, hooks removed, also when an error is raised.
     """
+    batches = [batch] if isinstance(batch, Mapping) else list(batch)
     device = model_device(model)
-    with scoring_mode(model):
+    targets = None if config.feature == "hidden" else find_target_parameters(model, config.target_modules)
+    with scoring_mode(model), torch.no_grad():
         parts = [
-            _features_one(model, chunk, config, step)
-            for chunk in _chunks(batch, config.score_batch_size)
+            _score_chunk(model, chunk, config, step, targets)
+            for b in batches for chunk in _chunks(b, config.score_batch_size)
         ]
-    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-    return out.to(device=device, dtype=torch.float32)
+    local = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # [n_local, m] or [n_local, d]
+    if gather:
+        local = distributed.gather_rows(local)  # [N, .]
+    if config.feature == "zo":
+        numel = sum(p.numel() for p in targets.values())
+        return zo_features_from_coefficients(local, config, step, numel, device)  # [N, d]
+    return local.to(device=device, dtype=torch.float32)
