@@ -314,21 +314,21 @@ def test_feature_methods_refuse_missing_features():
 
 def is_greedy_outcome(sim: torch.Tensor, chosen: list[int]) -> bool:
     """Whether greedy facility location on ``sim`` can end with the set ``chosen`` under some
-    way of breaking exact ties: at every step one not-yet-taken member of ``chosen`` must have
-    the largest gain (relative tolerance 1e-12)."""
-    best = torch.zeros(sim.shape[0], dtype=sim.dtype)
-    left = set(chosen)
-    for _ in range(len(chosen)):
+    way of breaking ties: at every step a not-yet-taken member of ``chosen`` must have the
+    largest gain (relative tolerance 1e-6: the selector's similarities are float32 distances).
+    Every tied choice is tried (depth first), since breaking a tie differently changes the
+    later gains."""
+
+    def search(best: torch.Tensor, left: frozenset) -> bool:
+        if not left:
+            return True
         gains = (sim - best[:, None]).clamp_min(0).sum(0)  # [n]; gain of every column
         taken = set(chosen) - left
         top = float(gains[[j for j in range(sim.shape[0]) if j not in taken]].max())
-        ok = [j for j in left if float(gains[j]) >= top * (1 - 1e-12)]
-        if not ok:
-            return False
-        j = ok[0]
-        left.remove(j)
-        best = torch.maximum(best, sim[:, j])
-    return True
+        tied = [j for j in sorted(left) if float(gains[j]) >= top * (1 - 1e-6) - 1e-9]
+        return any(search(torch.maximum(best, sim[:, j]), left - {j}) for j in tied)
+
+    return search(torch.zeros(sim.shape[0], dtype=sim.dtype), frozenset(chosen))
 
 
 @pytest.mark.parametrize("method", ["facility_location", "mean_match"])
@@ -423,3 +423,38 @@ def test_corrupt_state_is_refused(state, match):
     selector = CoresetSelector(CoresetConfig(), SIZES)
     with pytest.raises(ValueError, match=match):
         selector.load_state_dict(state)
+
+
+@pytest.mark.parametrize("feature", ["zo", "exact", "hidden"])
+def test_first_selection_on_real_features_follows_a_permutation(feature):
+    # The same check on the features of a tiny Llama, for every feature type.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import padded_batch, tiny_model
+
+    from colm import gradient_features
+    from colm.similarity import pairwise_similarity
+
+    model = tiny_model("llama")
+    batch = padded_batch(n=24, T=12, seed=4)
+    cfg = CoresetConfig(feature=feature, small_sources="none", topk_dims=None, zo_probes=1)
+    sources = ["math", "code"] * 12
+    feats = gradient_features(model, batch, cfg)
+    perm = torch.randperm(24, generator=torch.Generator().manual_seed(1))
+    feats_perm = gradient_features(model, {k: v[perm] for k, v in batch.items()}, cfg)
+    torch.testing.assert_close(feats_perm, feats[perm], rtol=1e-5, atol=1e-6)
+    base = CoresetSelector(cfg, SIZES).select(feats, sources, 8).indices.tolist()
+    moved = CoresetSelector(cfg, SIZES).select(feats_perm, [sources[i] for i in perm], 8).indices
+    moved = sorted(perm[moved].tolist())
+    assert base != [0, 1, 2, 3, 4, 5, 6, 7]
+    if feature != "zo":
+        assert moved == sorted(base)
+        return
+    normalized = feats / feats.square().mean(0).sqrt()  # zo with m = 1 is rank 1: exact ties
+    for name in ("math", "code"):
+        rows = [i for i in range(24) if sources[i] == name]
+        sim = pairwise_similarity(normalized[rows].double(), "l1")
+        for chosen in (base, moved):
+            assert is_greedy_outcome(sim, [rows.index(i) for i in chosen if i in rows])
