@@ -233,6 +233,14 @@ def test_output_dir_errors_name_the_option_before_anything_loads(tmp_path, capsy
 # ------------------------------------------------------------------ evaluation
 
 
+def test_evaluate_output_errors_name_the_option_before_anything_loads(tmp_path, capsys):
+    a_file = write_jsonl(tmp_path / "file.jsonl", ["{}"])
+    for output, needle in ((tmp_path, "is a folder"), (a_file / "e.json", "is a file, not a folder")):
+        # the checkpoint folder holds no model: the output is checked first
+        code, _, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path, "--output", output)
+        assert_usage_error(code, err, f"--output {output}", needle)
+
+
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, cache_dir) -> Path:
     """colm's tiny embedded model and tokenizer saved as a plain Hugging Face folder."""

@@ -6,6 +6,7 @@ LM folder, or a LoRA adapter folder.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,6 +57,8 @@ def run(argv: Sequence[str]) -> int:
     ckpt = Path(ns.checkpoint).expanduser()
     if not ckpt.is_dir():
         raise UsageError(f"--checkpoint {ns.checkpoint}: no such folder")
+    output = Path(ns.output).expanduser() if ns.output else ckpt / "eval.json"
+    check_writable_file(output, "--output" if ns.output else "--checkpoint")
 
     import torch
 
@@ -99,11 +102,25 @@ def run(argv: Sequence[str]) -> int:
     print(text_table(*result_rows(loss, generation, all_truncated)))
     for line in notes(loss, generation, stats, all_truncated, max_length):
         print(line)
-    output = Path(ns.output) if ns.output else ckpt / "eval.json"
     atomic_write_json(output, result)
     print(f"results: {output}")
     sys.stdout.flush()
     return 0
+
+
+def check_writable_file(path: Path, option: str) -> None:
+    """Refuse, before anything loads, an output file that could not be written at the end."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{option} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(
+                    f"{option} {path}: cannot write in {parent} (permission denied); choose another --output"
+                )
+            return
 
 
 def truncated_away(raw: Any, stats: dict[str, Any]) -> dict[str, int]:

@@ -122,7 +122,8 @@ def previous_run(out: Path) -> list[str]:
     if not out.is_dir():
         return []
     found = [name for name in RUN_FILES if (out / name).exists()]
-    found += sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
+    for pattern in ("checkpoint-*", MOVED_ASIDE + "checkpoint-*"):
+        found += sorted(p.name for p in out.glob(pattern) if p.is_dir())
     return found
 
 
