@@ -93,7 +93,7 @@ def run(argv: Sequence[str]) -> int:
     from colm.cli.lock import OutputDirLock
 
     # Two demos into one folder would interleave their arms' files: the second is refused.
-    with OutputDirLock(out, "--output-dir", "colm demo " + " ".join(argv)) as lock:
+    with OutputDirLock(out, "--output-dir", "colm demo", command="colm demo " + " ".join(argv)) as lock:
         if lock.taken_over is not None:
             print(lock.takeover_note(), flush=True)
         return _demo(argv, s, out)

@@ -35,16 +35,20 @@ LOCK_FILE = ".colm.lock"
 class OutputDirLock:
     """Exclusive use of a run's output folder; creates the folder if needed.
 
-    `with OutputDirLock(path, "--output-dir", "colm train"):` refuses (UsageError naming the
-    option and the other run) when another run holds it. On release the lock file is removed,
+    `with OutputDirLock(path, "--output-dir", "colm train", command=...):` refuses (UsageError
+    naming the option and the other run's pid, host and `command`) when another run holds it. On release the lock file is removed,
     and so are the folders the lock created if they are still empty, so a command that fails
     before writing anything leaves nothing behind.
     """
 
-    def __init__(self, folder: str | os.PathLike, option: str = "--output-dir", command: str = "colm") -> None:
+    def __init__(
+        self, folder: str | os.PathLike, option: str = "--output-dir", prog: str = "colm",
+        command: str | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.option = option
-        self.command = command
+        self.prog = prog
+        self.command = command or prog
         self.path = self.folder / LOCK_FILE
         #: What the lock file said when a previous holder died without releasing it (else None).
         self.taken_over: dict[str, Any] | None = None
@@ -56,7 +60,7 @@ class OutputDirLock:
         self._make_folder()
         try:
             if fcntl is None:  # pragma: no cover - Windows
-                sys.stderr.write(f"{self.command}: warning: no file locking on this platform; "
+                sys.stderr.write(f"{self.prog}: warning: no file locking on this platform; "
                                  f"nothing stops two runs from sharing {self.option} {self.folder}\n")
                 return self
             while self._fd is None:
@@ -149,7 +153,7 @@ class OutputDirLock:
         """A line saying whose stale lock was taken over, or None."""
         if self.taken_over is None:
             return None
-        return (f"{self.command}: note: {self.option} {self.folder} was locked by a run that ended "
+        return (f"{self.prog}: note: {self.option} {self.folder} was locked by a run that ended "
                 f"without releasing it ({_describe(self.taken_over)}); taking it over")
 
 

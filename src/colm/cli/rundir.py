@@ -56,7 +56,7 @@ def claim(
     command: str,
 ) -> Iterator[RunDir]:
     """Hold `out` for the life of the run and decide where the run starts."""
-    lock = OutputDirLock(out, "--output-dir", command)
+    lock = OutputDirLock(out, "--output-dir", "colm train", command=command)
     if is_main_process():
         lock.acquire()
     try:
@@ -140,12 +140,15 @@ def finished_message(run: RunDir, max_steps: int, num_train_epochs: float) -> st
     """What `colm train` prints instead of training when the run is already finished."""
     point = run.finished
     assert point is not None
-    limit = f"--max-steps {max_steps}" if max_steps > 0 else f"--num-train-epochs {num_train_epochs}"
-    raise_it = "--max-steps" if max_steps > 0 else "--num-train-epochs"
+    if max_steps > 0:
+        limit, raise_it = f"--max-steps is {max_steps}", "--max-steps"
+    else:
+        limit = f"the run ends there with --num-train-epochs {num_train_epochs}"
+        raise_it = "--num-train-epochs"
     lines = [
-        f"colm train: {run.path} is already finished: {Path(point.path).name} is at step "
-        f"{point.step}, the end of the run under {limit}; nothing to train (raise {raise_it} to "
-        "train further, or pass --overwrite-output-dir to start over)"
+        f"colm train: {run.path} is already finished: its latest checkpoint, {Path(point.path).name}, "
+        f"is at step {point.step} and {limit}; nothing to train (raise {raise_it} to train further, "
+        "or pass --overwrite-output-dir to start over)"
     ]
     if not (run.path / "report.json").is_file():
         lines.append(
