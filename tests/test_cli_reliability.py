@@ -128,6 +128,15 @@ def test_a_live_holder_is_named_and_a_killed_holders_lock_is_taken_over(tmp_path
         assert lock.taken_over is not None and lock.taken_over["command"] == "holder"
 
 
+def test_demo_into_a_folder_in_use_is_refused(tmp_path, capsys):
+    from colm.cli.lock import OutputDirLock
+
+    with OutputDirLock(tmp_path / "demo", command="colm train --output-dir demo"):
+        code, _, err = run_cli(capsys, "demo", "--quick", "--output-dir", tmp_path / "demo")
+        assert_usage_error(code, err, "--output-dir", "another colm run", "colm train --output-dir demo")
+        assert os.listdir(tmp_path / "demo") == [".colm.lock"]  # the demo wrote nothing
+
+
 # ------------------------------------------------------------------ resume
 
 
@@ -167,6 +176,15 @@ def test_resume_skips_a_checkpoint_torn_by_a_kill(finished_run, tmp_path, capsys
     report = json.loads((out / "report.json").read_text())
     assert report["global_step"] == 2 and report["resumed_from"] == str(out / "checkpoint-1")
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_a_damaged_selector_state_is_bad_input_not_a_bug(finished_run, tmp_path, capsys):
+    out = copy_run(finished_run, tmp_path)
+    state = next((out / "checkpoint-1").glob("colm_selector.*"))
+    state.write_bytes(b"not a selector state")
+    code, _, err = run_cli(capsys, "train", *MICRO, "--output-dir", out,
+                           "--resume-from-checkpoint", out / "checkpoint-1")
+    assert_usage_error(code, err, "--resume-from-checkpoint", str(state))
 
 
 def test_final_training_loss_after_a_resume_covers_the_whole_run(finished_run, tmp_path, capsys):
