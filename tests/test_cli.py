@@ -22,12 +22,6 @@ MICRO = [
 ]
 
 
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    # One tokenizer cache for the session: it is trained once, then reused.
-    return tmp_path_factory.mktemp("colm_cache")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     # The CPUs are shared: with other work running, two spinning OpenMP threads made steps of these

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -28,8 +29,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """`atomic_write_text` of `data` as indented JSON (non-JSON values become strings)."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    """`atomic_write_text` of `data` as indented JSON (non-JSON values become strings, and NaN or
+    infinite numbers null: JSON has no NaN, and strict readers reject the file otherwise)."""
+    text = json.dumps(finite_json(data), indent=2, sort_keys=False, default=str, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+
+
+def finite_json(data: Any) -> Any:
+    """`data` with every NaN or infinite float (at any depth) replaced by None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
 
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .checkpoints import CheckpointError
+
 FORMAT = "colm-selector"
 FORMAT_VERSION = 1
 _METADATA_KEY = "colm"
@@ -43,7 +45,8 @@ def save_selector_state(path: str | os.PathLike, config: dict[str, Any], state: 
 
 def load_selector_state(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """``(config dict, CoresetSelector state dict)`` from ``path`` (this format or the legacy
-    pickle one). Raises ValueError naming the file when it is torn, foreign or unreadable."""
+    pickle one). Raises CheckpointError (a ValueError) naming the file when it is torn, foreign or
+    unreadable."""
     path = os.fspath(path)
     if path.endswith(".pt"):
         return _load_legacy(path)
@@ -54,21 +57,21 @@ def load_selector_state(path: str | os.PathLike) -> tuple[dict[str, Any] | None,
             raw = (f.metadata() or {}).get(_METADATA_KEY)
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: not a readable selector state ({err}); the checkpoint is damaged") from None
+        raise CheckpointError(f"{path}: not a readable selector state ({err}); the checkpoint is damaged") from None
     try:
         meta = json.loads(raw) if raw is not None else None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: malformed selector metadata ({err.msg})") from None
+        raise CheckpointError(f"{path}: malformed selector metadata ({err.msg})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a colm selector state (no '{FORMAT}' metadata)")
+        raise CheckpointError(f"{path}: not a colm selector state (no '{FORMAT}' metadata)")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: selector state format {meta.get('format_version')!r} is not supported by "
             f"this colm (it reads {FORMAT_VERSION}); use the colm version that wrote it"
         )
     selector = meta.get("selector")
     if not isinstance(selector, dict) or not isinstance(selector.get("normalizer"), dict):
-        raise ValueError(f"{path}: selector state without a normalizer entry")
+        raise CheckpointError(f"{path}: selector state without a normalizer entry")
     normalizer = dict(selector["normalizer"])
     normalizer["m"], normalizer["v"] = tensors.get("m"), tensors.get("v")
     return meta.get("config"), {**selector, "normalizer": normalizer}
@@ -80,10 +83,10 @@ def _load_legacy(path: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: an old-format selector state that cannot be read safely ({' '.join(str(err).split())[:200]}); "
             "resume from a checkpoint written by this colm version, or start a new run"
         ) from None
     if not isinstance(saved, dict) or not isinstance(saved.get("selector"), dict):
-        raise ValueError(f"{path}: not a colm selector state")
+        raise CheckpointError(f"{path}: not a colm selector state")
     return saved.get("config"), saved["selector"]

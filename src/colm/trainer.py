@@ -33,13 +33,14 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer
-from transformers.trainer_utils import get_last_checkpoint
 
 from . import distributed
+from .checkpoints import CheckpointError, checkpoint_step, resume_checkpoint
 from .config import CoresetConfig
 from .features import gradient_features, per_example_nll
 from .features.loss import IGNORE_INDEX
 from .files import truncate_jsonl
+from .pool_size import check_training_pool
 from .selector import CoresetSelector, Selection
 from .selector_state import load_selector_state, save_selector_state
 
@@ -91,15 +92,6 @@ def dataset_sources(dataset: Any) -> list[str]:
             return [_SINGLE_SOURCE] * len(dataset)
         return [str(s) for s in dataset[SOURCE_KEY]]
     return [str(dataset[i].get(SOURCE_KEY, _SINGLE_SOURCE)) for i in range(len(dataset))]
-
-
-def checkpoint_step(checkpoint: str | os.PathLike) -> int:
-    """The optimizer step a Trainer checkpoint was written at (from its trainer_state.json)."""
-    path = os.path.join(checkpoint, "trainer_state.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"{checkpoint}: not a Trainer checkpoint (no trainer_state.json in it)")
-    with open(path, encoding="utf-8") as f:
-        return int(json.load(f)["global_step"])
 
 
 def split_evenly(items: Sequence[Any], parts: int) -> list[list[Any]]:
@@ -167,6 +159,7 @@ class CoresetTrainerMixin:
             raise ValueError("CoresetTrainer: training requires a train_dataset.")
         if self.selector is None and self.selection_enabled:
             self.selector = self._build_selector(self.train_dataset)
+        check_training_pool(self.train_dataset, self.coreset_config.pool_factor, self.args)
         # The Trainer's own DataLoader machinery (sampler, seeding, accelerate sharding, resume
         # skipping) is kept; only the batch (a pool chunk) and the collate function change.
         return self._get_dataloader(
@@ -386,14 +379,11 @@ class CoresetTrainerMixin:
             )
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        checkpoint = resume_from_checkpoint
-        if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.args.output_dir)
-            if checkpoint is None:
-                raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir!r} to resume from")
-        if isinstance(checkpoint, str):
+        # True: the latest *complete* checkpoint (one torn by a kill mid-save is skipped, with a warning).
+        checkpoint = resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if checkpoint is not None:
             self._load_selector_state(checkpoint)
-        return super().train(resume_from_checkpoint=checkpoint or None, *args, **kwargs)
+        return super().train(resume_from_checkpoint=checkpoint, *args, **kwargs)
 
     def _load_selector_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, SELECTOR_STATE_FILE)
@@ -404,7 +394,7 @@ class CoresetTrainerMixin:
             else:
                 return
         if not os.path.isfile(path) and not os.path.isfile(legacy):
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {checkpoint!r} has no {SELECTOR_STATE_FILE}: it was not written by a "
                 "CoresetTrainer with selection on, so the selector state cannot be restored"
             )
@@ -414,7 +404,7 @@ class CoresetTrainerMixin:
         try:
             self.selector.load_state_dict(state)
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from None
+            raise CheckpointError(f"{path}: {err}") from None
         self._truncate_selection_log(checkpoint)
 
     def _truncate_selection_log(self, checkpoint: str) -> None:

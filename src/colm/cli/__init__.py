@@ -27,8 +27,9 @@ USAGE = (
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `colm` command line; returns the exit status (0 ok, 2 bad input, 1 failure).
 
-    User errors print one line `colm <command>: error: ...` on stderr, no traceback (unless
-    --debug, which re-raises).
+    User errors print one line `colm <command>: error: ...` on stderr; anything else one line
+    `failed: ...` (the machine: disk, memory) or `internal error ...` (a bug), with no traceback
+    unless --debug, which re-raises.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("COLM_DEBUG", "") not in ("", "0")
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"colm: error: unknown command {command!r}; commands are {', '.join(COMMANDS)}\n")
         return 2
     prog = f"colm {command}"
-    from colm.cli.errors import USAGE_EXIT, one_line, user_error_types
+    from colm.cli.errors import FAILURE_EXIT, USAGE_EXIT, failure_line, one_line, user_error_types
 
     try:
         _quiet_libraries()
@@ -64,13 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"{prog}: error: {one_line(err)}\n")
         return USAGE_EXIT
-    except Exception as err:  # noqa: BLE001 - a bug or an environment failure: say so briefly
+    except Exception as err:  # noqa: BLE001 - a bug or an environment failure: say which, briefly
         if debug:
             raise
-        sys.stderr.write(
-            f"{prog}: failed: {type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)\n"
-        )
-        return 1
+        sys.stderr.write(failure_line(prog, err) + "\n")
+        return FAILURE_EXIT
 
 
 def _quiet_libraries() -> None:

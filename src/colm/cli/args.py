@@ -1,14 +1,11 @@
-"""Options of `colm train` / `colm evaluate`: dataclasses parsed by `transformers.HfArgumentParser`,
-optionally pre-filled from a YAML file (flags win over YAML).
+"""Options of `colm train`: dataclasses parsed by `transformers.HfArgumentParser`, optionally
+pre-filled from a YAML file (flags win over YAML; the YAML side is colm.cli.yaml_config).
 
 No `from __future__ import annotations` here: HfArgumentParser reads the real field types.
 """
 import argparse
 import dataclasses
-import difflib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from colm.cli.errors import UsageError
@@ -46,7 +43,7 @@ class ModelArguments:
         default=False, metadata={"help": "Allow custom modelling code from the Hub (--model)."}
     )
     lora_r: int = field(
-        default=0, metadata={"help": "LoRA rank; 0 trains every parameter (full fine-tune)."}
+        default=0, metadata={"help": "LoRA rank (>= 1); 0 trains every parameter (full fine-tune)."}
     )
     lora_alpha: float = field(
         default=16.0, metadata={"help": "LoRA scaling alpha (the paper: r=128, alpha=512)."}
@@ -112,6 +109,11 @@ class DataArguments:
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace a previous run's files in --output-dir instead of refusing."},
+    )
+    allow_empty_responses: bool = field(
+        default=False,
+        metadata={"help": "Train even when every training response is empty (the model then only "
+                          "learns to end its answer at once); refused without this flag."},
     )
 
 
@@ -270,112 +272,25 @@ def split_config_flag(argv: Sequence[str]) -> tuple[Optional[str], list[str]]:
     return config, rest
 
 
-def load_yaml_options(path: str, parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, Any]]:
-    """Read a YAML config into command-line tokens (so argparse converts and checks the values
-    exactly as it does flags) plus the options set to null.
-
-    Every error names the file and line: unreadable YAML, a top level that is not a mapping, an
-    unknown key (with the closest known option), or a value the option does not accept.
-    """
-    import yaml
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UsageError(f"{path}: config file not found")
-    text = file.read_text(encoding="utf-8")
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else path
-        problem = getattr(err, "problem", None) or str(err)
-        raise UsageError(f"{where}: invalid YAML: {' '.join(str(problem).split())}") from None
-    if root is None:
-        return [], {}
-    if not isinstance(root, yaml.MappingNode):
-        raise UsageError(f"{path}:{root.start_mark.line + 1}: expected a mapping of option: value")
-    dests = _dest_actions(parser)
-    tokens: list[str] = []
-    nulls: dict[str, Any] = {}
-    for key_node, value_node in _flatten(root, path):
-        key = str(key_node.value)
-        line = key_node.start_mark.line + 1
-        dest = key.replace("-", "_")
-        if dest not in dests:
-            close = difflib.get_close_matches(dest, list(dests), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UsageError(f"{path}:{line}: unknown key {key!r}{hint}")
-        value = yaml.safe_load(yaml.serialize(value_node))
-        action = dests[dest]
-        if value is None:
-            nulls[dest] = None
-            continue
-        mine = _tokens(action, value, f"{path}:{line}: {key}")
-        try:  # check this one value now, so an error can name its line
-            parser.parse_known_args(mine)
-        except UsageError as err:
-            raise UsageError(f"{path}:{line}: {key}: {str(err).split(' (see ')[0]}") from None
-        tokens += mine
-    return tokens, nulls
-
-
-def _flatten(root: Any, path: str):
-    """Top-level pairs; `coreset:`/`selection:` sections hold CoresetConfig field names."""
-    import yaml
-
-    for key_node, value_node in root.value:
-        if str(key_node.value) in ("coreset", "selection") and isinstance(value_node, yaml.MappingNode):
-            for k, v in value_node.value:
-                name = str(k.value).replace("-", "_")
-                k.value = SELECTION_PREFIXED.get(name, name)
-                yield k, v
-        else:
-            yield key_node, value_node
-
-
-def _dest_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    out: dict[str, argparse.Action] = {}
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public listing
-        if not action.option_strings or action.dest in ("help", "config"):
-            continue
-        # The `--no_x` complement shares dest with `--x`; keep the positive option.
-        if any(s.startswith("--no_") or s.startswith("--no-") for s in action.option_strings) \
-                and action.dest in out:
-            continue
-        if isinstance(action, argparse._StoreFalseAction):  # noqa: SLF001
-            continue
-        out.setdefault(action.dest, action)
-    return out
-
-
-def _tokens(action: argparse.Action, value: Any, where: str) -> list[str]:
-    option = action.option_strings[0]
-    if isinstance(value, bool):
-        return [option, "true" if value else "false"]
-    if isinstance(value, list):
-        if action.nargs not in ("+", "*"):
-            raise UsageError(f"{where}: expected a single value, got a list")
-        if not value:
-            raise UsageError(f"{where}: expected at least one value, got an empty list")
-        return [option, *(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in value)]
-    if isinstance(value, dict):
-        return [option, json.dumps(value)]
-    return [option, str(value)]
-
-
 def parse_command(
     parser: argparse.ArgumentParser, argv: Sequence[str], n_dataclasses: int
 ) -> tuple[Any, ...]:
     """Parse YAML (if --config) then argv into the parser's dataclasses; flags override YAML."""
+    from colm.cli.yaml_config import load_yaml_options
+
     config, rest = split_config_flag(list(argv))
     yaml_tokens: list[str] = []
     if config is not None:
-        yaml_tokens, nulls = load_yaml_options(config, parser)
-        if nulls:
-            parser.set_defaults(**nulls)
-    outputs = parser.parse_args_into_dataclasses(
-        args=yaml_tokens + rest, look_for_args_file=False, return_remaining_strings=True
-    )
+        yaml_tokens = load_yaml_options(config, parser, renamed=SELECTION_PREFIXED)
+    try:
+        outputs = parser.parse_args_into_dataclasses(
+            args=yaml_tokens + rest, look_for_args_file=False, return_remaining_strings=True
+        )
+    except UsageError:
+        raise
+    except ValueError as err:
+        # The dataclasses' own checks (TrainingArguments.__post_init__): option combinations.
+        raise UsageError(" ".join(str(err).split())) from None
     remaining = outputs[-1]
     if remaining:
         parser.error(f"unrecognized arguments: {' '.join(remaining)}")

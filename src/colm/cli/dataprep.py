@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from colm.cli.empty_responses import check_empty_responses
 from colm.data import DataError, default_mixture_dir, load_mixture, tokenize_mixture
 from colm.data.mixture import split_of
 
@@ -50,9 +51,11 @@ def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = Fals
     if Path(str(spec)).expanduser().is_file():
         split = None  # one file is one split
     train_raw = _load(spec, split, data_args, data_args.max_examples_per_source, seed)
+    empty = check_empty_responses(train_raw, spec, allow=data_args.allow_empty_responses)
     train, train_stats = tokenize_mixture(
         train_raw, tokenizer, max_length=data_args.max_length, template=data_args.template
     )
+    train_stats["n_empty_response"] = sum(empty.values())
     if train_stats["n_examples"] == 0:
         raise DataError(f"{spec}: no training example has a supervised token left after truncation "
                         f"to --max-length {data_args.max_length}")

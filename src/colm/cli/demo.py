@@ -90,9 +90,16 @@ def run(argv: Sequence[str]) -> int:
     ns = build_parser().parse_args(list(argv))
     s = _settings(ns)
     out = Path(ns.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out}: exists and is not a folder")
+    from colm.cli.lock import OutputDirLock
 
+    # Two demos into one folder would interleave their arms' files: the second is refused.
+    with OutputDirLock(out, "--output-dir", "colm demo", command="colm demo " + " ".join(argv)) as lock:
+        if lock.taken_over is not None:
+            print(lock.takeover_note(), flush=True)
+        return _demo(argv, s, out)
+
+
+def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
     import torch
 
     from colm.config import CoresetConfig

@@ -6,7 +6,7 @@ LM folder, or a LoRA adapter folder.
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -57,6 +57,8 @@ def run(argv: Sequence[str]) -> int:
     ckpt = Path(ns.checkpoint).expanduser()
     if not ckpt.is_dir():
         raise UsageError(f"--checkpoint {ns.checkpoint}: no such folder")
+    output = Path(ns.output).expanduser() if ns.output else ckpt / "eval.json"
+    check_writable_file(output, "--output" if ns.output else "--checkpoint")
 
     import torch
 
@@ -93,25 +95,85 @@ def run(argv: Sequence[str]) -> int:
         result["exact_match"] = {k: v for k, v in generation.items() if k != "predictions"}
         result["predictions"] = generation["predictions"]
 
-    headers = ["source", "examples", "loss"] + (["exact match"] if generation else [])
-    rows = []
-    for src in sorted(set(loss["per_source"]) | set((generation or {}).get("per_source", {}))):
-        # "—": every example of the source lost its answer to truncation at max_length
-        row: list[Any] = [src, loss["n_examples"].get(src, 0), loss["per_source"].get(src, "—")]
-        if generation:
-            row.append(generation["per_source"].get(src, math.nan))
-        rows.append(row)
-    print(text_table(headers, rows))
-    if stats.get("n_dropped"):
-        print(f"note: {stats['n_dropped']} examples had no answer token left at max length {max_length} "
-              "and are not in the loss (raise --max-length to include them)")
-    line = f"loss: mean over sources {loss['mean']:.4f}, worst {loss['worst']:.4f} ({loss['worst_source']})"
-    if generation:
-        line += f"; exact match: mean over sources {generation['mean']:.4f}, overall {generation['overall']:.4f}"
-    print(line)
-    output = Path(ns.output) if ns.output else ckpt / "eval.json"
+    # A source none of whose examples has an answer token left at max_length has no loss: say
+    # so by name instead of leaving it out of the table.
+    all_truncated = truncated_away(raw, stats)
+    result["all_truncated"] = all_truncated
+    print(text_table(*result_rows(loss, generation, all_truncated)))
+    for line in notes(loss, generation, stats, all_truncated, max_length):
+        print(line)
     atomic_write_json(output, result)
     print(f"results: {output}")
     sys.stdout.flush()
     return 0
 
+
+def check_writable_file(path: Path, option: str) -> None:
+    """Refuse, before anything loads, an output file that could not be written at the end."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{option} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(
+                    f"{option} {path}: cannot write in {parent} (permission denied); choose another --output"
+                )
+            return
+
+
+def truncated_away(raw: Any, stats: dict[str, Any]) -> dict[str, int]:
+    """{source: examples} of the sources that lost every example to truncation."""
+    from collections import Counter
+
+    given = Counter(str(x) for x in raw["source"])
+    kept = stats.get("per_source", {})
+    return {src: n for src, n in sorted(given.items()) if not kept.get(src)}
+
+
+def result_rows(loss: dict[str, Any], generation: dict[str, Any] | None, all_truncated: dict[str, int]):
+    """(headers, rows) of the terminal table."""
+    headers = ["source", "examples", "loss"] + (["exact match"] if generation else [])
+    sources = set(loss["per_source"]) | set(all_truncated) | set((generation or {}).get("n", {}))
+    sources |= set((generation or {}).get("n_without_reference", {}))
+    rows = []
+    for src in sorted(sources):
+        value: Any = loss["per_source"].get(src, "all truncated" if src in all_truncated else "—")
+        row: list[Any] = [src, loss["n_examples"].get(src, 0), value]
+        if generation:
+            row.append(generation["per_source"].get(src, "no reference"))
+        rows.append(row)
+    return headers, rows
+
+
+def notes(loss, generation, stats, all_truncated, max_length) -> list[str]:
+    """The lines under the table: what was left out, and the summary."""
+    lines = []
+    if all_truncated:
+        lines.append(
+            f"note: every example of {', '.join(all_truncated)} lost its answer to truncation at max "
+            f"length {max_length}: no loss for {'it' if len(all_truncated) == 1 else 'them'} "
+            "(raise --max-length to include them)"
+        )
+    others = stats.get("n_dropped", 0) - sum(all_truncated.values())
+    if others > 0:
+        lines.append(f"note: {others} {'more ' if all_truncated else ''}examples had no answer token "
+                     f"left at max length {max_length} and are not in the loss (raise --max-length "
+                     "to include them)")
+    unscorable = (generation or {}).get("n_without_reference", {})
+    if unscorable:
+        lines.append(f"note: {sum(unscorable.values())} examples have no reference answer (empty, or "
+                     "nothing after 'The answer is'): not scored for exact match")
+    if loss["per_source"]:
+        line = f"loss: mean over sources {loss['mean']:.4f}, worst {loss['worst']:.4f} ({loss['worst_source']})"
+    else:
+        line = f"loss: none (no example has an answer token left at max length {max_length})"
+    if generation:
+        if generation["per_source"]:
+            line += (f"; exact match: mean over sources {generation['mean']:.4f}, "
+                     f"overall {generation['overall']:.4f}")
+        else:
+            line += "; exact match: none (no example has a reference answer)"
+    lines.append(line)
+    return lines

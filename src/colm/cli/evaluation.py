@@ -132,7 +132,9 @@ def generation_exact_match(
     """Greedy generation on each prompt; exact match of the extracted answer, per source.
 
     Returns summary numbers (per_source accuracy, mean over sources, n per source) and the
-    individual predictions.
+    individual predictions. An example whose reference has no answer (empty, or nothing after
+    "The answer is") cannot be matched: it is neither a hit nor a miss, only counted in
+    `n_without_reference`, and a source with no scorable example has no accuracy.
     """
     was_training = model.training
     model.eval()
@@ -144,6 +146,7 @@ def generation_exact_match(
     predictions: list[dict[str, Any]] = []
     correct: dict[str, int] = defaultdict(int)
     total: dict[str, int] = defaultdict(int)
+    unscorable: dict[str, int] = defaultdict(int)
     try:
         for start in range(0, len(contexts), batch_size):
             chunk = contexts[start : start + batch_size]
@@ -163,9 +166,13 @@ def generation_exact_match(
             for j, text in enumerate(texts):
                 k = start + j
                 pred, ref = extract_answer(text), extract_answer(refs[k])
-                hit = bool(pred) and pred == ref
-                correct[sources[k]] += int(hit)
-                total[sources[k]] += 1
+                hit: bool | None = None
+                if ref:
+                    hit = pred == ref
+                    correct[sources[k]] += int(hit)
+                    total[sources[k]] += 1
+                else:
+                    unscorable[sources[k]] += 1
                 predictions.append(
                     {"source": sources[k], "prediction": pred, "reference": ref, "correct": hit,
                      "generated": text}
@@ -174,10 +181,12 @@ def generation_exact_match(
         model.train(was_training)
     acc = {s: correct[s] / total[s] for s in sorted(total)}
     summary = summarize(acc)
+    n_scored = sum(total.values())
     return {
         "per_source": acc,
         "mean": summary["mean"],
         "n": dict(sorted(total.items())),
-        "overall": sum(correct.values()) / max(1, sum(total.values())),
+        "n_without_reference": dict(sorted(unscorable.items())),
+        "overall": sum(correct.values()) / n_scored if n_scored else math.nan,
         "predictions": predictions,
     }

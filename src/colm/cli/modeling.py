@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +30,23 @@ def load(model_args: Any, *, seed: int) -> tuple[Any, Any]:
             kwargs["dtype"] = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
         if model_args.trust_remote_code:
             kwargs["trust_remote_code"] = True
-    model, tokenizer = load_model_and_tokenizer(
-        model_args.model, size=model_args.model_size, seed=seed, **kwargs
-    )
+    try:
+        model, tokenizer = load_model_and_tokenizer(
+            model_args.model, size=model_args.model_size, seed=seed, **kwargs
+        )
+    except ValueError as err:  # the library's "cannot load this model" (it names the model)
+        raise UsageError(f"--model: {' '.join(str(err).split())}") from None
+    check_vocabulary(model, tokenizer, f"--model {model_args.model}")
     if model_args.lora_r > 0:
         model = apply_lora(model, model_args)
     return model, tokenizer
 
 
 def apply_lora(model: Any, model_args: Any) -> Any:
-    """A peft LoRA model (only the adapters train). Bad target names raise UsageError."""
+    """A peft LoRA model (only the adapters train). Bad target names raise UsageError; the
+    numbers were checked with the other settings (colm.cli.settings)."""
     from peft import LoraConfig, get_peft_model
 
-    if model_args.lora_alpha <= 0 or not 0.0 <= model_args.lora_dropout < 1.0:
-        raise UsageError("--lora-alpha must be > 0 and --lora-dropout in [0, 1)")
     targets: Any = model_args.lora_target_modules
     if targets == ["all-linear"]:
         targets = "all-linear"
@@ -113,7 +117,10 @@ def load_checkpoint(checkpoint: str | os.PathLike) -> tuple[Any, Any, dict[str, 
     else:
         model = _load_adapter(path, info)
     if tok_dir is not None:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--checkpoint {checkpoint}: could not load its tokenizer ({err})") from None
     elif info.get("model") is None and info:
         from colm.default_model import default_tokenizer
 
@@ -122,26 +129,77 @@ def load_checkpoint(checkpoint: str | os.PathLike) -> tuple[Any, Any, dict[str, 
         raise UsageError(f"--checkpoint {checkpoint}: no tokenizer files in the folder")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    check_vocabulary(model, tokenizer, f"--checkpoint {checkpoint}")
     return model, tokenizer, info
+
+
+def check_vocabulary(model: Any, tokenizer: Any, where: str) -> None:
+    """Refuse a tokenizer that can produce ids the model has no embedding for.
+
+    Such a pair fails deep inside the first forward pass with an IndexError; a model with more
+    embeddings than tokens (padded vocabularies are common) is fine.
+    """
+    embeddings = model.get_input_embeddings()
+    n_rows = getattr(embeddings, "num_embeddings", None)
+    if n_rows is not None and len(tokenizer) > n_rows:
+        raise UsageError(
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
+            f"{n_rows}: they do not belong together; pair the model with the tokenizer it was "
+            "trained with"
+        )
 
 
 def _load_adapter(path: Path, info: dict[str, Any]) -> Any:
     from peft import PeftModel
 
-    config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-    base_id = config.get("base_model_name_or_path")
+    config_file = path / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{config_file}: malformed JSON ({err})") from None
+    base_id = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     if info and info.get("model") is None:
         from colm.default_model import default_model, default_tokenizer
 
-        base = default_model(default_tokenizer(), size=info.get("model_size", "tiny"),
-                             seed=int(info.get("model_seed", 0)))
+        size = info.get("model_size", "tiny")
+        base = default_model(default_tokenizer(), size=size, seed=int(info.get("model_seed", 0)))
+        base_name = f"colm's embedded {size} model (from {RUN_FILE})"
     elif base_id or info.get("model"):
         from colm.default_model import load_model_and_tokenizer
 
-        base, _ = load_model_and_tokenizer(info.get("model") or base_id)
+        base_name = str(info.get("model") or base_id)
+        try:
+            base, _ = load_model_and_tokenizer(base_name)
+        except ValueError as err:
+            raise UsageError(f"--checkpoint {path}: the adapter's base model: {' '.join(str(err).split())}") from None
     else:
         raise UsageError(
             f"--checkpoint {path}: LoRA adapter without a base model "
             f"(no base_model_name_or_path and no {RUN_FILE})"
         )
-    return PeftModel.from_pretrained(base, str(path))
+    try:
+        return PeftModel.from_pretrained(base, str(path))
+    except RuntimeError as err:
+        mismatch = _first_size_mismatch(str(err))
+        if mismatch is None:
+            raise
+        raise UsageError(
+            f"--checkpoint {path}: the LoRA adapter does not fit its base model {base_name} "
+            f"({mismatch}): it was trained on another base model; point base_model_name_or_path in "
+            f"adapter_config.json (or model/model_size in {RUN_FILE}) at the model it was trained on"
+        ) from None
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+    r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)"
+)
+
+
+def _first_size_mismatch(message: str) -> str | None:
+    """'<param> is [a, b] in the adapter but [c, d] in the base' from torch's load error."""
+    match = _SIZE_MISMATCH.search(message)
+    if match is None:
+        return None
+    name, saved, current = match.groups()
+    return f"{name} is {saved} in the adapter but {current} in the base"

@@ -14,18 +14,30 @@ from colm.files import append_jsonl
 
 
 class MetricsFile(TrainerCallback):
-    """Appends every Trainer log line (plus colm's evaluations) to `<output_dir>/metrics.jsonl`."""
+    """Appends every Trainer log line (plus colm's evaluations) to `<output_dir>/metrics.jsonl`.
+
+    A training-loss line also gets `loss_steps`, the optimizer steps its mean covers (the Trainer
+    restarts its window at a resume), so the whole run's mean loss can be rebuilt exactly.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._last_loss_step = 0
 
     def write(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         append_jsonl(self.path, record)
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_loss_step = state.global_step
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and state.is_world_process_zero:
-            self.write({"step": state.global_step, **logs})
+            record = {"step": state.global_step, **logs}
+            if "loss" in logs:
+                record["loss_steps"] = state.global_step - self._last_loss_step
+                self._last_loss_step = state.global_step
+            self.write(record)
 
 
 class StepTimer(TrainerCallback):

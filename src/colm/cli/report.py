@@ -44,6 +44,35 @@ def selection_summary(path: str | Path) -> dict[str, Any] | None:
             "per_source": per_source, "per_step": per_step}
 
 
+def whole_run_train_loss(
+    metrics_path: str | Path, resumed_at: int | None, loss_this_call: float, steps_this_call: int
+) -> float:
+    """Mean training loss per optimizer step over the whole run, resumed parts included.
+
+    The Trainer's own number covers only the steps of this `train()` call. Before a resume at
+    step `resumed_at`, the logged losses in metrics.jsonl stand for the earlier steps, each
+    weighted by the steps it averages (`loss_steps`; older files: the distance to the previous
+    loss line). Steps between the last log and the checkpoint were never logged: they are left
+    out rather than guessed.
+    """
+    if resumed_at is None or not Path(metrics_path).is_file():
+        return loss_this_call
+    total, steps, previous = 0.0, 0, 0
+    for rec in read_jsonl(metrics_path):
+        step = rec.get("step")
+        if "loss" not in rec or not isinstance(step, int) or step > resumed_at:
+            continue
+        covered = rec.get("loss_steps", step - previous)
+        previous = step
+        if isinstance(covered, int) and covered > 0 and isinstance(rec["loss"], (int, float)):
+            total += float(rec["loss"]) * covered
+            steps += covered
+    if steps_this_call > 0:
+        total += loss_this_call * steps_this_call
+        steps += steps_this_call
+    return total / steps if steps else loss_this_call
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub-flavoured Markdown table (floats to 4 significant decimals)."""
     def cell(v: Any) -> str:
@@ -101,10 +130,12 @@ def train_markdown(report: dict[str, Any]) -> str:
     for name in ("train", "validation"):
         st = report["data"].get(name)
         if st:
+            empty = f", {st['n_empty_response']} with an empty response" if st.get("n_empty_response") else ""
             lines.append(
                 f"- {name}: {st['n_examples']} examples kept of {st['n_input']} "
                 f"({st['n_truncated']} truncated at {st['max_length']} tokens, {st['n_dropped']} dropped "
-                f"with no answer token left); {st['n_tokens']} tokens, {st['n_supervised_tokens']} supervised"
+                f"with no answer token left{empty}); {st['n_tokens']} tokens, "
+                f"{st['n_supervised_tokens']} supervised"
             )
     lines.append("")
     val = report.get("validation") or {}

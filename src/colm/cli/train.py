@@ -1,12 +1,12 @@
 """`colm train`: fine-tune a causal LM on a data mixture with (or without) CoLM selection.
 
-Everything that can fail on bad input (options, YAML, data, model) runs before the output
-directory is touched, so a failed command leaves nothing behind.
+Everything that can fail on bad input (options, YAML, output folder, data, model) is checked
+before anything is written into the output folder, so a failed command leaves nothing behind.
+The folder is locked for the whole run (colm.cli.rundir), so a second run into it is refused.
 """
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from colm.cli import args as cli_args
 from colm.cli.errors import UsageError
+from colm.cli.settings import check_train_settings
 
 DESCRIPTION = (
     "Fine-tune a causal LM on a data mixture, training each optimizer step on a CoLM coreset of a "
@@ -34,8 +35,6 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     # TrainingArguments turns its bar off when transformers logs quietly, as the CLI makes it.
     "disable_tqdm": False,
 }
-#: Files of a previous run that --overwrite-output-dir replaces.
-RUN_FILES = ("metrics.jsonl", "selections.jsonl", "report.json", "report.md", "colm_run.json")
 
 
 def build_parser():
@@ -64,40 +63,19 @@ def parse(argv: Sequence[str]):
     return model_args, data_args, sel_args, targs, coreset
 
 
-def _resume_target(targs: Any) -> str | bool | None:
-    value = targs.resume_from_checkpoint
-    if value is None:
-        return None
-    if str(value).lower() in ("true", "last", "yes", "1"):
-        return True
-    if not Path(value).is_dir():
-        raise UsageError(f"--resume-from-checkpoint {value}: no such checkpoint folder")
-    return str(value)
+def check_pool(coreset: Any, n_examples: int, targs: Any) -> None:
+    """Refuse a pool larger than the training set (colm.pool_size says why it is not adjusted)."""
+    from colm.pool_size import PoolTooLargeError, check_pool_fits
 
-
-def _previous_run(out: Path) -> list[str]:
-    if not out.is_dir():
-        return []
-    found = [name for name in RUN_FILES if (out / name).exists()]
-    found += sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
-    return found
-
-
-def check_output_dir(out: Path, overwrite: bool, resume: str | bool | None) -> None:
-    """Refuse to mix two runs' files in one folder (before anything is loaded or written)."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out}: exists and is not a folder")
-    previous = _previous_run(out)
-    if resume is True:
-        if not any(p.startswith("checkpoint-") for p in previous):
-            raise UsageError(f"--resume-from-checkpoint: no checkpoint-* folder in {out} to resume from")
+    if coreset is None:
         return
-    if previous and resume is None and not overwrite:
-        shown = ", ".join(previous[:4]) + (", ..." if len(previous) > 4 else "")
-        raise UsageError(
-            f"--output-dir {out} already holds a run ({shown}); pass --overwrite-output-dir to "
-            "replace it, --resume-from-checkpoint true to continue it, or another --output-dir"
-        )
+    try:
+        check_pool_fits(n_examples, coreset.pool_factor, targs.per_device_train_batch_size,
+                        targs.gradient_accumulation_steps, targs.world_size)
+    except PoolTooLargeError as err:
+        raise UsageError(err.describe(
+            "--pool-factor", "--per-device-train-batch-size", "--gradient-accumulation-steps"
+        )) from None
 
 
 def check_small_sources(coreset: Any, sources: Sequence[str]) -> None:
@@ -133,39 +111,45 @@ def make_trainer(
     return trainer
 
 
-def _checkpoint_step(out: Path, resume: str | bool) -> int:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from colm.trainer import checkpoint_step
-
-    ckpt = get_last_checkpoint(str(out)) if resume is True else resume
-    if ckpt is None:
-        raise UsageError(f"--resume-from-checkpoint: no checkpoint-N folder in {out}")
-    try:
-        return checkpoint_step(ckpt)
-    except ValueError as err:
-        raise UsageError(f"--resume-from-checkpoint {err}") from None
-
-
 def run(argv: Sequence[str]) -> int:
     model_args, data_args, _sel, targs, coreset = parse(argv)
+    check_train_settings(model_args, data_args, targs)
+    from colm.cli import rundir
+
+    # The folder is locked for the whole run, and a previous run or the checkpoint to resume is
+    # settled under the lock, before the model and data load.
+    with rundir.claim(
+        Path(targs.output_dir), overwrite=data_args.overwrite_output_dir,
+        resume=targs.resume_from_checkpoint, max_steps=targs.max_steps,
+        num_train_epochs=targs.num_train_epochs, command="colm train " + " ".join(argv),
+    ) as run_dir:
+        if run_dir.finished is not None:
+            print(rundir.finished_message(run_dir, targs.max_steps, targs.num_train_epochs))
+            return 0
+        return _train(argv, model_args, data_args, targs, coreset, run_dir)
+
+
+def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, coreset: Any, run_dir: Any) -> int:
     from transformers.trainer_utils import IntervalStrategy
 
+    from colm.checkpoints import CheckpointError
     from colm.cli import dataprep, modeling
     from colm.cli.evaluation import per_source_loss
     from colm.cli.memory import PeakMemory
     from colm.cli.progress import MetricsFile, PeriodicEval, ProgressBar, StepTimer
-    from colm.cli.report import selection_summary, text_table, train_markdown, write_report
+    from colm.cli.report import (
+        selection_summary, text_table, train_markdown, whole_run_train_loss, write_report,
+    )
+    from colm.cli.rundir import clear_previous_run
+    from colm.files import atomic_write_json, truncate_jsonl
 
-    out = Path(targs.output_dir)
-    resume = _resume_target(targs)
-    check_output_dir(out, data_args.overwrite_output_dir, resume)
-
+    out = run_dir.path
     # ---- load and check everything before writing anything
     model, tokenizer = modeling.load(model_args, seed=targs.seed)
     data_seed = targs.data_seed if targs.data_seed is not None else targs.seed
     prep = dataprep.prepare(data_args, tokenizer, seed=data_seed)
     check_small_sources(coreset, list(prep.train_stats["per_source"]))
+    check_pool(coreset, len(prep.train), targs)
     eval_every = 0
     if targs.eval_strategy == IntervalStrategy.STEPS and prep.eval is not None:
         # A fractional eval_steps is a share of the run, as in TrainingArguments.
@@ -175,19 +159,10 @@ def run(argv: Sequence[str]) -> int:
     targs.eval_strategy = IntervalStrategy.NO
 
     # ---- from here on the output dir is written
-    from colm.files import truncate_jsonl
-
-    out.mkdir(parents=True, exist_ok=True)
-    if resume is None:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        for ckpt in out.glob("checkpoint-*"):
-            shutil.rmtree(ckpt, ignore_errors=True)
+    if run_dir.resume_from is None:
+        clear_previous_run(out)
     else:
-        last = _checkpoint_step(out, resume)
-        truncate_jsonl(out / "metrics.jsonl", last)
-    from colm.files import atomic_write_json
-
+        truncate_jsonl(out / "metrics.jsonl", run_dir.resume_step)
     atomic_write_json(out / modeling.RUN_FILE, modeling.run_info(model_args, data_args, targs.seed))
 
     metrics = MetricsFile(out / "metrics.jsonl")
@@ -205,8 +180,12 @@ def run(argv: Sequence[str]) -> int:
     trainer = make_trainer(model, tokenizer, prep.train, targs, coreset, callbacks=callbacks, progress=progress)
     started = time.perf_counter()
     with PeakMemory() as mem:
-        result = trainer.train(resume_from_checkpoint=resume)
+        try:
+            result = trainer.train(resume_from_checkpoint=run_dir.resume_from)
+        except CheckpointError as err:  # e.g. a checkpoint without colm's selector state
+            raise UsageError(f"--resume-from-checkpoint: {err}") from None
     wall = time.perf_counter() - started
+    steps_this_call = trainer.state.global_step - (run_dir.resume_step or 0)
     trainer.save_model()  # final model (or LoRA adapter) + tokenizer in the output dir root
 
     validation = None
@@ -219,7 +198,10 @@ def run(argv: Sequence[str]) -> int:
         "command": "colm train " + " ".join(argv),
         "output_dir": str(out),
         "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        # Over the whole run: the Trainer's number covers only the steps since the resume.
+        "train_loss": whole_run_train_loss(out / "metrics.jsonl", run_dir.resume_step,
+                                           result.training_loss, steps_this_call),
+        "resumed_from": run_dir.resume_from,
         "train_wall_s": wall,
         "config": {
             "model": dataclasses.asdict(model_args),

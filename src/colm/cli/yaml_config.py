@@ -1,0 +1,156 @@
+"""`--config FILE.yaml`: a YAML mapping of options, turned into command-line tokens so argparse
+converts and checks each value exactly as it does a flag.
+
+Every error names the file and line: YAML that does not parse, a top level that is not a
+mapping, an unknown key (with the closest known option), an option given twice (a duplicate key,
+`max_steps` and `max-steps`, or the same field at the top level and under `coreset:`), a `null`
+for an option that has no "unset" value, and a value the option does not accept.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from colm.cli.errors import UsageError
+from colm.config import CoresetConfig
+
+#: Mappings whose keys are CoresetConfig field names.
+SELECTION_SECTIONS = ("coreset", "selection")
+#: Options where `null` is a documented value that the parser spells differently.
+NULL_TOKENS = {"topk_dims": "none"}
+
+
+def load_yaml_options(
+    path: str, parser: argparse.ArgumentParser, renamed: dict[str, str] | None = None
+) -> list[str]:
+    """The command-line tokens a YAML config file stands for.
+
+    `renamed` maps CoresetConfig fields to their option names where they differ (seed ->
+    selection_seed). `null` leaves an option whose default is unset as it is; for any other
+    option it is an error, since it would otherwise end as a None where a number is needed.
+    """
+    import yaml
+
+    renamed = renamed or {}
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"{path}: config file not found")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text ({err.reason})") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(err, "problem", None) or str(err)
+        raise UsageError(f"{where}: invalid YAML: {' '.join(str(problem).split())}") from None
+    if root is None:
+        return []
+    if not isinstance(root, yaml.MappingNode):
+        raise UsageError(f"{path}:{root.start_mark.line + 1}: expected a mapping of option: value")
+    dests = _dest_actions(parser)
+    tokens: list[str] = []
+    seen: dict[str, str] = {}  # dest -> where it was first given, for the duplicate message
+    for key, dest, section, value_node, line in _entries(root, path, renamed):
+        if dest not in dests:
+            close = difflib.get_close_matches(dest, list(dests), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"{path}:{line}: unknown key {key!r}{hint}")
+        here = f"line {line}" + (f" (under {section}:)" if section else "")
+        if dest in seen:
+            raise UsageError(
+                f"{path}:{line}: {key} is given twice ({seen[dest]} and {here}); keep one"
+            )
+        seen[dest] = here
+        action = dests[dest]
+        value = yaml.safe_load(yaml.serialize(value_node))
+        if value is None:
+            if dest in NULL_TOKENS:
+                tokens += [action.option_strings[0], NULL_TOKENS[dest]]
+                continue
+            default = parser.get_default(dest)
+            if default is None:
+                continue  # unset is this option's default
+            raise UsageError(
+                f"{path}:{line}: {key}: null is not a value of this option (expected "
+                f"{_expected(action, default)}); leave the key out to use the default ({default!r})"
+            )
+        mine = _tokens(action, value, f"{path}:{line}: {key}")
+        try:  # check this one value now, so an error can name its line
+            parser.parse_known_args(mine)
+        except UsageError as err:
+            raise UsageError(f"{path}:{line}: {key}: {str(err).split(' (see ')[0]}") from None
+        tokens += mine
+    return tokens
+
+
+def _entries(root: Any, path: str, renamed: dict[str, str]) -> Iterator[tuple[str, str, str | None, Any, int]]:
+    """(key as written, option dest, section or None, value node, line) of every option;
+    `coreset:`/`selection:` sections hold CoresetConfig field names."""
+    import yaml
+
+    fields = {f.name for f in dataclasses.fields(CoresetConfig)}
+    for key_node, value_node in root.value:
+        key = str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if key not in SELECTION_SECTIONS:
+            yield key, key.replace("-", "_"), None, value_node, line
+            continue
+        if not isinstance(value_node, yaml.MappingNode):
+            raise UsageError(f"{path}:{line}: {key}: expected a mapping of CoresetConfig fields")
+        for k, v in value_node.value:
+            name = str(k.value).replace("-", "_")
+            k_line = k.start_mark.line + 1
+            if name not in fields:
+                close = difflib.get_close_matches(name, sorted(fields), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else "; training options go at the top level"
+                raise UsageError(f"{path}:{k_line}: {key}: {k.value!r} is not a CoresetConfig field{hint}")
+            yield str(k.value), renamed.get(name, name), key, v, k_line
+
+
+def _dest_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    out: dict[str, argparse.Action] = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public listing
+        if not action.option_strings or action.dest in ("help", "config"):
+            continue
+        # The `--no_x` complement shares dest with `--x`; keep the positive option.
+        if any(s.startswith("--no_") or s.startswith("--no-") for s in action.option_strings) \
+                and action.dest in out:
+            continue
+        if isinstance(action, argparse._StoreFalseAction):  # noqa: SLF001
+            continue
+        out.setdefault(action.dest, action)
+    return out
+
+
+def _expected(action: argparse.Action, default: Any) -> str:
+    if action.choices:
+        return "one of " + ", ".join(str(c) for c in action.choices)
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, (int, float)):
+        return "a number"
+    if isinstance(default, (list, tuple)):
+        return "a list"
+    return "a value"
+
+
+def _tokens(action: argparse.Action, value: Any, where: str) -> list[str]:
+    option = action.option_strings[0]
+    if isinstance(value, bool):
+        return [option, "true" if value else "false"]
+    if isinstance(value, list):
+        if action.nargs not in ("+", "*"):
+            raise UsageError(f"{where}: expected a single value, got a list")
+        if not value:
+            raise UsageError(f"{where}: expected at least one value, got an empty list")
+        return [option, *(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in value)]
+    if isinstance(value, dict):
+        return [option, json.dumps(value)]
+    return [option, str(value)]
