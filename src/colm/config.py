@@ -6,7 +6,6 @@ so a run is described by a single JSON-serializable object that is saved with ch
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Sequence, Union, get_args
 
@@ -219,13 +218,6 @@ class CoresetConfig:
                 f"unknown CoresetConfig field(s) {unknown}; known fields: {sorted(known)}"
             )
         return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "CoresetConfig":
-        return cls.from_dict(json.loads(text))
 
     @classmethod
     def field_docs(cls) -> dict[str, str]:
