@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 from tokenizers import Tokenizer
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast
 
 from colm.cli.dataprep import data_cache_dir
 from colm.data import templating, tokenize_mixture, tokenized_cache
@@ -223,3 +223,54 @@ def test_second_prepare_of_a_command_hits_unless_switched_off(monkeypatch, tmp_p
     monkeypatch.setenv("COLM_DATA_CACHE", "0")
     prepare(args, tokenizer, seed=0)
     assert calls  # tokenized afresh
+
+
+class CharTokenizer(PreTrainedTokenizer):
+    """A slow (pure Python) tokenizer: one id per character of its alphabet."""
+
+    def __init__(self, alphabet: str = "", **kwargs):
+        self.vocab = {c: i for i, c in enumerate(["<pad>", "<eos>", *dict.fromkeys(alphabet)])}
+        self.inverse = {i: c for c, i in self.vocab.items()}
+        super().__init__(pad_token="<pad>", eos_token="<eos>", **kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab, **self.added_tokens_encoder)
+
+    def _tokenize(self, text, **kwargs):
+        return list(text)
+
+    def _convert_token_to_id(self, token):
+        return self.vocab.get(token, 0)
+
+    def _convert_id_to_token(self, index):
+        return self.inverse.get(index, "<pad>")
+
+
+class UnsavableCharTokenizer(CharTokenizer):
+    def save_vocabulary(self, save_directory, filename_prefix=None):
+        raise NotImplementedError("no files to save")
+
+
+def test_slow_tokenizer_is_keyed_by_its_saved_files(tmp_path, data, calls):
+    from test_tokenize_equivalence import reference
+
+    alphabet = "".join(sorted(set("".join(list(data["prompt"]) + list(data["response"])) + "QuestionAnswer:\n")))
+    slow = CharTokenizer(alphabet)
+    out, stats = tokenize_mixture(data, slow, max_length=40, cache_dir=tmp_path)
+    rows, expected = reference(data, slow, 40)
+    assert stats == expected and out.to_list() == rows
+    calls.clear()
+    tokenize_mixture(data, CharTokenizer(alphabet), max_length=40, cache_dir=tmp_path)  # same files
+    assert calls == []
+    tokenize_mixture(data, CharTokenizer(alphabet[::-1]), max_length=40, cache_dir=tmp_path)  # other ids
+    assert calls and len(entries(tmp_path)) == 2
+
+
+def test_tokenizer_that_cannot_be_saved_is_tokenized_but_not_cached(tmp_path, data):
+    out, stats = tokenize_mixture(data, UnsavableCharTokenizer("abc"), max_length=40, cache_dir=tmp_path)
+    assert stats["n_examples"] == len(out) > 0
+    assert entries(tmp_path) == []

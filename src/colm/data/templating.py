@@ -36,7 +36,6 @@ from colm.data.token_ids import token_ids
 #: The default prompt template; "{prompt}" is replaced by the example's prompt.
 DEFAULT_TEMPLATE = "Question: {prompt}\nAnswer:\n"
 __all__ = ["DEFAULT_TEMPLATE", "IGNORE_INDEX", "tokenize_mixture"]
-_OUT = ("input_ids", "attention_mask", "labels", SOURCE)
 # Narrow integer types: a third of the Arrow size of the int64 default; the collator widens.
 _FEATURES = datasets.Features(
     {
@@ -105,8 +104,10 @@ def tokenize_mixture(
         )
     # The rows in dataset order (an indices mapping from select/shuffle applied), used columns only.
     table = dataset.select_columns(used).with_format("arrow")[:]
-    # The result's identity: its cache key and its `datasets` fingerprint.
+    # The result's identity: its cache key and its `datasets` fingerprint (None: not cacheable).
     key = tokenized_cache.cache_key(table, tokenizer, {**settings, "max_length": max_length})
+    if key is None:
+        cache_dir = None
     if cache_dir is not None:
         cached = tokenized_cache.load(cache_dir, key)
         if cached is not None:
@@ -118,7 +119,9 @@ def tokenize_mixture(
 
     n_input = len(table)
     batches = []
-    truncated, n_supervised, lengths = (np.zeros(n_input, dtype=np.int64) for _ in range(3))
+    truncated = np.zeros(n_input, dtype=bool)
+    n_supervised = np.zeros(n_input, dtype=np.int64)
+    lengths = np.zeros(n_input, dtype=np.int64)
     for start in range(0, n_input, batch_size):
         part = table.slice(start, batch_size)
         rows = assemble(encode(part, start), max_length)
@@ -147,11 +150,13 @@ def tokenize_mixture(
 
 
 def _record_batch(rows: Sequences, sources: pa.ChunkedArray) -> pa.RecordBatch:
-    """Arrow columns of the kept rows, in the narrow types of `_FEATURES`."""
-    offsets = pa.array(rows.offsets.astype(np.int32))
-    ids = pa.ListArray.from_arrays(offsets, pa.array(rows.input_ids.astype(np.int32)))
+    """Arrow columns of the kept rows, in the narrow types of `_FEATURES` (a checked cast:
+    a value that does not fit raises instead of wrapping around)."""
+    int32 = pa.int32()
+    offsets = pa.array(rows.offsets, type=int32)
+    ids = pa.ListArray.from_arrays(offsets, pa.array(rows.input_ids, type=int32))
     mask = pa.ListArray.from_arrays(offsets, pa.array(np.ones(len(rows.input_ids), dtype=np.int8)))
-    labels = pa.ListArray.from_arrays(offsets, pa.array(rows.labels.astype(np.int32)))
+    labels = pa.ListArray.from_arrays(offsets, pa.array(rows.labels, type=int32))
     return pa.RecordBatch.from_arrays(
         [ids, mask, labels, sources.combine_chunks()], schema=_FEATURES.arrow_schema
     )

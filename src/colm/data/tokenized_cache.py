@@ -43,10 +43,14 @@ _ENCODING_MODULES = (
 )
 
 
-def cache_key(data: pa.Table, tokenizer: Any, settings: dict[str, Any]) -> str:
-    """Hex digest naming the entry for `data` tokenized by `tokenizer` with `settings`."""
+def cache_key(data: pa.Table, tokenizer: Any, settings: dict[str, Any]) -> str | None:
+    """Hex digest naming the entry for `data` tokenized by `tokenizer` with `settings`; None
+    when the tokenizer cannot be serialized (it is then never cached)."""
+    tokenizer_part = tokenizer_digest(tokenizer)
+    if tokenizer_part is None:
+        return None
     digest = hashlib.sha256()
-    for part in (encoding_digest(), data_digest(data), tokenizer_digest(tokenizer)):
+    for part in (encoding_digest(), data_digest(data), tokenizer_part):
         digest.update(part.encode())
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]
@@ -61,8 +65,9 @@ def data_digest(table: pa.Table) -> str:
     return hashlib.sha256(sink.getvalue()).hexdigest()
 
 
-def tokenizer_digest(tokenizer: Any) -> str:
-    """Digest of what a tokenizer does to text: its serialized form, not the Python object."""
+def tokenizer_digest(tokenizer: Any) -> str | None:
+    """Digest of what a tokenizer does to text: its serialized form, not the Python object.
+    None when it cannot be serialized."""
     import tokenizers
     import transformers
 
@@ -71,11 +76,14 @@ def tokenizer_digest(tokenizer: Any) -> str:
     if hasattr(backend, "to_str"):  # a fast tokenizer: tokenizer.json holds all of it
         digest.update(backend.to_str().encode())
     else:  # a slow one: whatever files it saves (vocabulary, sentencepiece model, config)
-        with tempfile.TemporaryDirectory() as folder:
-            tokenizer.save_pretrained(folder)
-            for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-                digest.update(path.name.encode())
-                digest.update(path.read_bytes())
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                tokenizer.save_pretrained(folder)
+                for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+                    digest.update(path.name.encode())
+                    digest.update(path.read_bytes())
+        except Exception:  # e.g. a custom class without save_vocabulary
+            return None
     python_side = [
         type(tokenizer).__module__, type(tokenizer).__qualname__, tokenizer.eos_token_id,
         getattr(tokenizer, "chat_template", None), getattr(tokenizer, "split_special_tokens", None),
