@@ -134,6 +134,7 @@ def profile(arm: str, args: argparse.Namespace) -> None:
     print(f"{arm}: prepare {result['prepare_s']:.2f} s (load {result['load_s']:.2f} s, "
           f"tokenize {result['tokenize_s']:.2f} s) under the profiler")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
 
 
 def main() -> None:
@@ -143,7 +144,8 @@ def main() -> None:
     p.add_argument("--baseline", default="6930640", help="git commit of the code before the change")
     p.add_argument("--json", default="benchmarks/results/dataprep.json")
     p.add_argument("--profile", choices=["old", "cold"],
-                   help="instead: profile one arm in this process (cProfile, top functions by own time)")
+                   help="instead: profile one arm in this process (cProfile: top functions by own and by "
+                        "cumulative time)")
     p.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
     p.add_argument("--old-dir", help=argparse.SUPPRESS)
