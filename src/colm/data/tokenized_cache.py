@@ -7,7 +7,8 @@ the tokenization stats in its schema metadata. The key hashes:
   edited file, a different `--sources` or a re-drawn subsample is a different entry);
 - the tokenizer: its serialized backend (vocabulary, merges, normalizer, pre-tokenizer,
   post-processor, added and special tokens), chat template, EOS, class and the
-  transformers/tokenizers versions; not its name, which a retrained tokenizer can share;
+  transformers/tokenizers versions (a slow tokenizer: the files `save_pretrained` writes; one
+  that cannot be saved is never cached); not its name, which a retrained tokenizer can share;
 - the settings (prompt template or chat, max_length);
 - the encoding: colm's version and the source of the modules that produce the entry, so
   changed code never reads entries the old code wrote.
@@ -142,6 +143,7 @@ def store(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the entry from others sharing $COLM_CACHE
         with os.fdopen(fd, "wb") as handle:
             with pa.ipc.new_stream(handle, table.schema) as writer:
                 writer.write_table(table)
