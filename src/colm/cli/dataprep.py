@@ -1,6 +1,7 @@
 """Load and tokenize the training and validation mixtures of a command (before any output)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,20 @@ from typing import Any
 from colm.cli.empty_responses import check_empty_responses
 from colm.data import DataError, default_mixture_dir, load_mixture, tokenize_mixture
 from colm.data.mixture import split_of
+
+#: Environment variable: 0 (or off/false/no) tokenizes afresh, neither reading nor writing the
+#: cache of tokenized data.
+DATA_CACHE_ENV = "COLM_DATA_CACHE"
+
+
+def data_cache_dir() -> Path | None:
+    """Where commands cache tokenized data: `default_cache_dir()/tokenized` ($COLM_CACHE, else
+    ~/.cache/colm); None when $COLM_DATA_CACHE turns the cache off."""
+    if os.environ.get(DATA_CACHE_ENV, "").strip().lower() in {"0", "off", "false", "no"}:
+        return None
+    from colm.default_model import default_cache_dir
+
+    return default_cache_dir() / "tokenized"
 
 
 @dataclass
@@ -53,7 +68,8 @@ def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = Fals
     train_raw = _load(spec, split, data_args, data_args.max_examples_per_source, seed)
     empty = check_empty_responses(train_raw, spec, allow=data_args.allow_empty_responses)
     train, train_stats = tokenize_mixture(
-        train_raw, tokenizer, max_length=data_args.max_length, template=data_args.template
+        train_raw, tokenizer, max_length=data_args.max_length, template=data_args.template,
+        cache_dir=data_cache_dir(),
     )
     train_stats["n_empty_response"] = sum(empty.values())
     if train_stats["n_examples"] == 0:
@@ -68,6 +84,7 @@ def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = Fals
         eval_split = None
     eval_raw = _load(eval_spec, eval_split, data_args, data_args.max_eval_examples_per_source, seed)
     evald, eval_stats = tokenize_mixture(
-        eval_raw, tokenizer, max_length=data_args.max_length, template=data_args.template
+        eval_raw, tokenizer, max_length=data_args.max_length, template=data_args.template,
+        cache_dir=data_cache_dir(),
     )
     return Prepared(train_raw, train, train_stats, eval_raw, evald, eval_stats, str(eval_spec))

@@ -103,6 +103,7 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
     import torch
 
     from colm.budget import small_sources
+    from colm.cli.dataprep import data_cache_dir
     from colm.config import CoresetConfig
     from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
     from colm.default_model import default_tokenizer
@@ -113,8 +114,9 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
     mixture = default_mixture_dir()
     train_raw = load_mixture(mixture, split="train", max_examples_per_source=s["train_per_source"], seed=s["seed"])
     eval_raw = load_mixture(mixture, split="validation", max_examples_per_source=s["eval_per_source"], seed=s["seed"])
-    train, train_stats = tokenize_mixture(train_raw, tokenizer, max_length=s["max_length"])
-    evald, eval_stats = tokenize_mixture(eval_raw, tokenizer, max_length=s["max_length"])
+    cache = data_cache_dir()
+    train, train_stats = tokenize_mixture(train_raw, tokenizer, max_length=s["max_length"], cache_dir=cache)
+    evald, eval_stats = tokenize_mixture(eval_raw, tokenizer, max_length=s["max_length"], cache_dir=cache)
     sizes = train_stats["per_source"]
     small = sorted(small_sources("below_mean", sizes))  # the rule the selector applies
     device = "cuda" if torch.cuda.is_available() else "cpu"

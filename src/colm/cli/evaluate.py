@@ -63,6 +63,7 @@ def run(argv: Sequence[str]) -> int:
     import torch
 
     from colm.cli import modeling
+    from colm.cli.dataprep import data_cache_dir
     from colm.cli.evaluation import generation_exact_match, per_source_loss
     from colm.files import atomic_write_json
     from colm.cli.report import text_table
@@ -82,7 +83,9 @@ def run(argv: Sequence[str]) -> int:
     model, tokenizer, _ = modeling.load_checkpoint(ckpt)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    tokenized, stats = tokenize_mixture(raw, tokenizer, max_length=max_length, template=template)
+    tokenized, stats = tokenize_mixture(
+        raw, tokenizer, max_length=max_length, template=template, cache_dir=data_cache_dir()
+    )
     loss = per_source_loss(model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=ns.batch_size)
     result: dict[str, Any] = {"checkpoint": str(ckpt), "data": str(spec), "split": split,
                               "max_length": max_length, "data_stats": stats, "loss": loss}

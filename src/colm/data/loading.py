@@ -25,6 +25,7 @@ from typing import Any, Union
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
 from colm.data.errors import DataError
 from colm.data.hub import datasets_offline, hub_offline, looks_like_local_path
@@ -351,4 +352,7 @@ def _to_dataset(columns: dict[str, list]) -> datasets.Dataset:
         features = datasets.Features({PROMPT: text, RESPONSE: text, SOURCE: text})
     else:
         features = datasets.Features({MESSAGES: _MESSAGE_FEATURES, SOURCE: text})
-    return datasets.Dataset.from_dict(columns, features=features)
+    # Arrow built directly from the checked columns: `Dataset.from_dict(features=...)` would
+    # re-encode every value in Python (a quarter of the load time of the shipped mixture).
+    table = pa.Table.from_pydict(columns, schema=features.arrow_schema)
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))

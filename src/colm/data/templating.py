@@ -12,37 +12,41 @@ the final assistant one is context.
 The context and the supervised part are tokenized SEPARATELY and concatenated. That makes the
 mask boundary exact (no token straddles it) and matches inference, where the model sees the
 tokenized context alone and generates from there.
+
+Speed: each batch of examples is rendered, tokenized in one call of the fast tokenizer's
+backend (`token_ids`), and assembled with numpy index arithmetic (`sequences`) straight into
+Arrow; with `cache_dir` the result is also cached on disk (`tokenized_cache`).
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
+from colm.data import tokenized_cache
 from colm.data.errors import DataError
 from colm.data.loading import MESSAGES, PROMPT, RESPONSE, SOURCE
+from colm.data.sequences import IGNORE_INDEX, Piece, Sequences, assemble
+from colm.data.token_ids import token_ids
 
 #: The default prompt template; "{prompt}" is replaced by the example's prompt.
 DEFAULT_TEMPLATE = "Question: {prompt}\nAnswer:\n"
-#: Label of positions that do not count in the loss (Hugging Face convention).
-IGNORE_INDEX = -100
-_OUT = ("input_ids", "attention_mask", "labels", SOURCE)
-# Per-example bookkeeping the map writes, turned into stats and then removed.
-_BOOKKEEPING = ("_truncated", "_n_supervised", "_length")
+__all__ = ["DEFAULT_TEMPLATE", "IGNORE_INDEX", "tokenize_mixture"]
 # Narrow integer types: a third of the Arrow size of the int64 default; the collator widens.
 _FEATURES = datasets.Features(
     {
         "input_ids": datasets.List(datasets.Value("int32")),
         "attention_mask": datasets.List(datasets.Value("int8")),
         "labels": datasets.List(datasets.Value("int32")),
-        "_truncated": datasets.Value("bool"),
-        "_n_supervised": datasets.Value("int32"),
-        "_length": datasets.Value("int32"),
         SOURCE: datasets.Value("string"),
     }
 )
+# Turns a slice of the input table (and the index of its first row) into the row pieces.
+Encoder = Callable[[pa.Table, int], list[Piece]]
 
 
 def tokenize_mixture(
@@ -52,6 +56,7 @@ def tokenize_mixture(
     max_length: int,
     template: str | None = None,
     batch_size: int = 1000,
+    cache_dir: str | os.PathLike | None = None,
 ) -> tuple[datasets.Dataset, dict[str, Any]]:
     """Tokenize a mixture from `load_mixture` into input_ids / attention_mask / labels / source.
 
@@ -62,7 +67,11 @@ def tokenize_mixture(
             with no supervised token left after truncation is dropped.
         template: prompt template containing "{prompt}" (plain replacement, so other braces in
             the template are kept literally); default `DEFAULT_TEMPLATE`. Not used for chat data.
-        batch_size: examples per `datasets.map` batch.
+        batch_size: examples rendered and tokenized together (bounds the memory of the
+            intermediate token lists; the result does not depend on it).
+        cache_dir: if given, reuse the result cached there for the same data, tokenizer,
+            template and max_length, or cache this one (see `colm.data.tokenized_cache`);
+            a hit returns a dataset memory-mapped from the cache file.
 
     Returns:
         The tokenized dataset (labels = -100 on context tokens, the token id on supervised
@@ -72,6 +81,8 @@ def tokenize_mixture(
     """
     if max_length < 2:
         raise DataError(f"max_length must be at least 2, got {max_length}")
+    if batch_size < 1:
+        raise DataError(f"batch_size must be a positive integer, got {batch_size}")
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no eos_token: it is needed to end each response")
     cols = dataset.column_names
@@ -81,38 +92,47 @@ def tokenize_mixture(
         template = DEFAULT_TEMPLATE if template is None else template
         if "{prompt}" not in template:
             raise DataError(f"template must contain '{{prompt}}', got {template!r}")
-        encode = _prompt_response_encoder(tokenizer, template, max_length)
+        used, settings = [PROMPT, RESPONSE, SOURCE], {"template": template}
     elif MESSAGES in cols:
         if not getattr(tokenizer, "chat_template", None):
             raise DataError("chat data (messages) needs a tokenizer with a chat_template")
-        encode = _chat_encoder(tokenizer, max_length)
+        used, settings = [MESSAGES, SOURCE], {"chat": True}
     else:
         raise DataError(
             f"dataset needs columns {PROMPT!r} and {RESPONSE!r}, or {MESSAGES!r}; "
             f"columns are {cols}"
         )
-    n_input = len(dataset)
-    tokenized = dataset.map(
-        encode,
-        batched=True,
-        with_indices=True,  # lets errors name the example
-        batch_size=batch_size,
-        remove_columns=[c for c in cols if c != SOURCE],
-        desc="tokenizing",
-        # Hashing a tokenizer for the cache key is slow and not a reliable identity (a retrained
-        # tokenizer can look the same), so: an explicit fingerprint, and never a stale cache hit.
-        new_fingerprint=_fingerprint(dataset, tokenizer, template, max_length),
-        load_from_cache_file=False,
-        features=_FEATURES,
-    )
-    book = tokenized.select_columns(list(_BOOKKEEPING)).with_format("numpy")[:]
-    truncated = book["_truncated"].astype(bool)
-    n_supervised = book["_n_supervised"].astype(np.int64)
-    lengths = book["_length"].astype(np.int64)
+    # The rows in dataset order (an indices mapping from select/shuffle applied), used columns only.
+    table = dataset.select_columns(used).with_format("arrow")[:]
+    # The result's identity: its cache key and its `datasets` fingerprint (None: not cacheable).
+    key = tokenized_cache.cache_key(table, tokenizer, {**settings, "max_length": max_length})
+    if key is None:
+        cache_dir = None
+    if cache_dir is not None:
+        cached = tokenized_cache.load(cache_dir, key)
+        if cached is not None:
+            return cached
+    if MESSAGES in used:
+        encode = _chat_encoder(tokenizer)
+    else:
+        encode = _prompt_response_encoder(tokenizer, template)
+
+    n_input = len(table)
+    batches = []
+    truncated = np.zeros(n_input, dtype=bool)
+    n_supervised = np.zeros(n_input, dtype=np.int64)
+    lengths = np.zeros(n_input, dtype=np.int64)
+    for start in range(0, n_input, batch_size):
+        part = table.slice(start, batch_size)
+        rows = assemble(encode(part, start), max_length)
+        span = slice(start, start + len(part))
+        truncated[span], n_supervised[span], lengths[span] = (
+            rows.full_lengths > max_length, rows.n_supervised, rows.lengths
+        )
+        kept = rows.n_supervised > 0
+        batches.append(_record_batch(rows.select(kept), part.column(SOURCE).filter(pa.array(kept))))
     keep = n_supervised > 0
-    tokenized = tokenized.remove_columns(list(_BOOKKEEPING))
-    if not keep.all():
-        tokenized = tokenized.select(np.flatnonzero(keep))
+    out = pa.Table.from_batches(batches, schema=_FEATURES.arrow_schema)
     stats = {
         "n_input": n_input,
         "n_examples": int(keep.sum()),
@@ -120,20 +140,25 @@ def tokenize_mixture(
         "n_dropped": int((~keep).sum()),
         "n_tokens": int(lengths[keep].sum()),
         "n_supervised_tokens": int(n_supervised[keep].sum()),
-        "per_source": dict(sorted(Counter(list(tokenized[SOURCE])).items())),
+        "per_source": dict(sorted(Counter(out.column(SOURCE).to_pylist()).items())),
         "max_length": max_length,
     }
-    return tokenized.select_columns(list(_OUT)), stats
+    if cache_dir is not None:
+        tokenized_cache.store(cache_dir, key, out, stats)
+    tokenized = datasets.Dataset(out, info=datasets.DatasetInfo(features=_FEATURES), fingerprint=key)
+    return tokenized, stats
 
 
-def _fingerprint(
-    dataset: datasets.Dataset, tokenizer: Any, template: str | None, max_length: int
-) -> str:
-    from datasets.fingerprint import Hasher
-
-    return Hasher.hash(
-        [dataset._fingerprint, tokenizer.name_or_path, len(tokenizer), template, max_length,
-         getattr(tokenizer, "chat_template", None), "colm.tokenize_mixture/1"]
+def _record_batch(rows: Sequences, sources: pa.ChunkedArray) -> pa.RecordBatch:
+    """Arrow columns of the kept rows, in the narrow types of `_FEATURES` (a checked cast:
+    a value that does not fit raises instead of wrapping around)."""
+    int32 = pa.int32()
+    offsets = pa.array(rows.offsets, type=int32)
+    ids = pa.ListArray.from_arrays(offsets, pa.array(rows.input_ids, type=int32))
+    mask = pa.ListArray.from_arrays(offsets, pa.array(np.ones(len(rows.input_ids), dtype=np.int8)))
+    labels = pa.ListArray.from_arrays(offsets, pa.array(rows.labels, type=int32))
+    return pa.RecordBatch.from_arrays(
+        [ids, mask, labels, sources.combine_chunks()], schema=_FEATURES.arrow_schema
     )
 
 
@@ -153,61 +178,79 @@ def _special_prefix(tokenizer: Any) -> list[int]:
     return []
 
 
-def _finish(context: list[list[int]], target: list[list[int]], max_length: int) -> dict[str, list]:
-    """Concatenate context and target ids, mask the context, truncate, record bookkeeping."""
-    out: dict[str, list] = {k: [] for k in ("input_ids", "attention_mask", "labels", *_BOOKKEEPING)}
-    for ctx, tgt in zip(context, target):
-        ids = (ctx + tgt)[:max_length]
-        labels = ([IGNORE_INDEX] * len(ctx) + tgt)[:max_length]
-        out["input_ids"].append(ids)
-        out["attention_mask"].append([1] * len(ids))
-        out["labels"].append(labels)
-        out["_truncated"].append(len(ctx) + len(tgt) > max_length)
-        out["_n_supervised"].append(max(0, len(ids) - len(ctx)))
-        out["_length"].append(len(ids))
-    return out
-
-
-def _prompt_response_encoder(tokenizer: Any, template: str, max_length: int):
+def _prompt_response_encoder(tokenizer: Any, template: str) -> Encoder:
     prefix = _special_prefix(tokenizer)
-    eos = tokenizer.eos_token_id
+    eos = [tokenizer.eos_token_id]
 
-    def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        contexts = [template.replace("{prompt}", p) for p in batch[PROMPT]]
-        ctx = tokenizer(contexts, add_special_tokens=False, verbose=False)["input_ids"]
-        tgt = tokenizer(batch[RESPONSE], add_special_tokens=False, verbose=False)["input_ids"]
-        return _finish([prefix + c for c in ctx], [t + [eos] for t in tgt], max_length)
+    def encode(part: pa.Table, first: int) -> list[Piece]:
+        n = len(part)
+        contexts = [template.replace("{prompt}", p) for p in part.column(PROMPT).to_pylist()]
+        context = Piece.packed(*token_ids(tokenizer, contexts), supervised=False)
+        response = Piece.packed(*token_ids(tokenizer, part.column(RESPONSE).to_pylist()), supervised=True)
+        return [
+            Piece.constant(prefix, n, supervised=False), context,
+            response, Piece.constant(eos, n, supervised=True),
+        ]
 
     return encode
 
 
-def _chat_encoder(tokenizer: Any, max_length: int):
-    def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        contexts, completions = [], []
-        for i, messages in enumerate(batch[MESSAGES]):
+def _chat_encoder(tokenizer: Any) -> Encoder:
+    def encode(part: pa.Table, first: int) -> list[Piece]:
+        conversations = part.column(MESSAGES).to_pylist()
+        sources = part.column(SOURCE).to_pylist()
+
+        def where(i: int) -> str:
+            return f"chat example {first + i} (source {sources[i]!r})"
+
+        for i, messages in enumerate(conversations):
             if not messages or messages[-1]["role"] != "assistant":
+                raise DataError(f"{where(i)}: the last message must have role 'assistant'")
+            if len(messages) == 1:
                 raise DataError(
-                    f"chat example {indices[i]} (source {batch[SOURCE][i]!r}): the last message "
-                    "must have role 'assistant'"
+                    f"{where(i)}: needs at least one message before the final assistant answer "
+                    "(the chat template cannot render an empty context)"
                 )
+        contexts = _render(tokenizer, [m[:-1] for m in conversations], True, where)
+        fulls = _render(tokenizer, conversations, False, where)
+        completions = []
+        for i, (context, full) in enumerate(zip(contexts, fulls)):
             # The rendered context (with the assistant header) must be a prefix of the whole
             # conversation; templates that rewrite earlier turns cannot be masked exactly.
-            context = tokenizer.apply_chat_template(
-                messages[:-1], add_generation_prompt=True, tokenize=False
-            )
-            full = tokenizer.apply_chat_template(messages, tokenize=False)
             if not full.startswith(context):
                 raise DataError(
-                    f"chat example {indices[i]} (source {batch[SOURCE][i]!r}): the chat template "
-                    "does not render the conversation without its final answer "
-                    "(add_generation_prompt=True) as a prefix of the full conversation, so the "
-                    "answer cannot be masked exactly"
+                    f"{where(i)}: the chat template does not render the conversation without its "
+                    "final answer (add_generation_prompt=True) as a prefix of the full "
+                    "conversation, so the answer cannot be masked exactly"
                 )
-            contexts.append(context)
             completions.append(full[len(context):])
         # Chat templates write BOS/EOS into the text themselves: no special tokens added here.
-        ctx = tokenizer(contexts, add_special_tokens=False, verbose=False)["input_ids"]
-        tgt = tokenizer(completions, add_special_tokens=False, verbose=False)["input_ids"]
-        return _finish(ctx, tgt, max_length)
+        return [
+            Piece.packed(*token_ids(tokenizer, contexts), supervised=False),
+            Piece.packed(*token_ids(tokenizer, completions), supervised=True),
+        ]
 
     return encode
+
+
+def _render(
+    tokenizer: Any, conversations: list[list[dict]], generation_prompt: bool,
+    where: Callable[[int], str],
+) -> list[str]:
+    """The chat template applied to each conversation (one batched call)."""
+    try:
+        return tokenizer.apply_chat_template(
+            conversations, add_generation_prompt=generation_prompt, tokenize=False
+        )
+    except Exception as err:
+        failure = err
+    for i, messages in enumerate(conversations):  # find the example that fails, to name it
+        try:
+            tokenizer.apply_chat_template(
+                messages, add_generation_prompt=generation_prompt, tokenize=False
+            )
+        except Exception as err:
+            raise DataError(
+                f"{where(i)}: the chat template fails on it ({type(err).__name__}: {err})"
+            ) from err
+    raise failure
