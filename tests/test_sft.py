@@ -182,3 +182,16 @@ def test_the_mixin_after_sft_trainer_is_refused_when_the_class_is_defined():
     with pytest.raises(TypeError, match=r"put CoresetTrainerMixin first.*\(CoresetTrainerMixin, SFTTrainer\)"):
         class Wrong(trl.SFTTrainer, CoresetTrainerMixin):  # noqa: F841
             pass
+
+
+def test_sft_on_a_streamed_dataset_with_declared_source_sizes(tmp_path):
+    trainer = CoresetSFTTrainer(
+        model=tiny_llama(), args=sft_args(tmp_path, max_steps=3), train_dataset=rows().to_iterable_dataset(),
+        processing_class=char_tokenizer(), coreset_config=CoresetConfig(pool_factor=2, zo_probes=2),
+        source_sizes=SIZES, log_selections=True,
+    )
+    trainer.train()
+    records = selections(tmp_path)
+    assert trainer.state.global_step == 3 and [r["pool_ids"][0] for r in records] == [0, 16, 32]
+    for rec in records:
+        assert rec["selected_sources"].count("rare") == rec["pool_sources"].get("rare", 0)

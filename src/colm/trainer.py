@@ -241,6 +241,15 @@ class CoresetTrainerMixin:
                 break
         if not chunks:
             return [], None
+        if len(chunks) < num_batches and is_stream(self.train_dataset):
+            # A stream has no length, so the Trainer cannot know this is the end of a pass: it
+            # would train these micro-batches without an optimizer step and add their gradients
+            # to the first step of the next pass. They are left out instead.
+            logger.warning(
+                "the stream ended %d micro-batch pool chunk(s) into an optimizer step; those rows "
+                "are not trained in this pass", len(chunks),
+            )
+            return [], None
         if not self.selection_enabled:
             batches = [self._collate(chunk) for chunk in chunks]
             if self.coreset_config.loss_average == "example":
