@@ -100,6 +100,13 @@ class DataArguments:
         metadata={"help": "Prompt template containing {prompt}. Default: "
                           "'Question: {prompt}\\nAnswer:\\n'."},
     )
+    use_chat_template: bool = field(
+        default=False,
+        metadata={"help": "Render prompt/response rows as a user turn and an assistant turn with "
+                          "the tokenizer's own chat template (for instruct models) instead of "
+                          "--template. Default false: the --template text format. Chat "
+                          "(--messages-field) rows always use the chat template."},
+    )
     max_examples_per_source: Optional[int] = field(
         default=None, metadata={"help": "Keep at most this many training examples per source."}
     )
@@ -241,6 +248,16 @@ class ColmArgumentParser:
             dataclass_types, prog=prog, description=description, allow_abbrev=False, usage=usage,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
+
+
+def allow_several(parser: argparse.ArgumentParser, dest: str) -> None:
+    """Let an option typed `str | list[str]` take several values (`--report-to a b`, and a YAML
+    list): HfArgumentParser reads such a union as a single string."""
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public lookup
+        if action.dest == dest:
+            action.nargs = "+"
+            return
+    raise KeyError(dest)
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
