@@ -23,7 +23,7 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("feature", ["zo", "exact", "random-example"])
+@pytest.mark.parametrize("feature", ["zo", "exact", "random-example", "stream"])
 def test_two_ranks_agree(tmp_path, feature):
     check_two_ranks_agree(tmp_path, TORCHRUN, feature)
 
@@ -58,6 +58,10 @@ def check_two_ranks_agree(tmp_path, launcher, feature):
     assert all(len(s) == 8 for s in r0["selections"])
     assert r0["selections"] == r1["selections"]
     assert r0["weights_sha256"] == r1["weights_sha256"]
+    if feature == "stream":
+        # the ranks read different rows of the stream: 4 pools of 16 distinct consecutive rows
+        pools = [json.loads(line)["pool_ids"] for line in open(tmp_path / "selections.jsonl")]
+        assert [sorted(p) for p in pools] == [list(range(16 * k, 16 * k + 16)) for k in range(4)]
 
 
 @pytest.mark.multiprocess
