@@ -18,7 +18,6 @@ from typing import Any, Iterator
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .config import CoresetConfig
 
 
 def is_stream(dataset: Any) -> bool:
@@ -37,16 +36,15 @@ def is_stream(dataset: Any) -> bool:
     return hasattr(dataset, "__iter__")
 
 
-def stream_source_sizes(source_sizes: Any, config: CoresetConfig) -> dict[str, int]:
-    """The source sizes a stream trains with: `source_sizes` as given (checked), or an error
-    saying how to give them."""
+def given_source_sizes(source_sizes: Any) -> dict[str, int]:
+    """`source_sizes` as given to the trainer, checked, with string keys (sources are compared
+    as strings); None, for a stream, is an error saying how to give them."""
     if source_sizes is None:
         raise ValueError(
             "train_dataset is a stream (it has no len()), so colm cannot count how many examples "
             "each source has, which decides the small sources kept whole; pass "
             "source_sizes={source: number of examples} (only the ratios matter, so mixture shares "
             "as integers work) to the trainer, e.g. {'all': 1} for rows without a 'source' field"
-            + ("" if config.pool_factor > 1 else " (or leave the stream sized)")
         )
     if not isinstance(source_sizes, dict) or not source_sizes:
         raise ValueError(

@@ -45,7 +45,7 @@ from .packing import check_one_row_per_example, check_unpacked
 from .pool_size import check_training_pool
 from .selector import CoresetSelector, Selection
 from .selector_state import load_selector_state, save_selector_state
-from .streams import IndexedStream, is_stream, stream_source_sizes
+from .streams import IndexedStream, given_source_sizes, is_stream
 
 logger = logging.getLogger(__name__)
 
@@ -151,13 +151,16 @@ class CoresetTrainerMixin:
         train_dataset = kwargs["train_dataset"] if "train_dataset" in kwargs else (args[3] if len(args) > 3 else None)
         # Refused before the base trainer tokenizes or packs the whole dataset.
         check_unpacked(training_args, config.pool_factor > 1 or config.loss_average == "example")
+        if training_args is not None:
+            check_launch(training_args)
         if training_args is not None and train_dataset is not None and is_stream(train_dataset):
             # accelerate's dispatcher would concatenate the pool chunks of a stream as tensors; a
             # shard per process keeps them Python rows (as TRL does for its streams).
             training_args.accelerator_config.dispatch_batches = False
         super().__init__(*args, **kwargs)
-        # Before anything trains: a launch where torch.distributed and the Trainer count different
-        # processes would train diverging copies on duplicated pools, without any error.
+        # Before anything trains (and above, before the base prepares the data when args are
+        # given): a launch where torch.distributed and the Trainer count different processes
+        # would train diverging copies on duplicated pools, without any error.
         check_launch(self.args, self.accelerator.num_processes)
         self.coreset_config = config
         self.source_sizes = source_sizes
@@ -181,10 +184,8 @@ class CoresetTrainerMixin:
         return self.coreset_config.pool_factor > 1
 
     def _build_selector(self, dataset: Any) -> CoresetSelector:
-        if is_stream(dataset):
-            return CoresetSelector(self.coreset_config, stream_source_sizes(self.source_sizes, self.coreset_config))
-        if self.source_sizes is not None:
-            return CoresetSelector(self.coreset_config, dict(self.source_sizes))
+        if self.source_sizes is not None or is_stream(dataset):
+            return CoresetSelector(self.coreset_config, given_source_sizes(self.source_sizes))
         sizes = Counter(dataset_sources(dataset))
         if list(sizes) == [_SINGLE_SOURCE]:
             logger.warning(
