@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     ap.add_argument("--workdir", default="/tmp/colm_pretrained")
     ap.add_argument("--toy", action="store_true",
-                    help="CPU check: 2 steps, b=2, 64 tokens, 3 sources, 2 questions each, fp32")
+                    help="CPU check: 2 steps, b=2, 160 tokens, 3 sources, 2 questions each, fp32")
     ap.add_argument("--summarize", action="store_true", help="print the table of an existing --out")
     args = ap.parse_args(argv)
     if args.split_model is not None:
@@ -278,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         print(table(json.loads(args.out.read_text())["runs"]))
         return 0
     if args.toy:
-        args.steps, args.batch, args.max_length, args.dtype, args.cpu = 2, 2, 64, "fp32", True
+        given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:])}
+        args.steps, args.batch, args.dtype, args.cpu = 2, 2, "fp32", True
+        args.max_length = args.max_length if "--max-length" in given else 160
         args.sources = args.sources or ["gsm8k", "svamp", "numglue_1"]
         args.train_per_source, args.val_per_source, args.em_per_source = 40, 4, 2
         args.max_new_tokens, args.eval_batch, args.seeds = 8, 4, args.seeds if args.seeds != "0,1,2" else "0"

@@ -217,7 +217,7 @@ def main() -> None:
             print(json.dumps({k: v for k, v in row.items() if k not in ("per_source", "coreset")}), flush=True)
             results["runs"].append(row)
             tmp = args.out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=1))
+            tmp.write_text(json.dumps(results, indent=1, default=str))
             tmp.replace(args.out)
     if args.summary:
         write_summary(results["runs"], args.summary)

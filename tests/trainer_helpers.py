@@ -5,10 +5,11 @@ import random
 
 import torch
 from datasets import Dataset
-from transformers import DataCollatorForSeq2Seq, LlamaConfig, LlamaForCausalLM, TrainingArguments
+from transformers import DataCollatorForSeq2Seq, LlamaForCausalLM, TrainingArguments
 
-VOCAB = 96
-PAD = 0
+from tiny_models import BUILDERS, VOCAB
+
+PAD = 0  # tiny_models' pad_token_id
 
 
 class TinyTokenizer:
@@ -32,13 +33,9 @@ class TinyTokenizer:
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    """tiny_models' Llama (vocabulary VOCAB, pad PAD) in train mode, as the Trainer gets it."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
-    )
-    return LlamaForCausalLM(config)
+    return BUILDERS["llama"]()
 
 
 def mixture(sizes: dict[str, int], seed: int = 0, min_len: int = 6, max_len: int = 14) -> Dataset:

@@ -6,106 +6,131 @@ so a run is described by a single JSON-serializable object that is saved with ch
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, fields
-from typing import Any, Sequence, Union
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Sequence, Union, get_args
 
-SIMILARITIES = ("l1", "l2", "cosine")
-FEATURES = ("zo", "exact", "hidden")
-SMALL_SOURCE_RULES = ("below_mean", "none")
+Similarity = Literal["l1", "l2", "cosine"]
+FeatureKind = Literal["zo", "exact", "hidden"]
 #: How a large source's share of the budget is filled (see ``CoresetConfig.within_source``).
-WITHIN_SOURCE = ("facility_location", "random", "mean_match", "cluster_sample", "pps")
-#: Of those, the ones that look at no gradient feature (the trainer then runs no scoring pass).
+WithinSource = Literal["facility_location", "random", "mean_match", "cluster_sample", "pps"]
+LossAverage = Literal["token", "example"]
+SecondMoment = Literal["per_example", "pool"]
+SIMILARITIES = get_args(Similarity)
+FEATURES = get_args(FeatureKind)
+WITHIN_SOURCE = get_args(WithinSource)
+LOSS_AVERAGES = get_args(LossAverage)
+SECOND_MOMENTS = get_args(SecondMoment)
+SMALL_SOURCE_RULES = ("below_mean", "none")
+#: Of the within-source methods, those that look at no gradient feature (no scoring pass).
 FEATURE_FREE = ("random",)
-LOSS_AVERAGES = ("token", "example")
-SECOND_MOMENTS = ("per_example", "pool")
 
 
 @dataclass
 class CoresetConfig:
     """How colm picks the coreset it trains on at each optimizer step (docs/method.md, steps 1-8)."""
 
-    pool_factor: int = 2
-    """Pool size = pool_factor x the batch the optimizer steps on. 1 disables selection."""
+    pool_factor: int = field(default=2, metadata={"help": (
+        "Pool size = pool_factor x the batch the optimizer steps on. 1 disables selection."
+    )})
 
-    small_sources: Union[str, Sequence[str]] = "below_mean"
-    """Which sources are kept whole: "below_mean" (dataset-level size below the mean source size,
-    the paper's rule), "none", or an explicit list of source names."""
+    small_sources: Union[str, Sequence[str]] = field(default="below_mean", metadata={"help": (
+        "Which sources are kept whole: 'below_mean' (dataset-level size below the mean source "
+        "size, the paper's rule), 'none', or an explicit list of source names."
+    )})
 
-    within_source: str = "facility_location"
-    """How each large source's share of the budget is filled. "facility_location": the paper's
-    medoids of the source's pool rows in the normalized, sparsified feature space. "random":
-    uniformly at random without replacement, seeded by (seed, step): the stratified control
-    (small sources kept whole, per-source budgets, no gradient features and no scoring pass).
-    "mean_match": the rows whose uniform mean is closest to the source's pool mean in that
-    feature space (greedy, then improving swaps). "cluster_sample": facility-location clusters
-    used as strata, each sampled at random in proportion to its size. "pps": sampling without
-    replacement with probability proportional to the feature norm, with Horvitz-Thompson
-    weights (trains a weighted loss). docs/method.md explains each."""
+    within_source: WithinSource = field(default="facility_location", metadata={"help": (
+        "How each large source's share of the budget is filled. 'facility_location': the "
+        "paper's medoids of the source's pool rows in the normalized, sparsified feature space. "
+        "'random': uniformly at random without replacement, seeded by (seed, step): the "
+        "stratified control (small sources kept whole, per-source budgets, no gradient features "
+        "and no scoring pass). 'mean_match': the rows whose uniform mean is closest to the "
+        "source's pool mean in that feature space (greedy, then improving swaps). "
+        "'cluster_sample': facility-location clusters used as strata, each sampled at random in "
+        "proportion to its size. 'pps': sampling without replacement with probability "
+        "proportional to the feature norm, with Horvitz-Thompson weights (trains a weighted "
+        "loss). docs/method.md explains each."
+    )})
 
-    similarity: str = "l1"
-    """Facility-location similarity: "l1" (paper default), "l2" or "cosine"."""
+    similarity: Similarity = field(default="l1", metadata={"help": (
+        "Facility-location similarity: 'l1' (paper default), 'l2' or 'cosine'."
+    )})
 
-    topk_dims: int | None = 2560
-    """Coordinates kept per large source, ranked by |mean normalized feature| (paper: 2560 of
-    327,680). None keeps every coordinate."""
+    topk_dims: int | None = field(default=2560, metadata={"help": (
+        "Coordinates kept per large source, ranked by |mean normalized feature| (paper: 2560 of "
+        "327,680). None keeps every coordinate."
+    )})
 
-    adam_normalize: bool = True
-    """Match Adam updates m_hat / (sqrt(v_hat) + eps) rather than raw gradients."""
+    adam_normalize: bool = field(default=True, metadata={"help": (
+        "Match Adam updates m_hat / (sqrt(v_hat) + eps) rather than raw gradients."
+    )})
 
-    adam_second_moment: str = "per_example"
-    """The second moment that normalizes each example's gradient. "per_example": the paper's
-    m_hat_i / (sqrt(v_hat_i) + eps), with the example's own g_i^2 folded into v_hat_i (a
-    non-linear map: the mean of normalized features is not the normalized mean). "pool": v_hat
-    from the history with the pool's mean g^2 folded in, shared by all examples: one diagonal
-    preconditioner, features linear in g, so matching their mean matches the Adam-preconditioned
-    mean gradient. Both use the pool's mean g^2 on the first step (empty history)."""
+    adam_second_moment: SecondMoment = field(default="per_example", metadata={"help": (
+        "The second moment that normalizes each example's gradient. 'per_example': the paper's "
+        "m_hat_i / (sqrt(v_hat_i) + eps), with the example's own g_i^2 folded into v_hat_i (a "
+        "non-linear map: the mean of normalized features is not the normalized mean). 'pool': "
+        "v_hat from the history with the pool's mean g^2 folded in, shared by all examples: one "
+        "diagonal preconditioner, features linear in g, so matching their mean matches the "
+        "Adam-preconditioned mean gradient. Both use the pool's mean g^2 on the first step "
+        "(empty history)."
+    )})
 
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    """Betas of the Adam history used for normalization (should equal the optimizer's)."""
+    adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": (
+        "Betas of the Adam history used for normalization (should equal the optimizer's)."
+    )})
 
-    adam_eps: float = 1e-8
-    """Epsilon of the Adam normalization (should equal the optimizer's)."""
+    adam_eps: float = field(default=1e-8, metadata={"help": (
+        "Epsilon of the Adam normalization (should equal the optimizer's)."
+    )})
 
-    feature: str = "zo"
-    """Per-example gradient estimate: "zo" (zeroth-order SPSA, forward passes only), "exact"
-    (per-example gradients via a backward through the last block only) or "hidden" (the last
-    token's final hidden state, a cheap baseline)."""
+    feature: FeatureKind = field(default="zo", metadata={"help": (
+        "Per-example gradient estimate: 'zo' (zeroth-order SPSA, forward passes only), 'exact' "
+        "(per-example gradients via a backward through the last block only) or 'hidden' (the "
+        "last token's final hidden state, a cheap baseline)."
+    )})
 
-    zo_eps: float = 1e-3
-    """SPSA perturbation size epsilon."""
+    zo_eps: float = field(default=1e-3, metadata={"help": (
+        "SPSA perturbation size epsilon."
+    )})
 
-    zo_probes: int = 1
-    """Number m of random directions z_j per step; the feature is sum_j c_ij z_j / m. With m = 1
-    every feature of a step is a multiple of the same vector z (rank 1): selection then sees one
-    number per example, its directional derivative along z, whatever the seed policy; fresh z
-    per step only changes which number. m directions give a rank-m random projection of the
-    gradient at 2m replays of the last layer."""
+    zo_probes: int = field(default=1, metadata={"help": (
+        "Number m of random directions z_j per step; the feature is sum_j c_ij z_j / m. With m "
+        "= 1 every feature of a step is a multiple of the same vector z (rank 1): selection "
+        "then sees one number per example, its directional derivative along z, whatever the "
+        "seed policy; fresh z per step only changes which number. m directions give a rank-m "
+        "random projection of the gradient at 2m replays of the last layer."
+    )})
 
-    zo_fixed_z: bool = False
-    """Reuse ONE set of directions for the whole run (the reference code's behaviour, which makes
-    features rank-deficient). Default: fresh directions every step."""
+    zo_fixed_z: bool = field(default=False, metadata={"help": (
+        "Reuse ONE set of directions for the whole run (the reference code's behaviour, which "
+        "makes features rank-deficient). Default: fresh directions every step."
+    )})
 
-    target_modules: tuple[str, ...] | None = None
-    """Regular expressions over parameter names selecting the target parameters. None: the value
-    projection of the last decoder layer (its LoRA B when a LoRA adapter is present)."""
+    target_modules: tuple[str, ...] | None = field(default=None, metadata={"help": (
+        "Regular expressions over parameter names selecting the target parameters. None: the "
+        "value projection of the last decoder layer (its LoRA B when a LoRA adapter is "
+        "present)."
+    )})
 
-    weighted: bool = False
-    """Weight each selected example's loss by its cluster size (the paper trains uniform).
-    Ignored by "random" and "mean_match" (uniform by design); "pps" always weights."""
+    weighted: bool = field(default=False, metadata={"help": (
+        "Weight each selected example's loss by its cluster size (the paper trains uniform). "
+        "Ignored by 'random' and 'mean_match' (uniform by design); 'pps' always weights."
+    )})
 
-    loss_average: str = "token"
-    """How the coreset's loss is averaged: "token" (mean over all supervised tokens of the
-    coreset, as transformers.Trainer does) or "example" (each example's mean token loss, then
-    the mean over examples: every example weighs the same, as in the paper's reference code and
-    as selection assumes when it matches per-example gradients)."""
+    loss_average: LossAverage = field(default="token", metadata={"help": (
+        "How the coreset's loss is averaged: 'token' (mean over all supervised tokens of the "
+        "coreset, as transformers.Trainer does) or 'example' (each example's mean token loss, "
+        "then the mean over examples: every example weighs the same, as in the paper's "
+        "reference code and as selection assumes when it matches per-example gradients)."
+    )})
 
-    score_batch_size: int | None = None
-    """Examples per no-grad scoring chunk; None scores the pool in chunks of the training
-    micro-batch size."""
+    score_batch_size: int | None = field(default=None, metadata={"help": (
+        "Examples per no-grad scoring chunk; None scores the pool in chunks of the training "
+        "micro-batch size."
+    )})
 
-    seed: int = 0
-    """Seed of the probe directions and of every random choice the selection makes."""
+    seed: int = field(default=0, metadata={"help": (
+        "Seed of the probe directions and of every random choice the selection makes."
+    )})
 
     def __post_init__(self) -> None:
         if isinstance(self.adam_betas, list):
@@ -194,36 +219,7 @@ class CoresetConfig:
             )
         return cls(**data)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "CoresetConfig":
-        return cls.from_dict(json.loads(text))
-
     @classmethod
     def field_docs(cls) -> dict[str, str]:
-        """Field name -> its docstring (used by the CLI's --help)."""
-        return _FIELD_DOCS
-
-
-def _collect_field_docs() -> dict[str, str]:
-    # Attribute docstrings are not kept by Python at runtime; read them from this file's source
-    # so that the docs live in exactly one place.
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(CoresetConfig))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
-try:
-    _FIELD_DOCS = _collect_field_docs()
-except (OSError, TypeError):  # source unavailable (e.g. zipped install)
-    _FIELD_DOCS = {}
+        """Field name -> its documentation (the CLI's --help text)."""
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}

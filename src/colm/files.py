@@ -6,7 +6,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -63,11 +63,6 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except json.JSONDecodeError:
                 continue
-
-
-def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
-    """Atomically write `lines` joined by newlines."""
-    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def truncate_jsonl(path: str | os.PathLike, last_step: int) -> None:

@@ -73,6 +73,11 @@ def check_training_pool(dataset: object, pool_factor: int, args: object) -> None
         n_examples = len(dataset)  # type: ignore[arg-type]
     except TypeError:  # an IterableDataset: its size is unknown
         return
+    if n_examples == 0:
+        raise ValueError(
+            "the training set is empty (after tokenization every example may have lost its "
+            "supervised tokens to truncation: check max_length and the prompt template)"
+        )
     check_pool_fits(
         n_examples, pool_factor, args.per_device_train_batch_size,  # type: ignore[attr-defined]
         args.gradient_accumulation_steps, args.world_size,  # type: ignore[attr-defined]

@@ -5,11 +5,12 @@ No `from __future__ import annotations` here: HfArgumentParser reads the real fi
 """
 import argparse
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from colm.cli.errors import UsageError
-from colm.config import FEATURES, LOSS_AVERAGES, SIMILARITIES, WITHIN_SOURCE, CoresetConfig
+from colm.config import CoresetConfig
 
 #: Sizes of the embedded default model (colm.default_model.MODEL_SIZES; not imported: torch).
 MODEL_SIZES = ("tiny", "small", "base")
@@ -133,6 +134,7 @@ def _selection_arguments() -> type:
     """
     docs = CoresetConfig.field_docs()
     defaults = CoresetConfig()
+    hints = typing.get_type_hints(CoresetConfig)  # Literal[...] fields become choices
     specs: list[tuple[str, Any, Any]] = []
     for f in dataclasses.fields(CoresetConfig):
         name = SELECTION_PREFIXED.get(f.name, f.name)
@@ -155,10 +157,9 @@ def _selection_arguments() -> type:
         elif f.name == "score_batch_size":
             typ, value = Optional[int], None
         else:
-            typ, value = type(default), default
+            literal = typing.get_origin(hints[f.name]) is typing.Literal
+            typ, value = (hints[f.name] if literal else type(default)), default
         meta: dict[str, Any] = {"help": help_text}
-        if f.name in CHOICES:
-            meta["choices"] = list(CHOICES[f.name])
         spec = field(default_factory=factory, metadata=meta) if factory else field(default=value, metadata=meta)
         specs.append((name, typ, spec))
     specs.append((
@@ -174,9 +175,6 @@ def _selection_arguments() -> type:
 
 #: CoresetConfig fields whose name clashes with a TrainingArguments field.
 SELECTION_PREFIXED = {"seed": "selection_seed"}
-#: Options whose values are a fixed set (argparse checks them and lists them in --help).
-CHOICES = {"similarity": SIMILARITIES, "feature": FEATURES, "within_source": WITHIN_SOURCE,
-           "loss_average": LOSS_AVERAGES}
 SelectionArguments = _selection_arguments()
 
 

@@ -102,6 +102,7 @@ def run(argv: Sequence[str]) -> int:
 def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
     import torch
 
+    from colm.budget import small_sources
     from colm.config import CoresetConfig
     from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
     from colm.default_model import default_tokenizer
@@ -115,8 +116,7 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
     train, train_stats = tokenize_mixture(train_raw, tokenizer, max_length=s["max_length"])
     evald, eval_stats = tokenize_mixture(eval_raw, tokenizer, max_length=s["max_length"])
     sizes = train_stats["per_source"]
-    mean_size = sum(sizes.values()) / len(sizes)
-    small = sorted(src for src, n in sizes.items() if n < mean_size)
+    small = sorted(small_sources("below_mean", sizes))  # the rule the selector applies
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"colm demo: {len(train)} training / {len(evald)} validation examples from {len(sizes)} sources "
           f"(max length {s['max_length']}; {train_stats['n_truncated']} training examples truncated), "

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import enum
 import json
+import typing
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -72,7 +74,7 @@ def load_yaml_options(
         value = yaml.safe_load(yaml.serialize(value_node))
         if value is None:
             if dest in NULL_TOKENS:
-                tokens += [action.option_strings[0], NULL_TOKENS[dest]]
+                tokens += [action.flag, NULL_TOKENS[dest]]
                 continue
             default = parser.get_default(dest)
             if default is None:
@@ -114,22 +116,40 @@ def _entries(root: Any, path: str, renamed: dict[str, str]) -> Iterator[tuple[st
             yield str(k.value), renamed.get(name, name), key, v, k_line
 
 
-def _dest_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    out: dict[str, argparse.Action] = {}
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public listing
-        if not action.option_strings or action.dest in ("help", "config"):
-            continue
-        # The `--no_x` complement shares dest with `--x`; keep the positive option.
-        if any(s.startswith("--no_") or s.startswith("--no-") for s in action.option_strings) \
-                and action.dest in out:
-            continue
-        if isinstance(action, argparse._StoreFalseAction):  # noqa: SLF001
-            continue
-        out.setdefault(action.dest, action)
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    """What a YAML value of one option must become on the command line (from the dataclass
+    field that defines the option: HfArgumentParser makes one `--name` option per field)."""
+
+    flag: str
+    is_list: bool
+    choices: tuple[Any, ...]
+
+
+def _dest_actions(parser: Any) -> dict[str, _Option]:
+    """dest -> option, for every field of the dataclasses the parser was built from."""
+    out: dict[str, _Option] = {}
+    for cls in getattr(parser, "dataclass_types", ()):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name.startswith("_"):
+                continue
+            kind = hints.get(f.name, Any)
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            if typing.get_origin(kind) is typing.Union and len(args) == 1:
+                kind = args[0]  # Optional[X] -> X
+            origin = typing.get_origin(kind)
+            if origin is typing.Literal:
+                choices = typing.get_args(kind)
+            elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+                choices = tuple(e.value for e in kind)
+            else:
+                choices = tuple(f.metadata.get("choices", ()))
+            out.setdefault(f.name, _Option(f"--{f.name}", origin in (list, tuple), choices))
     return out
 
 
-def _expected(action: argparse.Action, default: Any) -> str:
+def _expected(action: _Option, default: Any) -> str:
     if action.choices:
         return "one of " + ", ".join(str(c) for c in action.choices)
     if isinstance(default, bool):
@@ -141,12 +161,12 @@ def _expected(action: argparse.Action, default: Any) -> str:
     return "a value"
 
 
-def _tokens(action: argparse.Action, value: Any, where: str) -> list[str]:
-    option = action.option_strings[0]
+def _tokens(action: _Option, value: Any, where: str) -> list[str]:
+    option = action.flag
     if isinstance(value, bool):
         return [option, "true" if value else "false"]
     if isinstance(value, list):
-        if action.nargs not in ("+", "*"):
+        if not action.is_list:
             raise UsageError(f"{where}: expected a single value, got a list")
         if not value:
             raise UsageError(f"{where}: expected at least one value, got an empty list")
