@@ -179,11 +179,24 @@ SelectionArguments = _selection_arguments()
 
 
 def training_arguments_class() -> type:
-    """TrainingArguments with its own --help section (imports transformers: call lazily)."""
+    """TrainingArguments with its own --help section (imports transformers: call lazily).
+
+    `report_to` is retyped as a list: TrainingArguments types it `str | list[str]`, which
+    HfArgumentParser (and so the YAML reader) takes as one string, so `--report-to tensorboard
+    wandb` and a YAML list were refused. TrainingArguments accepts the list as it is."""
     from transformers import TrainingArguments
 
+    help_text = next(f.metadata.get("help", "") for f in dataclasses.fields(TrainingArguments) if f.name == "report_to")
+
+    @dataclass
     class TrainingOptions(TrainingArguments):
         _argument_group_name = "training (transformers.TrainingArguments)"
+
+        report_to: Optional[list[str]] = field(
+            default=None,
+            metadata={"help": help_text + " Several integrations: `--report-to tensorboard wandb`, "
+                                          "or a YAML list."},
+        )
 
     return TrainingOptions
 
@@ -246,16 +259,6 @@ class ColmArgumentParser:
             dataclass_types, prog=prog, description=description, allow_abbrev=False, usage=usage,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
-
-
-def allow_several(parser: argparse.ArgumentParser, dest: str) -> None:
-    """Let an option typed `str | list[str]` take several values (`--report-to a b`, and a YAML
-    list): HfArgumentParser reads such a union as a single string."""
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public lookup
-        if action.dest == dest:
-            action.nargs = "+"
-            return
-    raise KeyError(dest)
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

@@ -46,7 +46,6 @@ def build_parser():
         usage="colm train [--config FILE.yaml] [options]   (all options below; flags override the YAML)",
     )
     cli_args.add_config_option(parser)
-    cli_args.allow_several(parser, "report_to")
     parser.set_defaults(**TRAINING_DEFAULTS)
     return parser
 
