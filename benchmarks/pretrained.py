@@ -103,6 +103,7 @@ def prepare_data(tokenizer: Any, args: argparse.Namespace) -> tuple[Any, Any, An
     """(tokenized train, tokenized validation for the loss, raw exact-match questions)."""
     import datasets
 
+    from colm.cli.chat_format import as_chat
     from colm.cli.evaluation import extract_answer
     from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
 
@@ -132,19 +133,10 @@ def prepare_data(tokenizer: Any, args: argparse.Namespace) -> tuple[Any, Any, An
     loss_raw = load_mixture(default_mixture_dir(), split="validation", sources=args.sources,
                             max_examples_per_source=args.val_per_source, seed=0)
     chat = args.template == "chat"
-    fmt = (lambda ds: to_chat(ds)) if chat else (lambda ds: ds)
+    fmt = as_chat if chat else (lambda ds: ds)
     train, _ = tokenize_mixture(fmt(train_raw), tokenizer, max_length=args.max_length)
     val, _ = tokenize_mixture(fmt(loss_raw), tokenizer, max_length=args.max_length)
     return train, val, fmt(em)
-
-
-def to_chat(ds: Any) -> Any:
-    """prompt/response rows as a user/assistant conversation (the instruct model's own format)."""
-    import datasets
-
-    rows = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}],
-             "source": r["source"]} for r in ds]
-    return datasets.Dataset.from_list(rows)
 
 
 # ----------------------------------------------------------------------------------- one job

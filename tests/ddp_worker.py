@@ -30,15 +30,22 @@ def main() -> None:
     variant = sys.argv[2] if len(sys.argv) > 2 else "zo"
     # "zo" / "exact": facility location on those features; "random-example": the stratified
     # control (no features exchanged) with every example weighing the same in the loss
+    # "no-use-cpu": the launch the Trainer cannot see on a CPU machine (use_cpu left False)
     settings = (dict(within_source="random", loss_average="example") if variant == "random-example"
-                else dict(feature=variant))
+                else dict(feature="zo") if variant in ("no-use-cpu", "stream") else dict(feature=variant))
+    launch = dict(ddp_backend=None, use_cpu=False) if variant == "no-use-cpu" else dict(ddp_backend="gloo")
+    sizes = {"big_a": 60, "big_b": 50, "rare": 10}
+    data = mixture(sizes)
+    if variant == "stream":  # a datasets.IterableDataset: each rank reads it and keeps its share
+        data = data.to_iterable_dataset()
     ref: list = [None]
     log = SelectionLog(ref)
     trainer = CoresetTrainer(
         model=tiny_llama(), args=training_args(out, per_device_train_batch_size=2, max_steps=4,
-                                               ddp_backend="gloo"),
-        train_dataset=mixture({"big_a": 60, "big_b": 50, "rare": 10}), data_collator=collator(),
+                                               **launch),
+        train_dataset=data, source_sizes=sizes if variant == "stream" else None, data_collator=collator(),
         coreset_config=CoresetConfig(pool_factor=2, zo_probes=2, **settings), callbacks=[log],
+        log_selections=variant == "stream",
     )
     ref[0] = trainer
     trainer.train()

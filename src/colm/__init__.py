@@ -23,6 +23,8 @@ _PUBLIC = {
     "LastLayerReplay": "colm.features",
     "CoresetTrainer": "colm.trainer",
     "CoresetTrainerMixin": "colm.trainer",
+    # needs the optional extra colm[trl]; importing it without TRL says how to install it
+    "CoresetSFTTrainer": "colm.sft",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

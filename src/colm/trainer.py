@@ -40,9 +40,12 @@ from .config import CoresetConfig
 from .features import gradient_features, per_example_nll
 from .features.loss import IGNORE_INDEX
 from .files import truncate_jsonl
+from .launch import check_launch
+from .packing import check_one_row_per_example, check_unpacked
 from .pool_size import check_training_pool
 from .selector import CoresetSelector, Selection
 from .selector_state import load_selector_state, save_selector_state
+from .streams import IndexedStream, given_source_sizes, is_stream
 
 logger = logging.getLogger(__name__)
 
@@ -114,18 +117,53 @@ class CoresetTrainerMixin:
         coreset_config: the selection settings; None or `pool_factor=1` trains like the base.
         log_selections: also write every step's selected example ids to
             `<output_dir>/selections.jsonl` (main process only).
+        source_sizes: examples per source in the whole training set ({source: count}; only the
+            ratios matter). Default: counted from train_dataset; required when train_dataset is
+            a stream (an IterableDataset or any iterable without len()).
         All other arguments are the base trainer's.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A Trainer class ahead of the mixin in the MRO would take (and reject) coreset_config
+        # and run its own get_batch_samples/compute_loss: say so when the class is defined.
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        ahead = mro[: mro.index(CoresetTrainerMixin)]
+        wrong = [c for c in ahead if issubclass(c, Trainer) and not issubclass(c, CoresetTrainerMixin)]
+        if wrong:
+            raise TypeError(
+                f"{cls.__name__}: put CoresetTrainerMixin first among the bases, e.g. "
+                f"class {cls.__name__}(CoresetTrainerMixin, {wrong[0].__name__}); it comes after "
+                f"{wrong[0].__name__} here"
+            )
 
     def __init__(
         self,
         *args: Any,
         coreset_config: CoresetConfig | None = None,
         log_selections: bool = False,
+        source_sizes: dict[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
+        config = coreset_config or CoresetConfig(pool_factor=1)
+        # Trainer and SFTTrainer both take (model, args, data_collator, train_dataset, ...).
+        training_args = kwargs["args"] if "args" in kwargs else (args[1] if len(args) > 1 else None)
+        train_dataset = kwargs["train_dataset"] if "train_dataset" in kwargs else (args[3] if len(args) > 3 else None)
+        # Refused before the base trainer tokenizes or packs the whole dataset.
+        check_unpacked(training_args, config.pool_factor > 1 or config.loss_average == "example")
+        if training_args is not None:
+            check_launch(training_args)
+        if training_args is not None and train_dataset is not None and is_stream(train_dataset):
+            # accelerate's dispatcher would concatenate the pool chunks of a stream as tensors; a
+            # shard per process keeps them Python rows (as TRL does for its streams).
+            training_args.accelerator_config.dispatch_batches = False
         super().__init__(*args, **kwargs)
-        self.coreset_config = coreset_config or CoresetConfig(pool_factor=1)
+        # Before anything trains (and above, before the base prepares the data when args are
+        # given): a launch where torch.distributed and the Trainer count different processes
+        # would train diverging copies on duplicated pools, without any error.
+        check_launch(self.args, self.accelerator.num_processes)
+        self.coreset_config = config
+        self.source_sizes = source_sizes
         self.log_selections = log_selections
         self._warned_unsupervised = False
         self._coreset_logs: dict[str, float] = {}
@@ -146,6 +184,8 @@ class CoresetTrainerMixin:
         return self.coreset_config.pool_factor > 1
 
     def _build_selector(self, dataset: Any) -> CoresetSelector:
+        if self.source_sizes is not None or is_stream(dataset):
+            return CoresetSelector(self.coreset_config, given_source_sizes(self.source_sizes))
         sizes = Counter(dataset_sources(dataset))
         if list(sizes) == [_SINGLE_SOURCE]:
             logger.warning(
@@ -162,8 +202,9 @@ class CoresetTrainerMixin:
         check_training_pool(self.train_dataset, self.coreset_config.pool_factor, self.args)
         # The Trainer's own DataLoader machinery (sampler, seeding, accelerate sharding, resume
         # skipping) is kept; only the batch (a pool chunk) and the collate function change.
+        stream = is_stream(self.train_dataset)
         return self._get_dataloader(
-            dataset=_IndexedRows(self.train_dataset),
+            dataset=IndexedStream(self.train_dataset, ID_KEY) if stream else _IndexedRows(self.train_dataset),
             description=_POOL_LOADER,
             batch_size=self._train_batch_size * self.coreset_config.pool_factor,
             sampler_fn=lambda _: self._get_train_sampler(self.train_dataset),
@@ -200,6 +241,15 @@ class CoresetTrainerMixin:
             except StopIteration:
                 break
         if not chunks:
+            return [], None
+        if len(chunks) < num_batches and is_stream(self.train_dataset):
+            # A stream has no length, so the Trainer cannot know this is the end of a pass: it
+            # would train these micro-batches without an optimizer step and add their gradients
+            # to the first step of the next pass. They are left out instead.
+            logger.warning(
+                "the stream ended %d micro-batch pool chunk(s) into an optimizer step; those rows "
+                "are not trained in this pass", len(chunks),
+            )
             return [], None
         if not self.selection_enabled:
             batches = [self._collate(chunk) for chunk in chunks]
@@ -270,6 +320,7 @@ class CoresetTrainerMixin:
         labels = self._collate(rows).get("labels")
         if labels is None:
             return rows, 0
+        check_one_row_per_example(len(rows), labels)
         keep = (torch.as_tensor(labels)[:, 1:] != IGNORE_INDEX).any(dim=1).tolist()  # [n]
         dropped = len(rows) - sum(keep)
         if dropped and not self._warned_unsupervised:

@@ -101,6 +101,13 @@ class DataArguments:
         metadata={"help": "Prompt template containing {prompt}. Default: "
                           "'Question: {prompt}\\nAnswer:\\n'."},
     )
+    use_chat_template: bool = field(
+        default=False,
+        metadata={"help": "Render prompt/response rows as a user turn and an assistant turn with "
+                          "the tokenizer's own chat template (for instruct models) instead of "
+                          "--template. Default false: the --template text format. Chat "
+                          "(--messages-field) rows always use the chat template."},
+    )
     max_examples_per_source: Optional[int] = field(
         default=None, metadata={"help": "Keep at most this many training examples per source."}
     )
@@ -172,11 +179,24 @@ SelectionArguments = _selection_arguments()
 
 
 def training_arguments_class() -> type:
-    """TrainingArguments with its own --help section (imports transformers: call lazily)."""
+    """TrainingArguments with its own --help section (imports transformers: call lazily).
+
+    `report_to` is retyped as a list: TrainingArguments types it `str | list[str]`, which
+    HfArgumentParser (and so the YAML reader) takes as one string, so `--report-to tensorboard
+    wandb` and a YAML list were refused. TrainingArguments accepts the list as it is."""
     from transformers import TrainingArguments
 
+    help_text = next(f.metadata.get("help", "") for f in dataclasses.fields(TrainingArguments) if f.name == "report_to")
+
+    @dataclass
     class TrainingOptions(TrainingArguments):
         _argument_group_name = "training (transformers.TrainingArguments)"
+
+        report_to: Optional[list[str]] = field(
+            default=None,
+            metadata={"help": help_text + " Several integrations: `--report-to tensorboard wandb`, "
+                                          "or a YAML list."},
+        )
 
     return TrainingOptions
 

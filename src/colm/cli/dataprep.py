@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from colm.cli.chat_format import as_chat, check_chat_template
 from colm.cli.empty_responses import check_empty_responses
 from colm.data import DataError, default_mixture_dir, load_mixture, tokenize_mixture
 from colm.data.mixture import split_of
@@ -67,6 +68,9 @@ def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = Fals
         split = None  # one file is one split
     train_raw = _load(spec, split, data_args, data_args.max_examples_per_source, seed)
     empty = check_empty_responses(train_raw, spec, allow=data_args.allow_empty_responses)
+    if data_args.use_chat_template:
+        check_chat_template(tokenizer)
+        train_raw = as_chat(train_raw)
     train, train_stats = tokenize_mixture(
         train_raw, tokenizer, max_length=data_args.max_length, template=data_args.template,
         cache_dir=data_cache_dir(),
@@ -83,6 +87,8 @@ def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = Fals
     if Path(str(eval_spec)).expanduser().is_file():
         eval_split = None
     eval_raw = _load(eval_spec, eval_split, data_args, data_args.max_eval_examples_per_source, seed)
+    if data_args.use_chat_template:
+        eval_raw = as_chat(eval_raw)
     evald, eval_stats = tokenize_mixture(
         eval_raw, tokenizer, max_length=data_args.max_length, template=data_args.template,
         cache_dir=data_cache_dir(),

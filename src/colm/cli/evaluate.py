@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per example (default: the training run's, else 512)")
     p.add_argument("--template", default=None,
                    help="prompt template with {prompt} (default: the training run's, else colm's)")
+    p.add_argument("--use-chat-template", choices=["true", "false"], default=None,
+                   help="render prompt/response rows with the tokenizer's chat template, as "
+                        "`colm train --use-chat-template` does (default: the training run's, else false)")
     p.add_argument("--source-field", default="source")
     p.add_argument("--prompt-field", default="prompt")
     p.add_argument("--response-field", default="response")
@@ -63,6 +66,7 @@ def run(argv: Sequence[str]) -> int:
     import torch
 
     from colm.cli import modeling
+    from colm.cli.chat_format import as_chat, check_chat_template
     from colm.cli.dataprep import data_cache_dir
     from colm.cli.evaluation import generation_exact_match, per_source_loss
     from colm.files import atomic_write_json
@@ -72,6 +76,10 @@ def run(argv: Sequence[str]) -> int:
     info = modeling.find_run_info(ckpt)
     max_length = ns.max_length or int(info.get("max_length") or 512)
     template = ns.template or info.get("template") or DEFAULT_TEMPLATE
+    chat = ns.use_chat_template == "true" if ns.use_chat_template is not None else bool(info.get("use_chat_template"))
+    if chat and ns.template:
+        raise UsageError("--template: prompts are rendered with the chat template (--use-chat-template, "
+                         "or the training run's); give --use-chat-template false to use --template")
     spec = ns.data if ns.data is not None else default_mixture_dir()
     split = None if Path(str(spec)).expanduser().is_file() else ns.split
     # Data first: a data error should not wait for a model to load.
@@ -81,6 +89,9 @@ def run(argv: Sequence[str]) -> int:
         max_examples_per_source=ns.max_examples_per_source, seed=ns.seed,
     )
     model, tokenizer, _ = modeling.load_checkpoint(ckpt)
+    if chat:
+        check_chat_template(tokenizer)
+        raw = as_chat(raw)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     tokenized, stats = tokenize_mixture(
@@ -88,7 +99,8 @@ def run(argv: Sequence[str]) -> int:
     )
     loss = per_source_loss(model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=ns.batch_size)
     result: dict[str, Any] = {"checkpoint": str(ckpt), "data": str(spec), "split": split,
-                              "max_length": max_length, "data_stats": stats, "loss": loss}
+                              "max_length": max_length, "use_chat_template": chat,
+                              "data_stats": stats, "loss": loss}
     generation = None
     if ns.generate:
         generation = generation_exact_match(

@@ -68,6 +68,7 @@ def run_info(model_args: Any, data_args: Any, seed: int) -> dict[str, Any]:
         "model_seed": seed,
         "lora_r": model_args.lora_r,
         "template": data_args.template,
+        "use_chat_template": data_args.use_chat_template,
         "max_length": data_args.max_length,
     }
 

@@ -31,6 +31,11 @@ def check_train_settings(model_args: Any, data_args: Any, targs: Any) -> None:
             "DataParallel: launch one process per GPU with `torchrun --nproc_per_node=N "
             "$(which colm) train ...`, or pick one GPU with CUDA_VISIBLE_DEVICES"
         )
+    from colm.launch import launch_problem  # torch: imported only once options parsed
+
+    launch = launch_problem(targs, cli=True)
+    if launch is not None:  # e.g. torchrun on a CPU machine without --use-cpu true
+        raise UsageError(launch)
     if not math.isfinite(targs.learning_rate) or targs.learning_rate <= 0:
         raise UsageError(f"--learning-rate: must be > 0, got {targs.learning_rate}")
     if model_args.lora_r < 0:
@@ -45,3 +50,35 @@ def check_train_settings(model_args: Any, data_args: Any, targs: Any) -> None:
             raise UsageError(f"--lora-dropout: must be in [0, 1), got {model_args.lora_dropout}")
     if data_args.max_length < 2:
         raise UsageError(f"--max-length: must be >= 2 tokens, got {data_args.max_length}")
+    if data_args.use_chat_template and data_args.template is not None:
+        raise UsageError(
+            "--template: unused with --use-chat-template (prompts are rendered with the tokenizer's "
+            "chat template); give one of the two"
+        )
+    check_report_to(targs.report_to)
+
+
+def check_report_to(report_to: Any) -> None:
+    """--report-to: known integration names, installed, or `all` / `none` alone."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK, get_available_reporting_integrations,
+    )
+
+    # TrainingArguments has already turned "none" into [] and "all" into the installed ones.
+    values = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if {"all", "none"} & set(values):
+        raise UsageError(f"--report-to: 'all' and 'none' stand alone, got {' '.join(values)}")
+    known = sorted(INTEGRATION_TO_CALLBACK)
+    for value in values:
+        if value not in INTEGRATION_TO_CALLBACK:
+            raise UsageError(
+                f"--report-to: unknown integration {value!r}; expected one or more of "
+                f"{', '.join(known)}, or all, or none"
+            )
+    installed = set(get_available_reporting_integrations())
+    missing = [v for v in values if v not in installed]
+    if missing:
+        raise UsageError(
+            f"--report-to: {', '.join(missing)} is not installed (pip install it, or leave it out); "
+            f"installed: {', '.join(sorted(installed)) or 'none'}"
+        )
