@@ -104,7 +104,7 @@ def prepare_data(tokenizer: Any, args: argparse.Namespace) -> tuple[Any, Any, An
     import datasets
 
     from colm.cli.chat_format import as_chat
-    from colm.cli.evaluation import extract_answer
+    from colm.evaluation import extract_answer
     from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
 
     train_raw = load_mixture(default_mixture_dir(), split="train", sources=args.sources,
@@ -147,7 +147,7 @@ def run_job(arm: str, seed: int, args: argparse.Namespace, model_path: str) -> d
     from transformers.utils import logging as hf_logging
 
     from colm import CoresetConfig
-    from colm.cli.evaluation import generation_exact_match, per_source_loss
+    from colm.evaluation import generation_exact_match, per_source_loss
     from colm.cli.memory import PeakMemory
     from colm.cli.train import make_trainer
     from colm.data.templating import DEFAULT_TEMPLATE

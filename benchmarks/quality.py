@@ -39,7 +39,7 @@ from transformers import TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from colm import CoresetConfig
-from colm.cli.evaluation import per_source_loss
+from colm.evaluation import per_source_loss
 from colm.cli.memory import PeakMemory
 from colm.cli.train import make_trainer
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture

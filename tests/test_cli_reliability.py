@@ -303,7 +303,7 @@ def test_adapter_on_the_wrong_base_model_gets_one_line(tmp_path, capsys, cache_d
 def test_empty_reference_is_neither_hit_nor_miss(cache_dir):
     from datasets import Dataset
 
-    from colm.cli.evaluation import generation_exact_match
+    from colm.evaluation import generation_exact_match
     from colm.data import DEFAULT_TEMPLATE
     from colm.default_model import default_model, default_tokenizer
 

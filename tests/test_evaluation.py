@@ -5,7 +5,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from colm.cli.evaluation import per_source_loss
+from colm.evaluation import per_source_loss
 from trainer_helpers import PAD, tiny_llama
 
 
@@ -29,3 +29,26 @@ def test_per_source_loss_matches_hf_loss_token_weighted():
     assert got["per_source"]["b"] == pytest.approx((l1 * c1 + l2 * c2) / (c1 + c2), rel=1e-5)
     assert got["n_examples"] == {"a": 1, "b": 2}
     assert got["worst"] == max(got["per_source"].values())
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_generation_prompts_are_the_training_contexts(chat):
+    # Generation starts from exactly the context training saw before the answer: the unmasked
+    # prefix of every tokenized example (prompt template or chat template).
+    from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
+    from colm.data.templating import context_ids
+    from colm.default_model import default_tokenizer
+
+    tok = default_tokenizer()
+    raw = load_mixture(default_mixture_dir(), split="validation", max_examples_per_source=2, seed=0)
+    if chat:
+        from colm.cli.chat_format import as_chat
+
+        tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+        raw = as_chat(raw)
+    tokenized, stats = tokenize_mixture(raw, tok, max_length=4096)
+    assert stats["n_dropped"] == 0
+    contexts = context_ids(raw, tok)
+    for ids, labels, ctx in zip(tokenized["input_ids"], tokenized["labels"], contexts):
+        first_supervised = next(i for i, label in enumerate(labels) if label != -100)
+        assert ids[:first_supervised] == ctx

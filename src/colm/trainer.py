@@ -35,10 +35,11 @@ from torch.utils.data import Dataset
 from transformers import Trainer
 
 from . import distributed
+from .columns import SOURCE
 from .checkpoints import CheckpointError, checkpoint_step, resume_checkpoint
 from .config import CoresetConfig
 from .features import gradient_features, per_example_nll
-from .features.loss import IGNORE_INDEX
+from .columns import IGNORE_INDEX
 from .files import truncate_jsonl
 from .launch import check_launch
 from .packing import check_one_row_per_example, check_unpacked
@@ -49,7 +50,7 @@ from .streams import IndexedStream, given_source_sizes, is_stream
 
 logger = logging.getLogger(__name__)
 
-SOURCE_KEY = "source"
+SOURCE_KEY = SOURCE
 ID_KEY = "colm_example_id"
 WEIGHT_KEY = "colm_weight"
 #: Examples the optimizer step trains on, over all micro-batches and ranks (loss_average="example").

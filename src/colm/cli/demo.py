@@ -155,7 +155,7 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
 def _run_arm(name, label, ga, coreset, arm_dir, s, tokenizer, train, evald, device) -> dict[str, Any]:
     from transformers import TrainingArguments
 
-    from colm.cli.evaluation import per_source_loss
+    from colm.evaluation import per_source_loss
     from colm.cli.memory import PeakMemory
     from colm.cli.progress import MetricsFile, PeriodicEval, StepTimer
     from colm.cli.train import make_trainer

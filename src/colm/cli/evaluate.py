@@ -68,7 +68,7 @@ def run(argv: Sequence[str]) -> int:
     from colm.cli import modeling
     from colm.cli.chat_format import as_chat, check_chat_template
     from colm.cli.dataprep import data_cache_dir
-    from colm.cli.evaluation import generation_exact_match, per_source_loss
+    from colm.evaluation import generation_exact_match, per_source_loss
     from colm.files import atomic_write_json
     from colm.cli.report import text_table
     from colm.data import DEFAULT_TEMPLATE, default_mixture_dir, load_mixture, tokenize_mixture

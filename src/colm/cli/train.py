@@ -134,7 +134,7 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
 
     from colm.checkpoints import CheckpointError
     from colm.cli import dataprep, modeling
-    from colm.cli.evaluation import per_source_loss
+    from colm.evaluation import per_source_loss
     from colm.cli.memory import PeakMemory
     from colm.cli.progress import MetricsFile, PeriodicEval, ProgressBar, StepTimer
     from colm.cli.report import (

@@ -27,13 +27,14 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
+from colm.columns import SOURCE
 from colm.data.errors import DataError
 from colm.data.hub import datasets_offline, hub_offline, looks_like_local_path
 from colm.data.mixture import is_jsonl, source_of, split_files
 
 MixtureSpec = Union[str, os.PathLike, datasets.Dataset, datasets.DatasetDict]
 
-PROMPT, RESPONSE, MESSAGES, SOURCE = "prompt", "response", "messages", "source"
+PROMPT, RESPONSE, MESSAGES = "prompt", "response", "messages"
 _MESSAGE_FEATURES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
 # Files `save_to_disk` writes: a folder holding one of these is a saved dataset, not JSONL.
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")

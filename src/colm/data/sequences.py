@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Label of positions that do not count in the loss (Hugging Face convention).
-IGNORE_INDEX = -100
+from colm.columns import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from colm.data.token_ids import token_ids
 
 #: The default prompt template; "{prompt}" is replaced by the example's prompt.
 DEFAULT_TEMPLATE = "Question: {prompt}\nAnswer:\n"
-__all__ = ["DEFAULT_TEMPLATE", "IGNORE_INDEX", "tokenize_mixture"]
+__all__ = ["DEFAULT_TEMPLATE", "IGNORE_INDEX", "context_ids", "tokenize_mixture"]
 # Narrow integer types: a third of the Arrow size of the int64 default; the collator widens.
 _FEATURES = datasets.Features(
     {
@@ -160,6 +160,23 @@ def _record_batch(rows: Sequences, sources: pa.ChunkedArray) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
         [ids, mask, labels, sources.combine_chunks()], schema=_FEATURES.arrow_schema
     )
+
+
+def context_ids(dataset: datasets.Dataset, tokenizer: Any, template: str | None = None) -> list[list[int]]:
+    """Token ids of each example's context, exactly as `tokenize_mixture` renders it before the
+    answer (the prompt in its template after the tokenizer's prefix, or the chat template up to
+    and including the assistant header): what a model generates from at evaluation."""
+    if MESSAGES in dataset.column_names:
+        conversations = dataset[MESSAGES]
+        texts = _render(tokenizer, [m[:-1] for m in conversations], True, lambda i: f"chat example {i}")
+        prefix: list[int] = []  # chat templates write their own special tokens
+    else:
+        template = DEFAULT_TEMPLATE if template is None else template
+        texts = [template.replace("{prompt}", p) for p in dataset[PROMPT]]
+        prefix = _special_prefix(tokenizer)
+    flat, lengths = token_ids(tokenizer, texts)
+    ends = np.cumsum(lengths)
+    return [prefix + flat[e - n:e].tolist() for e, n in zip(ends.tolist(), lengths.tolist())]
 
 
 def _special_prefix(tokenizer: Any) -> list[int]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from colm.data import MixtureCollator
+from colm.data.templating import context_ids
 from colm.features import per_example_nll
 
 _ANSWER = re.compile(r"the answer is\s*:?\s*(.*)", re.IGNORECASE)
@@ -87,28 +88,9 @@ def extract_answer(text: str) -> str:
     return answer.casefold()
 
 
-def _special_prefix(tokenizer: Any) -> list[int]:
-    """Ids the tokenizer puts before a text (e.g. BOS), measured on a probe as training does."""
-    probe = "colm probe"
-    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return list(full[:start])
-    return []
-
-
 def prompt_ids(raw: Any, tokenizer: Any, template: str) -> list[list[int]]:
     """Token ids of each example's context, exactly as training renders it before the answer."""
-    if "messages" in raw.column_names:
-        texts = [
-            tokenizer.apply_chat_template(m[:-1], add_generation_prompt=True, tokenize=False)
-            for m in raw["messages"]
-        ]
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
-    prefix = _special_prefix(tokenizer)
-    texts = [template.replace("{prompt}", p) for p in raw["prompt"]]
-    return [prefix + ids for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return context_ids(raw, tokenizer, template)
 
 
 def references(raw: Any) -> list[str]:
