@@ -470,6 +470,29 @@ def run(args) -> dict[str, Any]:
     return result
 
 
+def merge_runs(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the arms of ``other`` added. The runs must share the protocol (lab, seed,
+    points, pools, pool size): the pools are then the same rows, and the shared control arms
+    must have given identical values, which is checked."""
+    keys = ("lab", "seed", "pools", "pool", "points", "bank_rows", "groups", "max_length", "lora_r")
+    a, b = base["setup"]["args"], other["setup"]["args"]
+    differ = [k for k in keys if a.get(k) != b.get(k)]
+    if differ:
+        raise SystemExit(f"cannot merge: the runs differ in {differ}")
+    for point, res in other["points"].items():
+        mine = base["points"][point]
+        for name, rec in res["raw"].items():
+            if name in mine["raw"]:
+                if name in (CONTROL, RANDOM_B) and mine["raw"][name]["cos_grad"] != rec["cos_grad"]:
+                    raise SystemExit(f"cannot merge: {name!r} differs between the runs (not the same pools)")
+                continue
+            mine["raw"][name] = rec
+        base["summary"][point] = summarize(mine)
+    base["setup"]["arms"].update(other["setup"]["arms"])
+    base["setup"].setdefault("merged_from", []).append(other["setup"]["command"])
+    return base
+
+
 def save(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -497,7 +520,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--arms", type=lambda s: s.split(";"), default=list(ARMS),
                     help="';'-separated arm names (default: all); the two controls are always run")
     ap.add_argument("--summarize", action="store_true", help="print the tables of an existing --out file")
+    ap.add_argument("--merge", type=Path, default=None, metavar="OTHER.json",
+                    help="add the arms of another run of the same protocol (same lab, seed, points, "
+                         "pools) to --out, recompute its summaries and print the tables")
     args = ap.parse_args(argv)
+    if args.merge is not None:
+        result = merge_runs(json.loads(args.out.read_text()), json.loads(args.merge.read_text()))
+        save(args.out, result)
+        print(markdown(result))
+        return
     if args.summarize:
         print(markdown(json.loads(args.out.read_text())))
         return

@@ -183,8 +183,21 @@ def main() -> None:
                     help='also write {arm: {"val_loss_mean": [per seed], "val_loss_worst": [per seed]}} here')
     ap.add_argument("--summarize", action="store_true",
                     help="print the markdown table of an existing --out file (no training)")
+    ap.add_argument("--merge", type=Path, default=None, metavar="OTHER.json",
+                    help="add the runs of another --out file of the same settings to --out (arms "
+                         "run by separate invocations, e.g. in parallel), then summarize")
     args = ap.parse_args()
     hf_logging.set_verbosity_error()
+    if args.merge is not None:
+        base, other = json.loads(args.out.read_text()), json.loads(args.merge.read_text())
+        same = ("steps", "batch", "lr", "max_length", "model_size", "eval_per_source")
+        differ = [k for k in same if base["settings"].get(k) != other["settings"].get(k)]
+        if differ:
+            ap.error(f"cannot merge: the runs differ in {differ}")
+        have = {(r["arm"], r["seed"]) for r in base["runs"]}
+        base["runs"] += [r for r in other["runs"] if (r["arm"], r["seed"]) not in have]
+        args.out.write_text(json.dumps(base, indent=1, default=str))
+        args.summarize = True
     if args.summarize:
         runs = json.loads(args.out.read_text())["runs"]
         if args.summary:
