@@ -111,9 +111,10 @@ class RecoveryProbe(TrainerCallback):
     """At the chosen steps, embed the subset, cluster it for each k and score it against the
     hidden labels; stop training after the last one."""
 
-    def __init__(self, trainer, subset, labels, steps, ks, seed, collate, chunk) -> None:
+    def __init__(self, trainer, subset, labels, steps, ks, seed, collate, chunk, small_truth=None) -> None:
         self.trainer, self.subset, self.labels = trainer, subset, labels
         self.steps, self.ks, self.seed, self.collate, self.chunk = steps, ks, seed, collate, chunk
+        self.small_truth = small_truth  # real sources below the mean size: report the overlap
         self.results: list[dict[str, Any]] = []
 
     def probe(self, step: int) -> None:
@@ -126,6 +127,9 @@ class RecoveryProbe(TrainerCallback):
             ari = adjusted_rand_index(fitted.assignment.tolist(), [self.labels[i] for i in rows])
             self.results.append({"seed": self.seed, "step": step, "k": k, "ari": ari, "sizes": fitted.sizes,
                                  "rows": len(rows), "embed_s": embed_s})
+            if self.small_truth is not None:
+                self.results[-1].update(overlap(fitted.assignment.tolist(), fitted.sizes,
+                                                [self.labels[i] for i in rows], self.small_truth))
             print(json.dumps({k2: v for k2, v in self.results[-1].items() if k2 != "sizes"}), flush=True)
 
     def on_train_begin(self, args, state, control, **kw):
@@ -137,6 +141,49 @@ class RecoveryProbe(TrainerCallback):
             self.probe(state.global_step)
         if state.global_step >= max(self.steps):
             control.should_training_stop = True
+
+
+def overlap(assignment: list[int], sizes: list[int], labels: list[str], small_truth: set[str]) -> dict[str, Any]:
+    """How the clusters the small-source rule keeps whole (below the mean cluster size) line up
+    with the real sources it would keep whole."""
+    small_clusters = {c for c, n in enumerate(sizes) if n * len(sizes) < sum(sizes)}
+    in_small = [c in small_clusters for c in assignment]
+    truly_small = [label in small_truth for label in labels]
+    both = sum(a and b for a, b in zip(in_small, truly_small))
+    return {
+        "small_clusters": len(small_clusters),
+        "rows_in_small_clusters": sum(in_small) / len(assignment),
+        "rows_of_small_sources": sum(truly_small) / len(assignment),
+        # of the real small sources' rows, the share a kept-whole cluster holds (recall) ...
+        "small_source_rows_in_small_clusters": both / max(1, sum(truly_small)),
+        # ... and of the kept-whole clusters' rows, the share from real small sources (precision)
+        "small_cluster_rows_from_small_sources": both / max(1, sum(in_small)),
+    }
+
+
+def composition(seed, s, tokenizer, hidden, true_sources, args, small_eval) -> list[dict[str, Any]]:
+    """The pseudo-source arms' own fit, reproduced (same warm-up, every row, k as in the arms):
+    its ARI must equal theirs, and it says what the kept-whole clusters hold."""
+    from collections import Counter
+
+    from colm.budget import small_sources
+    from colm.pseudo_sources import auto_clusters
+
+    pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    collate = lambda rows: pad([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows])  # noqa: E731
+    k = auto_clusters(len(hidden), 2 * s["batch"]) if args.pseudo_sources == "auto" else args.pseudo_sources
+    small_truth = {str(x) for x in small_sources("below_mean", Counter(true_sources))}
+    probes: list[RecoveryProbe] = []
+
+    def on_trainer(trainer):
+        probe = RecoveryProbe(trainer, hidden, true_sources, [args.warmup], [k], seed, collate, s["batch"], small_truth)
+        trainer.add_callback(probe)
+        probes.append(probe)
+        return None
+
+    overrides = {**STRATIFIED, "pseudo_sources": args.pseudo_sources, "pseudo_source_warmup_steps": s["steps"]}
+    run_arm("composition_probe", 1, overrides, seed, s, tokenizer, hidden, small_eval, on_trainer=on_trainer)
+    return probes[0].results
 
 
 def recovery(seed, s, tokenizer, hidden, true_sources, args, small_eval) -> list[dict[str, Any]]:
@@ -175,6 +222,16 @@ def _mean_sd(values: list[float]) -> str:
 
 def tables(results: dict[str, Any]) -> str:
     out = []
+    comp = results.get("composition", [])
+    if comp:
+        out += ["| seed | k | ARI (all rows) | kept-whole clusters | their share of rows | real small sources' share "
+                "| of those rows, in kept-whole clusters | of kept-whole rows, from real small sources |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in comp:
+            out.append(f"| {r['seed']} | {r['k']} | {r['ari']:.3f} | {r['small_clusters']} | {r['rows_in_small_clusters']:.0%} "
+                       f"| {r['rows_of_small_sources']:.0%} | {r['small_source_rows_in_small_clusters']:.0%} "
+                       f"| {r['small_cluster_rows_from_small_sources']:.0%} |")
+        out.append("")
     sweep = results.get("recovery", [])
     if sweep:
         ks = sorted({r["k"] for r in sweep})
@@ -229,6 +286,8 @@ def main() -> None:
     ap.add_argument("--ari-k", default="8,14,29")
     ap.add_argument("--ari-rows", type=int, default=5000)
     ap.add_argument("--no-recovery", action="store_true", help="skip (a)")
+    ap.add_argument("--composition", action="store_true",
+                    help="also reproduce the pseudo arms' fit on every row and report what the kept-whole clusters hold")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -265,6 +324,9 @@ def main() -> None:
     for seed in [int(x) for x in args.seeds.split(",")]:
         if not args.no_recovery and not any(r["seed"] == seed for r in results["recovery"]):
             results["recovery"] += recovery(seed, s, tokenizer, hidden, true_sources, args, small_eval)
+            save(results, args.out)
+        if args.composition and not any(r["seed"] == seed for r in results.setdefault("composition", [])):
+            results["composition"] += composition(seed, s, tokenizer, hidden, true_sources, args, small_eval)
             save(results, args.out)
         done = {(r["arm"], r["seed"]) for r in results["runs"]}
         for name in names:

@@ -28,6 +28,7 @@ from colm.budget import small_sources
 from colm.columns import SOURCE
 from colm.config import CoresetConfig
 from colm.selector import CoresetSelector
+from colm.streams import is_stream
 
 from .agreement import adjusted_rand_index
 from .count import resolve_clusters
@@ -69,7 +70,7 @@ class PseudoSources:
                 "source_sizes and CoresetConfig.pseudo_sources exclude each other: source_sizes "
                 "names real sources, pseudo_sources replaces them by clusters; pass one of them"
             )
-        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        if is_stream(dataset):
             raise ValueError(
                 "CoresetConfig.pseudo_sources needs a train_dataset with len() and indexing: every "
                 "row is embedded and clustered once, which a stream cannot offer; give the data's "
