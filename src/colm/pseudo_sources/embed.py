@@ -3,9 +3,10 @@ head's input, after the final norm) averaged over the row's supervised positions
 
 "Supervised positions" are those whose next token is a label (``labels[:, 1:] != -100``): the
 positions the training loss is taken at, and the trainer's own test of whether a row carries any
-signal, so every row that can be trained gets a vector. The prompt is seen through attention; the
-mean over the response is what tells a GSM8K solution from a MathQA rationale. The forward stops
-at the LM head's input, so the vocabulary projection (most of a tiny model's compute) never runs.
+signal, so every row that can be trained gets a vector. The prompt still shapes those states
+through attention, while the average describes what the row trains the model to produce. The
+forward stops at the LM head's input, so the vocabulary projection (most of a tiny model's
+compute) never runs.
 """
 from __future__ import annotations
 

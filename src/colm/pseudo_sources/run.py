@@ -53,7 +53,9 @@ def has_source_column(dataset: Any) -> bool:
 
 
 class PseudoSources:
-    """Args:
+    """The pseudo-sources of one training run: warm-up phase, fit, labels, checkpoint file.
+
+    Args:
         config: the run's ``CoresetConfig`` (``pseudo_sources`` set).
         dataset: the training set; it must have a length (a stream cannot be embedded up front).
         source_sizes: what the user passed to the trainer; must be None (they name real sources).
