@@ -83,6 +83,8 @@ ARMS: dict[str, tuple[str | None, dict[str, Any] | None]] = {
     "mean_match, zo m=8, pool moment": ("zo8", dict(within_source="mean_match", adam_second_moment="pool")),
     "cluster_sample, exact": ("exact", dict(within_source="cluster_sample")),
     "pps, exact": ("exact", dict(within_source="pps")),
+    "balanced, exact": ("exact", dict(within_source="balanced")),
+    "balanced, zo m=8": ("zo8", dict(within_source="balanced")),
     "pps, zo m=1": ("zo1", dict(within_source="pps")),
 }
 CONTROL, RANDOM_B = "stratified (within_source=random)", "random b (no source rule)"

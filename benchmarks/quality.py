@@ -12,7 +12,7 @@ loss on a fixed validation subset, time per step and peak memory growth of the p
   colm_b_of_2b        the paper's selection: pool 2b, facility location on zo (m = 1) features
   candidates (pool 2b, coreset b, exact features, one within-source method each):
                       fl_exact, mean_match_exact, mean_match_pool (adam_second_moment="pool"),
-                      cluster_sample_exact, pps_exact
+                      cluster_sample_exact, pps_exact, balanced_exact
   ablations (colm_b_of_2b with one change): no_small_sources, no_adam, no_sparsify,
                       zo_fixed_z (m=1, one z for the run: the reference code), exact, weighted
 
@@ -61,6 +61,7 @@ CANDIDATES: dict[str, tuple[int, dict[str, Any] | None]] = {
     "mean_match_pool": (1, {"within_source": "mean_match", "feature": "exact", "adam_second_moment": "pool"}),
     "cluster_sample_exact": (1, {"within_source": "cluster_sample", "feature": "exact"}),
     "pps_exact": (1, {"within_source": "pps", "feature": "exact"}),
+    "balanced_exact": (1, {"within_source": "balanced", "feature": "exact"}),
 }
 ABLATIONS: dict[str, tuple[int, dict[str, Any] | None]] = {
     "no_small_sources": (1, {**PAPER, "small_sources": "none"}),

@@ -25,12 +25,11 @@ class SelectionLog(TrainerCallback):
         self.steps.append(sel.indices.tolist())
 
 
-def main() -> None:
-    out = Path(sys.argv[1])
-    variant = sys.argv[2] if len(sys.argv) > 2 else "zo"
+def run_variant(out: Path, variant: str) -> None:
     # "zo" / "exact": facility location on those features; "random-example": the stratified
-    # control (no features exchanged) with every example weighing the same in the loss
-    # "no-use-cpu": the launch the Trainer cannot see on a CPU machine (use_cpu left False)
+    # control (no features exchanged) with every example weighing the same in the loss;
+    # "stream": zo on a datasets.IterableDataset each rank reads and keeps its share of;
+    # "no-use-cpu": the launch the Trainer cannot see on a CPU machine (use_cpu left False);
     # "pseudo": k-means pseudo-sources after 2 warm-up steps, on sources a model tells apart
     settings = (dict(within_source="random", loss_average="example") if variant == "random-example"
                 else dict(feature="zo", pseudo_sources=3, pseudo_source_warmup_steps=2) if variant == "pseudo"
@@ -38,7 +37,7 @@ def main() -> None:
     launch = dict(ddp_backend=None, use_cpu=False) if variant == "no-use-cpu" else dict(ddp_backend="gloo")
     sizes = {"big_a": 60, "big_b": 50, "rare": 10}
     data = separable(sizes) if variant == "pseudo" else mixture(sizes)
-    if variant == "stream":  # a datasets.IterableDataset: each rank reads it and keeps its share
+    if variant == "stream":
         data = data.to_iterable_dataset()
     ref: list = [None]
     log = SelectionLog(ref)
@@ -63,6 +62,18 @@ def main() -> None:
              "assignment": trainer.pseudo_sources.state.assignment.tolist(),
              "centroids": trainer.pseudo_sources.state.centroids.tolist(), "sources": list(data["source"])}}
     ))
+
+
+def main() -> None:
+    """argv: OUT VARIANT[,VARIANT...]: the variants run one after another in the same process
+    group (one launch: most of a launch's time is starting the processes), each into OUT/VARIANT
+    (a single variant writes into OUT itself)."""
+    out = Path(sys.argv[1])
+    variants = (sys.argv[2] if len(sys.argv) > 2 else "zo").split(",")
+    for variant in variants:
+        target = out if len(variants) == 1 else out / variant
+        target.mkdir(parents=True, exist_ok=True)
+        run_variant(target, variant)
 
 
 if __name__ == "__main__":

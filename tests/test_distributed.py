@@ -22,15 +22,33 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
               "--main_process_port", "0"]
 
 
+VARIANTS = ("zo", "exact", "random-example", "stream", "pseudo")
+
+
+@pytest.fixture(scope="module")
+def torchrun_runs(tmp_path_factory):
+    """One torchrun launch of 2 ranks training every variant in turn (starting the processes is
+    most of a launch's time)."""
+    out = tmp_path_factory.mktemp("ddp")
+    proc = subprocess.run([*TORCHRUN, str(WORKER), str(out), ",".join(VARIANTS)], env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    return out, proc
+
+
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("feature", ["zo", "exact", "random-example", "stream", "pseudo"])
-def test_two_ranks_agree(tmp_path, feature):
-    check_two_ranks_agree(tmp_path, TORCHRUN, feature)
+@pytest.mark.parametrize("feature", VARIANTS)
+def test_two_ranks_agree(torchrun_runs, feature):
+    out, proc = torchrun_runs
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check_results(out / feature, feature)
 
 
 @pytest.mark.multiprocess
 def test_accelerate_launch_two_ranks_agree(tmp_path):
-    check_two_ranks_agree(tmp_path, ACCELERATE, "zo")
+    proc = subprocess.run([*ACCELERATE, str(WORKER), str(tmp_path), "zo"], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check_results(tmp_path, "zo")
 
 
 @pytest.mark.multiprocess
@@ -45,10 +63,7 @@ def test_launch_the_trainer_cannot_see_is_refused(tmp_path):
     assert not list(tmp_path.glob("rank*.json")) and not list(tmp_path.glob("checkpoint-*"))
 
 
-def check_two_ranks_agree(tmp_path, launcher, feature):
-    proc = subprocess.run([*launcher, str(WORKER), str(tmp_path), feature], env=ENV,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def check_results(tmp_path, feature):
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0["world"] == r1["world"] == 2

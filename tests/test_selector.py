@@ -269,7 +269,7 @@ def test_top_columns_equals_full_topk():
 
 
 # ---------------------------------------------------------------- within-source methods
-METHODS = ("facility_location", "random", "mean_match", "cluster_sample", "pps")
+METHODS = ("facility_location", "random", "mean_match", "cluster_sample", "pps", "balanced")
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -121,3 +121,39 @@ def test_pps_sample_hits_its_inclusion_probabilities_and_is_unbiased():
     # Horvitz-Thompson: the weighted sum estimates the total without bias
     est = torch.tensor(estimates)
     assert abs(float(est.mean()) - float(values.sum())) < 5 * float(est.std()) / trials**0.5
+
+
+def test_balanced_sample_is_uniform_and_balances_the_leading_components():
+    from colm.within_source import balanced_sample, principal_scores
+
+    gen = torch.Generator().manual_seed(5)
+    n, b, trials = 25, 9, 1500
+    # rows spread mostly along two directions (as per-example gradients of one source are)
+    x = torch.randn(n, 2, generator=gen) @ torch.randn(2, 30, generator=gen) * 3 + 0.1 * torch.randn(n, 30, generator=gen)
+    counts = torch.zeros(n)
+    balanced_err, random_err = [], []
+    scores = principal_scores(x, 2)
+    for t in range(trials):
+        picks = balanced_sample(x, b, selection_generator(0, t, 0), components=2)
+        assert picks.numel() == b and picks.unique().numel() == b
+        counts[picks] += 1
+        balanced_err.append(float((scores[picks].mean(0) - scores.mean(0)).norm()))
+        rnd = random_subset(n, b, selection_generator(1, t, 0))
+        random_err.append(float((scores[rnd].mean(0) - scores.mean(0)).norm()))
+    # unbiased: every row drawn with probability b / n (5 sd of a binomial)
+    sd = (trials * (b / n) * (1 - b / n)) ** 0.5
+    assert torch.all((counts - trials * b / n).abs() < 5 * sd), counts
+    # and the picks' mean follows the pool's along the leading components far better than chance
+    assert sum(balanced_err) < 0.5 * sum(random_err)
+
+
+def test_balanced_sample_edge_cases():
+    from colm.within_source import balanced_sample
+
+    x = torch.randn(6, 4)
+    assert balanced_sample(x, 6, selection_generator(0, 0, 0)).tolist() == list(range(6))
+    assert balanced_sample(x, 1, selection_generator(0, 0, 0)).numel() == 1
+    same = torch.ones(7, 3)  # no spread: only the size equation is left
+    assert balanced_sample(same, 3, selection_generator(0, 1, 0)).numel() == 3
+    with pytest.raises(ValueError, match="budget"):
+        balanced_sample(x, 7, selection_generator(0, 0, 0))

@@ -12,7 +12,7 @@ from typing import Any, Literal, Sequence, Union, get_args
 Similarity = Literal["l1", "l2", "cosine"]
 FeatureKind = Literal["zo", "exact", "hidden"]
 #: How a large source's share of the budget is filled (see ``CoresetConfig.within_source``).
-WithinSource = Literal["facility_location", "random", "mean_match", "cluster_sample", "pps"]
+WithinSource = Literal["facility_location", "random", "mean_match", "cluster_sample", "pps", "balanced"]
 LossAverage = Literal["token", "example"]
 SecondMoment = Literal["per_example", "pool"]
 SIMILARITIES = get_args(Similarity)
@@ -48,7 +48,9 @@ class CoresetConfig:
         "'cluster_sample': facility-location clusters used as strata, each sampled at random in "
         "proportion to its size. 'pps': sampling without replacement with probability "
         "proportional to the feature norm, with Horvitz-Thompson weights (trains a weighted "
-        "loss). docs/method.md explains each."
+        "loss). 'balanced': every row drawn with the uniform probability b_q/n_q, the draw "
+        "balanced on the leading principal components of the features (the cube method). "
+        "docs/method.md explains each."
     )})
 
     similarity: Similarity = field(default="l1", metadata={"help": (

@@ -40,7 +40,14 @@ from colm.config import CoresetConfig
 from colm.facility import cluster_weights, greedy_batched, greedy_unchecked
 from colm.normalize import AdamNormalizer
 from colm.similarity import check_features, similarity_unchecked
-from colm.within_source import cluster_sample, mean_match, pps_sample, random_subset, selection_generator
+from colm.within_source import (
+    balanced_sample,
+    cluster_sample,
+    mean_match,
+    pps_sample,
+    random_subset,
+    selection_generator,
+)
 
 _STATE_VERSION = 1
 
@@ -304,6 +311,8 @@ class CoresetSelector:
                 local, error = mean_match(feats, b)
                 objective = objective + error
                 parts.append(_Part.sample(rows.index_select(0, local), n_q))
+            elif method == "balanced":
+                parts.append(_Part.sample(rows.index_select(0, balanced_sample(feats, b, gen).to(device)), n_q))
             elif method == "pps":
                 local, ht = pps_sample(torch.linalg.vector_norm(feats.double(), dim=1), b, gen)  # [b], [b]
                 ht = ht.to(device)
