@@ -94,7 +94,9 @@ class StepClock:
         return statistics.median(gaps) if gaps else float("nan")
 
 
-def run_arm(name, ga, overrides, seed, s, tokenizer, train, evald) -> dict[str, Any]:
+def run_arm(name, ga, overrides, seed, s, tokenizer, train, evald, on_trainer=None) -> dict[str, Any]:
+    """Train one arm and evaluate it. ``on_trainer(trainer)``, when given, is called once the
+    trainer is built (e.g. to add callbacks) and returns a function whose dict joins the result."""
     coreset = None if overrides is None else CoresetConfig(pool_factor=2, seed=seed, **overrides)
     targs = TrainingArguments(
         output_dir=f"/tmp/colm_quality/{name}_{seed}", per_device_train_batch_size=s["batch"],
@@ -106,6 +108,7 @@ def run_arm(name, ga, overrides, seed, s, tokenizer, train, evald) -> dict[str, 
     model = default_model(tokenizer, size=s["model_size"], seed=seed)
     clock = StepClock()
     trainer = make_trainer(model, tokenizer, train, targs, coreset, callbacks=[clock], log_selections=False)
+    extra = on_trainer(trainer) if on_trainer is not None else None
     started = time.perf_counter()
     with PeakMemory() as mem:
         trainer.train()
@@ -113,6 +116,7 @@ def run_arm(name, ga, overrides, seed, s, tokenizer, train, evald) -> dict[str, 
     with torch.no_grad():
         val = per_source_loss(model, evald, pad_token_id=tokenizer.pad_token_id)
     return {
+        **(extra() if extra is not None else {}),
         "arm": name, "seed": seed, "val_loss_mean": val["mean"], "val_loss_worst": val["worst"],
         "worst_source": val["worst_source"], "per_source": val["per_source"],
         "step_s": clock.median(), "wall_s": wall,

@@ -11,7 +11,7 @@ import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).parent))
-from trainer_helpers import collator, mixture, tiny_llama, training_args  # noqa: E402
+from trainer_helpers import collator, mixture, separable, tiny_llama, training_args  # noqa: E402
 
 from colm import CoresetConfig, CoresetTrainer  # noqa: E402
 
@@ -29,12 +29,14 @@ def run_variant(out: Path, variant: str) -> None:
     # "zo" / "exact": facility location on those features; "random-example": the stratified
     # control (no features exchanged) with every example weighing the same in the loss;
     # "stream": zo on a datasets.IterableDataset each rank reads and keeps its share of;
-    # "no-use-cpu": the launch the Trainer cannot see on a CPU machine (use_cpu left False)
+    # "no-use-cpu": the launch the Trainer cannot see on a CPU machine (use_cpu left False);
+    # "pseudo": k-means pseudo-sources after 2 warm-up steps, on sources a model tells apart
     settings = (dict(within_source="random", loss_average="example") if variant == "random-example"
+                else dict(feature="zo", pseudo_sources=3, pseudo_source_warmup_steps=2) if variant == "pseudo"
                 else dict(feature="zo") if variant in ("no-use-cpu", "stream") else dict(feature=variant))
     launch = dict(ddp_backend=None, use_cpu=False) if variant == "no-use-cpu" else dict(ddp_backend="gloo")
     sizes = {"big_a": 60, "big_b": 50, "rare": 10}
-    data = mixture(sizes)
+    data = separable(sizes) if variant == "pseudo" else mixture(sizes)
     if variant == "stream":
         data = data.to_iterable_dataset()
     ref: list = [None]
@@ -55,7 +57,10 @@ def run_variant(out: Path, variant: str) -> None:
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     (out / f"rank{rank}.json").write_text(json.dumps(
         {"world": world, "selections": log.steps, "weights_sha256": digest.hexdigest(),
-         "steps": trainer.state.global_step}
+         "steps": trainer.state.global_step,
+         "pseudo_sources": None if trainer.pseudo_sources is None else {
+             "assignment": trainer.pseudo_sources.state.assignment.tolist(),
+             "centroids": trainer.pseudo_sources.state.centroids.tolist(), "sources": list(data["source"])}}
     ))
 
 

@@ -137,6 +137,27 @@ def test_train_writes_run_then_evaluate_reads_it(tmp_path, capsys):
     assert again["config"]["model"]["model"] == str(out)
 
 
+def test_train_with_pseudo_sources_reports_the_clusters(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", *MICRO, "--pseudo-sources", "3", "--pseudo-source-warmup-steps", "1",
+                           "--output-dir", out)
+    assert code == 0, err
+    assert (out / "checkpoint-2" / "colm_pseudo_sources.safetensors").is_file()
+    report = json.loads((out / "report.json").read_text())
+    ps = report["pseudo_sources"]
+    assert ps["fitted"] and ps["fitted_at_step"] == 1 and ps["k"] == 3 and ps["warmup_steps"] == 1
+    # every training example is clustered, except those without a supervised token
+    assert sum(ps["sizes"].values()) == ps["rows"] == report["data"]["train"]["n_examples"] - ps["unsupervised_rows"]
+    assert -1.0 <= ps["ari_vs_source"] <= 1.0
+    # how the data's own sources spread over the clusters: every row counted once
+    spread = ps["sources_per_cluster"]
+    assert set(spread) <= set(ps["sizes"]) and sum(sum(c.values()) for c in spread.values()) == ps["rows"]
+    assert {s for c in spread.values() for s in c} == {"gsm8k", "svamp", "numglue_1"}
+    fits = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "pseudo_sources/k" in line]
+    assert len(fits) == 1 and fits[0]["step"] == 1
+    assert "## Pseudo-sources" in (out / "report.md").read_text()
+
+
 def test_existing_run_is_refused_then_resumed_or_overwritten(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(capsys, "train", *MICRO, "--output-dir", out, "--no-coreset")[0] == 0
@@ -230,6 +251,13 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
         "missing_config": (["--config", str(tmp / "absent.yaml")], ["absent.yaml"]),
         "model_offline": (["--model", "colm-test-org/not-a-real-model"], ["not-a-real-model"]),
         "bad_model_path": (["--model", str(tmp / "no_model_dir")], ["no_model_dir"]),
+        "pseudo_zero": (["--pseudo-sources", "0"], ["--pseudo-sources", "an integer >= 2"]),
+        "pseudo_word": (["--pseudo-sources", "many"], ["--pseudo-sources", "'many'", "'auto'"]),
+        # the default 20 warm-up steps in a run of --max-steps 1
+        "pseudo_warmup": (["--pseudo-sources", "4"], ["--pseudo-source-warmup-steps", "never be used"]),
+        "pseudo_too_many": (["--pseudo-sources", "50", "--pseudo-source-warmup-steps", "0", "--sources", "gsm8k",
+                             "--max-examples-per-source", "4", "--per-device-train-batch-size", "1"],
+                            ["--pseudo-sources", "50 clusters", "only 4"]),
     }
 
 
@@ -237,6 +265,7 @@ BAD_CASES = [
     "malformed_json", "missing_field", "empty_file", "missing_data", "bad_yaml", "unknown_yaml_key",
     "bad_yaml_value", "unknown_source", "unknown_small_source", "bad_choice", "bad_int", "bad_topk",
     "bad_config_value", "unknown_flag", "missing_config", "model_offline", "bad_model_path",
+    "pseudo_zero", "pseudo_word", "pseudo_warmup", "pseudo_too_many",
 ]
 
 

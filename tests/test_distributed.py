@@ -22,7 +22,7 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
               "--main_process_port", "0"]
 
 
-VARIANTS = ("zo", "exact", "random-example", "stream")
+VARIANTS = ("zo", "exact", "random-example", "stream", "pseudo")
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,14 @@ def check_results(tmp_path, feature):
     assert all(len(s) == 8 for s in r0["selections"])
     assert r0["selections"] == r1["selections"]
     assert r0["weights_sha256"] == r1["weights_sha256"]
+    if feature == "pseudo":
+        # each rank embedded half of the rows: every row got its own vector (the clusters are
+        # exactly the sources), and both ranks hold the same assignment and centroids
+        from colm.pseudo_sources import adjusted_rand_index
+
+        p0, p1 = r0["pseudo_sources"], r1["pseudo_sources"]
+        assert p0["assignment"] == p1["assignment"] and p0["centroids"] == p1["centroids"]
+        assert adjusted_rand_index(p0["assignment"], p0["sources"]) == 1.0
     if feature == "stream":
         # the ranks read different rows of the stream: 4 pools of 16 distinct consecutive rows
         pools = [json.loads(line)["pool_ids"] for line in open(tmp_path / "selections.jsonl")]

@@ -195,3 +195,20 @@ def test_sft_on_a_streamed_dataset_with_declared_source_sizes(tmp_path):
     assert trainer.state.global_step == 3 and [r["pool_ids"][0] for r in records] == [0, 16, 32]
     for rec in records:
         assert rec["selected_sources"].count("rare") == rec["pool_sources"].get("rare", 0)
+
+
+def test_pseudo_sources_cluster_the_prepared_rows(tmp_path):
+    # SFTTrainer's rows carry a completion mask, not labels: the embedding pass goes through its
+    # collator, like the pools, so every row has supervised positions to average over
+    trainer = CoresetSFTTrainer(
+        model=tiny_llama(), args=sft_args(tmp_path, max_steps=3), train_dataset=rows(), processing_class=char_tokenizer(),
+        coreset_config=CoresetConfig(pool_factor=2, zo_probes=1, pseudo_sources=3, pseudo_source_warmup_steps=1),
+        log_selections=True,
+    )
+    trainer.train()
+    state = trainer.pseudo_sources.state
+    assert state.fitted_at_step == 1 and sum(state.sizes().values()) == 120 and state.k == 3
+    records = [json.loads(line) for line in open(tmp_path / SELECTIONS_FILE)]
+    assert records[0]["pool_sources"] == {"warmup": 16}
+    for rec in records[1:]:
+        assert rec["selected_sources"] == [f"cluster_{int(state.assignment[i])}" for i in rec["selected_ids"]]

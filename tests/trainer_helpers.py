@@ -56,6 +56,21 @@ def mixture(sizes: dict[str, int], seed: int = 0, min_len: int = 6, max_len: int
     return Dataset.from_list(rows)
 
 
+def separable(sizes: dict[str, int], seed: int = 0) -> Dataset:
+    """Rows that repeat one token per source (random lengths and prompt cuts), with a string
+    `source`: sources a model tells apart in its hidden states from its first step."""
+    rng = random.Random(seed)
+    rows = []
+    for s_idx, (name, count) in enumerate(sizes.items()):
+        for _ in range(count):
+            n = rng.randint(6, 14)
+            ids = [3 + 30 * s_idx] * n
+            prompt = rng.randint(1, n // 2)
+            rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:], "source": name})
+    rng.shuffle(rows)
+    return Dataset.from_list(rows)
+
+
 def collator() -> DataCollatorForSeq2Seq:
     return DataCollatorForSeq2Seq(TinyTokenizer(), padding=True, label_pad_token_id=-100)
 

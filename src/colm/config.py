@@ -134,6 +134,21 @@ class CoresetConfig:
         "Seed of the probe directions and of every random choice the selection makes."
     )})
 
+    pseudo_sources: Union[int, str, None] = field(default=None, metadata={"help": (
+        "Sources for data without (or instead of) a 'source' column: after "
+        "pseudo_source_warmup_steps steps, the training rows are embedded by the model (final "
+        "hidden state, mean over supervised tokens) and clustered with k-means into this many "
+        "clusters, whose ids then serve as sources (small-source rule, per-source budgets). "
+        "An integer >= 2, 'auto' (about the cube root of the number of rows, at most a quarter "
+        "of the pool, at least 2), or None: the data's own 'source' column."
+    )})
+
+    pseudo_source_warmup_steps: int = field(default=20, metadata={"help": (
+        "With pseudo_sources: optimizer steps trained before the rows are clustered. Each of "
+        "them trains a uniform random batch-sized subset of its pool (selection off, no "
+        "scoring). 0 clusters with the initial model (fine for a pretrained one)."
+    )})
+
     def __post_init__(self) -> None:
         if isinstance(self.adam_betas, list):
             self.adam_betas = tuple(self.adam_betas)
@@ -197,6 +212,23 @@ class CoresetConfig:
             raise bad("seed", "an integer")
         if not isinstance(self.weighted, bool):
             raise bad("weighted", "true or false")
+        if self.pseudo_sources is not None and self.pseudo_sources != "auto" and (
+            not isinstance(self.pseudo_sources, int) or isinstance(self.pseudo_sources, bool)
+            or self.pseudo_sources < 2
+        ):
+            raise bad("pseudo_sources", "None, 'auto' or an integer >= 2 (the number of clusters)")
+        if (
+            not isinstance(self.pseudo_source_warmup_steps, int)
+            or isinstance(self.pseudo_source_warmup_steps, bool)
+            or self.pseudo_source_warmup_steps < 0
+        ):
+            raise bad("pseudo_source_warmup_steps", "an integer >= 0")
+        if self.pseudo_sources is not None and isinstance(self.small_sources, list):
+            raise bad(
+                "small_sources",
+                "'below_mean' or 'none' with pseudo_sources: the pseudo-sources (cluster_0, "
+                "cluster_1, ...) replace the named sources",
+            )
 
     @property
     def needs_features(self) -> bool:

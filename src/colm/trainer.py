@@ -44,6 +44,7 @@ from .files import truncate_jsonl
 from .launch import check_launch
 from .packing import check_one_row_per_example, check_unpacked
 from .pool_size import check_training_pool
+from .pseudo_sources import PseudoSources
 from .selector import CoresetSelector, Selection
 from .selector_state import load_selector_state, save_selector_state
 from .streams import IndexedStream, given_source_sizes, is_stream
@@ -171,6 +172,7 @@ class CoresetTrainerMixin:
         self._coreset_log_count = 0
         self.last_selection: Selection | None = None
         self.selector: CoresetSelector | None = None
+        self.pseudo_sources: PseudoSources | None = None
         if self.args.n_gpu > 1:
             raise ValueError(
                 "CoresetTrainer does not support torch.nn.DataParallel (several GPUs in one process); "
@@ -185,6 +187,10 @@ class CoresetTrainerMixin:
         return self.coreset_config.pool_factor > 1
 
     def _build_selector(self, dataset: Any) -> CoresetSelector:
+        if self.coreset_config.pseudo_sources is not None:  # clusters as sources, after a warm-up
+            if self.pseudo_sources is None:
+                self.pseudo_sources = PseudoSources(self.coreset_config, dataset, self.source_sizes)
+            return self.pseudo_sources.selector()
         if self.source_sizes is not None or is_stream(dataset):
             return CoresetSelector(self.coreset_config, given_source_sizes(self.source_sizes))
         sizes = Counter(dataset_sources(dataset))
@@ -268,12 +274,13 @@ class CoresetTrainerMixin:
         local_rows = [row for chunk in chunks for row in chunk]
         # Rows with no supervised token are no pool members: never scored, never selected.
         local_rows, unsupervised = self._supervised_only(local_rows)
+        warming_up = self.pseudo_sources is not None and self._pseudo_sources_warming_up()
 
         # Score this rank's rows without gradients, in chunks that fit, then assemble the
         # global pool's features on every rank (skipped when selection looks at no feature).
         start = time.perf_counter()
         features = None
-        if cfg.needs_features:
+        if cfg.needs_features and not warming_up:
             chunk_size = cfg.score_batch_size or self.args.per_device_train_batch_size
             score_batches = [
                 self._prepare_inputs(self._collate(local_rows[i : i + chunk_size]))
@@ -291,7 +298,10 @@ class CoresetTrainerMixin:
                 "are needed to fill the micro-batches. Drop such rows from the dataset (e.g. rows "
                 "whose response was truncated away) or check the labels your collator builds."
             )
-        sources = [str(row.get(SOURCE_KEY, _SINGLE_SOURCE)) for row in pool_rows]
+        if self.pseudo_sources is not None:
+            sources = self.pseudo_sources.labels(pool_rows, ID_KEY)
+        else:
+            sources = [str(row.get(SOURCE_KEY, _SINGLE_SOURCE)) for row in pool_rows]
         # Budget: the batch the optimizer steps on, shrunk with the pool on a short last step,
         # and a multiple of the world size so every rank trains an equal share.
         per_rank = max(num_batches, math.ceil((len(pool_rows) + unsupervised) / (cfg.pool_factor * world)))
@@ -312,6 +322,22 @@ class CoresetTrainerMixin:
             weights = weights * (len(picked) / weights.sum())
             batches = self._with_example_weights(batches, [weights[part] for part in parts], len(picked))
         return batches
+
+    def _pseudo_sources_warming_up(self) -> bool:
+        """Whether this step is a pseudo-source warm-up step (a uniform random subset of the pool,
+        no scoring); at the first step after the warm-up, the clusters are fitted first."""
+        ps, step = self.pseudo_sources, self.state.global_step
+        if ps.needs_fit(step):
+            chunk = self.coreset_config.score_batch_size or self.args.per_device_train_batch_size
+            pool = (self.coreset_config.pool_factor * self.args.per_device_train_batch_size
+                    * self.args.gradient_accumulation_steps * distributed.world_size())
+            ps.fit(
+                self.model, self.train_dataset, lambda rows: self._prepare_inputs(self._collate(rows)), chunk,
+                step, pool, dataset_sources(self.train_dataset) if ps.has_source_column else None,
+            )
+            self.selector = ps.selector()
+            self.log(ps.log_entry())
+        return ps.warming_up(step)
 
     def _supervised_only(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
         """The rows that have at least one supervised next-token label, and how many had none.
@@ -429,6 +455,8 @@ class CoresetTrainerMixin:
                 os.path.join(output_dir, SELECTOR_STATE_FILE), self.coreset_config.to_dict(),
                 self.selector.state_dict(),
             )
+            if self.pseudo_sources is not None:
+                self.pseudo_sources.save(output_dir)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         # True: the latest *complete* checkpoint (one torn by a kill mid-save is skipped, with a warning).
@@ -453,6 +481,9 @@ class CoresetTrainerMixin:
         config, state = load_selector_state(path if os.path.isfile(path) else legacy)
         if config != self.coreset_config.to_dict():
             logger.warning("resuming with a CoresetConfig that differs from the checkpoint's")
+        if self.pseudo_sources is not None:  # the clusters decide which selector the state is for
+            self.pseudo_sources.load(checkpoint, checkpoint_step(checkpoint))
+            self.selector = self.pseudo_sources.selector()
         try:
             self.selector.load_state_dict(state)
         except (KeyError, TypeError, ValueError) as err:

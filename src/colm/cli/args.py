@@ -144,6 +144,9 @@ def _selection_arguments() -> type:
         if f.name == "topk_dims":
             typ, value = str, "none" if default is None else str(default)
             help_text += " ('none' keeps every coordinate.)"
+        elif f.name == "pseudo_sources":
+            typ, value = str, "none"
+            help_text += " ('none' = None.)"
         elif f.name == "small_sources":
             typ, value = list[str], None
             factory = lambda d=default: [d] if isinstance(d, str) else list(d)  # noqa: E731
@@ -219,6 +222,7 @@ def to_coreset_config(sel: Any, training_args: Any = None) -> Optional[CoresetCo
             values["topk_dims"] = int(topk)
         except ValueError:
             raise UsageError(f"--topk-dims: expected an integer or 'none', got {topk!r}") from None
+    values["pseudo_sources"] = _pseudo_sources(values["pseudo_sources"])
     small = list(values["small_sources"])
     values["small_sources"] = small[0] if len(small) == 1 and small[0] in ("below_mean", "none") else small
     if values["adam_betas"] is None:
@@ -238,6 +242,21 @@ def to_coreset_config(sel: Any, training_args: Any = None) -> Optional[CoresetCo
                 msg = f"{opt}: {msg}"
                 break
         raise UsageError(msg) from None
+
+
+def _pseudo_sources(text: Any) -> Any:
+    """--pseudo-sources: 'none' -> None, 'auto', or a number of clusters (checked by CoresetConfig)."""
+    value = str(text).strip().lower()
+    if value in ("none", "null", ""):
+        return None
+    if value == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(
+            f"--pseudo-sources: expected a number of clusters (an integer >= 2), 'auto' or 'none', got {text!r}"
+        ) from None
 
 
 # ------------------------------------------------------------------------ parser

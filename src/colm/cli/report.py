@@ -161,10 +161,39 @@ def train_markdown(report: dict[str, Any]) -> str:
             f"Validation loss: mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} "
             f"({val['worst_source']}), token-weighted {val['overall']:.4f}.", "",
         ]
+    lines += pseudo_sources_markdown(report.get("pseudo_sources"), shares)
     lines += ["## Files", "", "- metrics.jsonl: every Trainer log line",
               "- selections.jsonl: every step's pool and selected examples (with selection on)",
               "- report.json: this report, machine-readable", ""]
     return "\n".join(lines)
+
+
+def pseudo_sources_markdown(summary: dict[str, Any] | None, shares: dict[str, Any]) -> list[str]:
+    """The report.md section on the clusters used as sources (none without --pseudo-sources)."""
+    if not summary:
+        return []
+    lines = ["## Pseudo-sources", ""]
+    if not summary.get("fitted"):
+        return lines + [f"Not fitted: the run ended within its {summary['warmup_steps']} warm-up steps.", ""]
+    ari = summary.get("ari_vs_source")
+    lines += [
+        f"{summary['k']} k-means clusters of the model's hidden states ({summary['rows']} rows), fitted "
+        f"after {summary['fitted_at_step']} warm-up steps (embedding {summary['embed_s']:.1f} s, k-means "
+        f"{summary['kmeans_s']:.1f} s); small clusters (kept whole): {', '.join(summary['small']) or 'none'}."
+        + (f" Adjusted Rand index against the data's source column: {ari:.3f}." if ari is not None else ""),
+        "",
+    ]
+    per_cluster = summary.get("sources_per_cluster") or {}
+    headers = ["cluster", "rows", "pool share", "selected share"] + (["largest sources"] if per_cluster else [])
+    rows = []
+    for name, size in summary["sizes"].items():
+        sh = shares.get(name, {})
+        row: list[Any] = [name, size, sh.get("pool_share", math.nan), sh.get("selected_share", math.nan)]
+        if per_cluster:
+            top = list(per_cluster.get(name, {}).items())[:3]
+            row.append(", ".join(f"{src} {n}" for src, n in top))
+        rows.append(row)
+    return lines + [table(headers, rows), ""]
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any], markdown: str) -> None:

@@ -87,6 +87,42 @@ def check_small_sources(coreset: Any, sources: Sequence[str]) -> None:
             )
 
 
+def check_pseudo_sources(coreset: Any, targs: Any, n_rows: int | None = None) -> None:
+    """--pseudo-sources settings that cannot do what they say: a warm-up as long as the run (the
+    clusters would never be used), or more clusters than training rows (`n_rows`, once loaded)."""
+    if coreset is None or coreset.pseudo_sources is None or coreset.pool_factor < 2:
+        return
+    warmup = coreset.pseudo_source_warmup_steps
+    if targs.max_steps > 0 and warmup >= targs.max_steps:
+        raise UsageError(
+            f"--pseudo-source-warmup-steps: {warmup} warm-up steps in a run of --max-steps "
+            f"{targs.max_steps}: the pseudo-sources would never be used; use fewer than {targs.max_steps}"
+        )
+    if n_rows is not None and coreset.pseudo_sources != "auto" and coreset.pseudo_sources > n_rows:
+        raise UsageError(
+            f"--pseudo-sources: {coreset.pseudo_sources} clusters, but the training data has only "
+            f"{n_rows} examples; use at most {n_rows}, or 'auto'"
+        )
+
+
+def pseudo_sources_report(trainer: Any, train_dataset: Any) -> dict[str, Any] | None:
+    """The fitted clusters for report.json, with how the data's own sources spread over them."""
+    ps = getattr(trainer, "pseudo_sources", None)
+    if ps is None:
+        return None
+    summary = ps.summary()
+    if ps.state is not None and "source" in train_dataset.column_names:
+        from collections import Counter
+
+        pairs = Counter(zip(ps.state.assignment.tolist(), train_dataset["source"]))
+        by_cluster: dict[str, dict[str, int]] = {}
+        for (cluster, source), count in sorted(pairs.items(), key=lambda kv: (kv[0][0], -kv[1])):
+            if cluster >= 0:
+                by_cluster.setdefault(f"cluster_{cluster}", {})[source] = count
+        summary["sources_per_cluster"] = by_cluster
+    return summary
+
+
 def make_trainer(
     model: Any, tokenizer: Any, train_dataset: Any, targs: Any, coreset: Any, *,
     callbacks: Sequence[Any] = (), log_selections: bool = True, progress: Any = None,
@@ -114,6 +150,7 @@ def make_trainer(
 def run(argv: Sequence[str]) -> int:
     model_args, data_args, _sel, targs, coreset = parse(argv)
     check_train_settings(model_args, data_args, targs)
+    check_pseudo_sources(coreset, targs)
     from colm.cli import rundir
 
     # The folder is locked for the whole run, and a previous run or the checkpoint to resume is
@@ -150,6 +187,7 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     prep = dataprep.prepare(data_args, tokenizer, seed=data_seed)
     check_small_sources(coreset, list(prep.train_stats["per_source"]))
     check_pool(coreset, len(prep.train), targs)
+    check_pseudo_sources(coreset, targs, len(prep.train))
     eval_every = 0
     if targs.eval_strategy == IntervalStrategy.STEPS and prep.eval is not None:
         # A fractional eval_steps is a share of the run, as in TrainingArguments.
@@ -212,6 +250,7 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
         "data": {"train": prep.train_stats, "validation": prep.eval_stats,
                  "validation_source": prep.eval_spec},
         "selection": _without_steps(selection_summary(out / "selections.jsonl")),
+        "pseudo_sources": pseudo_sources_report(trainer, prep.train),
         "validation": validation,
         "time": timer.summary(),
         "memory": {"peak_bytes": mem.peak_bytes, "kind": mem.kind, "description": mem.description},

@@ -1,0 +1,58 @@
+"""What k-means clusters: one vector per training row, the model's final hidden state (the LM
+head's input, after the final norm) averaged over the row's supervised positions.
+
+"Supervised positions" are those whose next token is a label (``labels[:, 1:] != -100``): the
+positions the training loss is taken at, and the trainer's own test of whether a row carries any
+signal, so every row that can be trained gets a vector. The prompt still shapes those states
+through attention, while the average describes what the row trains the model to produce. The
+forward stops at the LM head's input, so the vocabulary projection (most of a tiny model's
+compute) never runs.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from colm.columns import IGNORE_INDEX
+from colm.features.state import scoring_mode
+from colm.features.structure import StopForward, model_device, model_inputs, output_embeddings
+
+
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``[n, T]`` bool: True where the next token is supervised (the last position never is)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)  # [n, T]
+    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return mask
+
+
+def mean_supervised_hidden(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``[n, hidden]`` float32 on the CPU: each row's final hidden state, averaged over its
+    supervised positions (zeros for a row without any).
+
+    One no-grad forward in eval mode; the model's modes and gradients are left as they were.
+    """
+    if batch.get("labels") is None:
+        raise ValueError("pseudo-sources embed rows by their supervised tokens: the batch needs `labels`")
+    device = model_device(model)
+    inputs = model_inputs(batch, device)
+    store: dict[str, torch.Tensor] = {}
+
+    def grab(module: nn.Module, args: tuple) -> None:
+        store["hidden"] = args[0]
+        raise StopForward
+
+    handle = output_embeddings(model).register_forward_pre_hook(grab)
+    try:
+        with scoring_mode(model), torch.no_grad():
+            model(**inputs, use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+    hidden = store["hidden"].float()  # [n, T, h]
+    mask = supervised_positions(batch["labels"].to(hidden.device)).to(hidden.dtype)  # [n, T]
+    sums = torch.einsum("nt,nth->nh", mask, hidden)  # [n, h]
+    counts = mask.sum(dim=1, keepdim=True).clamp_min(1.0)  # [n, 1]
+    return (sums / counts).cpu()
