@@ -32,8 +32,10 @@ def run_variant(out: Path, variant: str) -> None:
     # "no-use-cpu": the launch the Trainer cannot see on a CPU machine (use_cpu left False);
     # "pseudo": k-means pseudo-sources after 2 warm-up steps, on sources a model tells apart
     settings = (dict(within_source="random", loss_average="example") if variant == "random-example"
-                else dict(feature="zo", pseudo_sources=3, pseudo_source_warmup_steps=2) if variant == "pseudo"
-                else dict(feature="zo") if variant in ("no-use-cpu", "stream") else dict(feature=variant))
+                else dict(within_source="facility_location", feature="zo", pseudo_sources=3,
+                          pseudo_source_warmup_steps=2) if variant == "pseudo"
+                else dict(within_source="facility_location", feature="zo") if variant in ("no-use-cpu", "stream")
+                else dict(within_source="facility_location", feature=variant))
     launch = dict(ddp_backend=None, use_cpu=False) if variant == "no-use-cpu" else dict(ddp_backend="gloo")
     sizes = {"big_a": 60, "big_b": 50, "rare": 10}
     data = separable(sizes) if variant == "pseudo" else mixture(sizes)

@@ -311,7 +311,7 @@ def test_demo_quick_writes_report_and_plots(tmp_path, capsys):
     for name in ("report.md", "report.json", "val_loss.png", "per_source_loss.png", "selection_share.png"):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "report.json").read_text())
-    assert [a["name"] for a in report["arms"]] == ["random_b", "random_2b", "colm_b_of_2b"]
+    assert [a["name"] for a in report["arms"]] == ["random_b", "random_2b", "stratified_b_of_2b", "paper_b_of_2b"]
     assert all(a["time"]["steps"] == 3 for a in report["arms"])
     md = (out / "report.md").read_text()
     assert "random 2b" in md and "![validation loss](val_loss.png)" in md

@@ -45,8 +45,8 @@ def test_directions_fresh_per_step_fixed_when_asked_and_reproducible() -> None:
 
 def test_features_fresh_vs_fixed_across_steps() -> None:
     model, batch = tiny_model("qwen2"), padded_batch()
-    fresh = CoresetConfig(zo_probes=1, seed=1)
-    fixed = CoresetConfig(zo_probes=1, seed=1, zo_fixed_z=True)
+    fresh = CoresetConfig(feature="zo", zo_probes=1, seed=1)
+    fixed = CoresetConfig(feature="zo", zo_probes=1, seed=1, zo_fixed_z=True)
     f0, f1 = (gradient_features(model, batch, fresh, step=s) for s in (0, 1))
     assert not torch.allclose(f0, f1)
     g0, g1 = (gradient_features(model, batch, fixed, step=s) for s in (0, 1))
@@ -57,7 +57,7 @@ def test_features_fresh_vs_fixed_across_steps() -> None:
 
 def test_features_equal_sum_of_coefficients_times_directions() -> None:
     model, batch = tiny_model("mistral", lora=True), padded_batch()
-    config = CoresetConfig(zo_probes=4, seed=2)
+    config = CoresetConfig(feature="zo", zo_probes=4, seed=2)
     targets = find_target_parameters(model)
     d = sum(p.numel() for p in targets.values())
     features = gradient_features(model, batch, config, step=3)

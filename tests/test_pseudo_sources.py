@@ -16,7 +16,7 @@ from colm.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE
 from trainer_helpers import collator, mixture, separable, tiny_llama, training_args
 
 SIZES = {"big_a": 60, "big_b": 50, "rare": 10}
-PSEUDO = dict(pool_factor=2, zo_probes=2, pseudo_sources=3, pseudo_source_warmup_steps=2)
+PSEUDO = dict(within_source="facility_location", pool_factor=2, zo_probes=2, pseudo_sources=3, pseudo_source_warmup_steps=2)
 
 
 class CountForwards(TrainerCallback):
@@ -143,7 +143,7 @@ def test_bad_settings_are_refused(tmp_path):
         CoresetConfig(pseudo_sources=3, small_sources=["rare"])
     ds = mixture(SIZES)
     with pytest.raises(ValueError, match="121 clusters, but train_dataset has only 120 rows"):
-        make(tmp_path, ds, config=CoresetConfig(pool_factor=2, pseudo_sources=121))
+        make(tmp_path, ds, config=CoresetConfig(pool_factor=2, pseudo_sources=121, within_source="facility_location", feature="zo"))
     with pytest.raises(ValueError, match="source_sizes and CoresetConfig.pseudo_sources exclude each other"):
         CoresetTrainer(model=tiny_llama(), args=training_args(tmp_path), train_dataset=ds, data_collator=collator(),
                        coreset_config=CoresetConfig(**PSEUDO), source_sizes=SIZES)

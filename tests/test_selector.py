@@ -35,7 +35,7 @@ def check_selection(sel: Selection, n: int, budget: int, expect_full_weight=True
 
 def test_basic_contract_and_small_sources_kept():
     feats, sources = pool()
-    sel = CoresetSelector(CoresetConfig(topk_dims=16), SIZES).select(feats, sources, 20)
+    sel = CoresetSelector(CoresetConfig(within_source="facility_location", topk_dims=16), SIZES).select(feats, sources, 20)
     check_selection(sel, 40, 20)
     small_rows = [i for i, s in enumerate(sources) if s in ("rare", "tiny")]
     assert set(small_rows) <= set(sel.indices.tolist())
@@ -54,7 +54,7 @@ def test_basic_contract_and_small_sources_kept():
 def test_match_error_matches_definition(weighted):
     # the match error is that of what the trainer trains on: uniform unless weighted
     feats, sources = pool(seed=3)
-    sel = CoresetSelector(CoresetConfig(topk_dims=8, weighted=weighted), SIZES).select(feats, sources, 15)
+    sel = CoresetSelector(CoresetConfig(within_source="facility_location", topk_dims=8, weighted=weighted), SIZES).select(feats, sources, 15)
     w = sel.loss_weights
     assert torch.equal(w, sel.weights) if weighted else torch.equal(w, torch.ones(15))
     coreset_mean = (w[:, None] * feats[sel.indices]).sum(0) / w.sum()
@@ -68,7 +68,7 @@ def test_picks_one_medoid_per_cluster():
     gen = torch.Generator().manual_seed(0)
     centers = torch.tensor([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0], [50.0, 50.0]])
     feats = (centers.repeat_interleave(5, 0) + 0.1 * torch.randn(20, 2, generator=gen))
-    cfg = CoresetConfig(adam_normalize=False, topk_dims=None, small_sources="none")
+    cfg = CoresetConfig(within_source="facility_location", adam_normalize=False, topk_dims=None, small_sources="none")
     sel = CoresetSelector(cfg, {"a": 10}).select(feats, ["a"] * 20, 4)
     assert sorted(i // 5 for i in sel.indices.tolist()) == [0, 1, 2, 3]
     assert sel.weights.tolist() == [5.0, 5.0, 5.0, 5.0]
@@ -76,7 +76,7 @@ def test_picks_one_medoid_per_cluster():
 
 def test_budget_equals_pool_returns_everything():
     feats, sources = pool()
-    sel = CoresetSelector(CoresetConfig(), SIZES).select(feats, sources, 40)
+    sel = CoresetSelector(CoresetConfig(within_source="facility_location"), SIZES).select(feats, sources, 40)
     check_selection(sel, 40, 40)
     assert sel.indices.tolist() == list(range(40))
     assert sel.weights.tolist() == [1.0] * 40
@@ -86,7 +86,7 @@ def test_budget_equals_pool_returns_everything():
 def test_overflow_is_deterministic_and_never_negative():
     feats, _ = pool(n=10)
     sources = ["rare"] * 4 + ["tiny"] * 3 + ["math"] * 3
-    sel = CoresetSelector(CoresetConfig(), SIZES).select(feats, sources, 3)
+    sel = CoresetSelector(CoresetConfig(within_source="facility_location"), SIZES).select(feats, sources, 3)
     check_selection(sel, 10, 3, expect_full_weight=False)
     # round-robin from the rarest source ("tiny", 5): tiny 4, rare 0, tiny 5
     assert sel.indices.tolist() == [0, 4, 5]
@@ -107,7 +107,7 @@ def test_overflow_is_deterministic_and_never_negative():
 )
 def test_edge_cases(n, sources, budget):
     feats, _ = pool(n=n)
-    sel = CoresetSelector(CoresetConfig(), SIZES).select(feats, sources, budget)
+    sel = CoresetSelector(CoresetConfig(within_source="facility_location"), SIZES).select(feats, sources, budget)
     full = sum(1 for s in sources if s in ("rare", "tiny")) <= budget
     check_selection(sel, n, budget, expect_full_weight=full)
 
@@ -115,17 +115,17 @@ def test_edge_cases(n, sources, budget):
 def test_duplicate_features_give_distinct_indices():
     feats = torch.ones(16, 8)
     feats[8:] = 2.0
-    sel = CoresetSelector(CoresetConfig(small_sources="none"), SIZES).select(feats, ["math"] * 16, 5)
+    sel = CoresetSelector(CoresetConfig(within_source="facility_location", small_sources="none"), SIZES).select(feats, ["math"] * 16, 5)
     check_selection(sel, 16, 5)
 
 
 @pytest.mark.parametrize(
     "cfg",
     [
-        CoresetConfig(similarity="l2", topk_dims=4),
-        CoresetConfig(similarity="cosine", topk_dims=None),
-        CoresetConfig(adam_normalize=False, topk_dims=8),
-        CoresetConfig(small_sources=["tiny"], topk_dims=1000),  # topk >= d keeps all
+        CoresetConfig(within_source="facility_location", similarity="l2", topk_dims=4),
+        CoresetConfig(within_source="facility_location", similarity="cosine", topk_dims=None),
+        CoresetConfig(within_source="facility_location", adam_normalize=False, topk_dims=8),
+        CoresetConfig(within_source="facility_location", small_sources=["tiny"], topk_dims=1000),  # topk >= d keeps all
     ],
 )
 def test_config_variants(cfg):
@@ -138,14 +138,14 @@ def test_source_label_forms():
     feats, _ = pool(n=12)
     sizes = {0: 100, 1: 100, 2: 3}
     ids = torch.tensor([0, 1] * 5 + [2, 2])
-    a = CoresetSelector(CoresetConfig(), sizes).select(feats, ids, 6)
-    b = CoresetSelector(CoresetConfig(), sizes).select(feats, ids.tolist(), 6)
-    c = CoresetSelector(CoresetConfig(), sizes).select(feats, [str(i) for i in ids.tolist()], 6)
+    a = CoresetSelector(CoresetConfig(within_source="facility_location"), sizes).select(feats, ids, 6)
+    b = CoresetSelector(CoresetConfig(within_source="facility_location"), sizes).select(feats, ids.tolist(), 6)
+    c = CoresetSelector(CoresetConfig(within_source="facility_location"), sizes).select(feats, [str(i) for i in ids.tolist()], 6)
     np = pytest.importorskip("numpy")
-    d = CoresetSelector(CoresetConfig(), sizes).select(feats, np.array(ids.tolist()), 6)
+    d = CoresetSelector(CoresetConfig(within_source="facility_location"), sizes).select(feats, np.array(ids.tolist()), 6)
     assert a.indices.tolist() == b.indices.tolist() == c.indices.tolist() == d.indices.tolist()
     assert a.stats["kept_small"] == 2.0 and "selected/2" in a.stats
-    assert CoresetSelector(CoresetConfig(small_sources=["1"]), sizes).small_source_names == [1]
+    assert CoresetSelector(CoresetConfig(within_source="facility_location", small_sources=["1"]), sizes).small_source_names == [1]
 
 
 @pytest.mark.parametrize(
@@ -170,7 +170,7 @@ def test_source_label_forms():
     ],
 )
 def test_bad_input(features, sources, budget, match):
-    selector = CoresetSelector(CoresetConfig(), SIZES)
+    selector = CoresetSelector(CoresetConfig(within_source="facility_location"), SIZES)
     with pytest.raises(ValueError, match=match):
         selector.select(features, sources, budget)
     assert selector.normalizer.step == 0 and selector.calls == 0  # nothing was recorded
@@ -178,13 +178,13 @@ def test_bad_input(features, sources, budget, match):
 
 def test_bad_construction():
     with pytest.raises(ValueError, match="non-empty"):
-        CoresetSelector(CoresetConfig(), {})
+        CoresetSelector(CoresetConfig(within_source="facility_location"), {})
     with pytest.raises(ValueError, match="integer >= 0"):
-        CoresetSelector(CoresetConfig(), {"a": -1})
+        CoresetSelector(CoresetConfig(within_source="facility_location"), {"a": -1})
     with pytest.raises(ValueError, match="collide"):
-        CoresetSelector(CoresetConfig(), {1: 3, "1": 4})
+        CoresetSelector(CoresetConfig(within_source="facility_location"), {1: 3, "1": 4})
     with pytest.raises(ValueError, match="unknown source"):
-        CoresetSelector(CoresetConfig(small_sources=["zz"]), {"a": 3})
+        CoresetSelector(CoresetConfig(within_source="facility_location", small_sources=["zz"]), {"a": 3})
 
 
 def _run(selector, steps):
@@ -198,7 +198,7 @@ def _run(selector, steps):
 
 
 def test_resume_from_state_dict_selects_identically():
-    cfg = CoresetConfig(topk_dims=24)
+    cfg = CoresetConfig(within_source="facility_location", topk_dims=24)
     straight = _run(CoresetSelector(cfg, SIZES), range(5))
     first = CoresetSelector(cfg, SIZES)
     head = _run(first, range(2))
@@ -215,7 +215,7 @@ def test_resume_from_state_dict_selects_identically():
 
 def test_adam_history_is_mean_of_selected_large_rows():
     feats, sources = pool(seed=4)
-    selector = CoresetSelector(CoresetConfig(topk_dims=8), SIZES)
+    selector = CoresetSelector(CoresetConfig(within_source="facility_location", topk_dims=8), SIZES)
     sel = selector.select(feats, sources, 20)
     large = [i for i in sel.indices.tolist() if sources[i] not in ("rare", "tiny")]
     g = feats[large]
@@ -238,7 +238,7 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(gains_gpu.cpu(), gains_cpu)
     # whole selection: valid on CUDA, same per-source budgets, close objective (near-ties in
     # float sums may be broken differently on the two devices)
-    cfg = CoresetConfig(topk_dims=32)
+    cfg = CoresetConfig(within_source="facility_location", topk_dims=32)
     cpu, gpu = CoresetSelector(cfg, SIZES), CoresetSelector(cfg, SIZES)
     feats, sources = pool(n=64, d=512, seed=1)
     a = cpu.select(feats, sources, 30)
@@ -309,7 +309,7 @@ def test_random_needs_no_features_and_is_seeded_by_seed_and_step():
 def test_feature_methods_refuse_missing_features():
     _, sources = pool()
     with pytest.raises(ValueError, match="features are required with within_source='facility_location'"):
-        CoresetSelector(CoresetConfig(), SIZES).select(None, sources, 20)
+        CoresetSelector(CoresetConfig(within_source="facility_location"), SIZES).select(None, sources, 20)
 
 
 def is_greedy_outcome(sim: torch.Tensor, chosen: list[int]) -> bool:
@@ -376,7 +376,7 @@ def test_first_selection_does_not_depend_on_row_order(method, rank_one):
 # ---------------------------------------------------------------- poisoned input and state
 def test_huge_features_are_refused_and_leave_the_state_clean():
     feats, sources = pool(seed=1)
-    selector = CoresetSelector(CoresetConfig(topk_dims=16), SIZES)
+    selector = CoresetSelector(CoresetConfig(within_source="facility_location", topk_dims=16), SIZES)
     selector.select(feats, sources, 20)
     before = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in selector.normalizer.state_dict().items()}
     with pytest.raises(ValueError, match="too large"):
@@ -389,12 +389,12 @@ def test_huge_features_are_refused_and_leave_the_state_clean():
     check_selection(sel, 40, 20)
     assert torch.isfinite(selector.normalizer.v).all()
     with pytest.raises(ValueError, match="too large"):  # also on the very first step
-        CoresetSelector(CoresetConfig(), SIZES).select(feats * 1e20, sources, 20)
+        CoresetSelector(CoresetConfig(within_source="facility_location"), SIZES).select(feats * 1e20, sources, 20)
 
 
 def test_stats_stay_finite_for_large_finite_features():
     feats, sources = pool(seed=2)
-    cfg = CoresetConfig(similarity="cosine", adam_normalize=False, topk_dims=None)
+    cfg = CoresetConfig(within_source="facility_location", similarity="cosine", adam_normalize=False, topk_dims=None)
     sel = CoresetSelector(cfg, SIZES).select(feats * 1e30, sources, 20)
     check_selection(sel, 40, 20)
     assert all(v == v and abs(v) != float("inf") for v in sel.stats.values())  # no NaN/inf
@@ -402,7 +402,7 @@ def test_stats_stay_finite_for_large_finite_features():
 
 def test_bool_budget_and_meta_features_are_refused():
     feats, sources = pool()
-    selector = CoresetSelector(CoresetConfig(), SIZES)
+    selector = CoresetSelector(CoresetConfig(within_source="facility_location"), SIZES)
     with pytest.raises(ValueError, match="budget must be an integer"):
         selector.select(feats, sources, True)
     with pytest.raises(ValueError, match="meta device"):
@@ -420,7 +420,7 @@ def test_bool_budget_and_meta_features_are_refused():
     ],
 )
 def test_corrupt_state_is_refused(state, match):
-    selector = CoresetSelector(CoresetConfig(), SIZES)
+    selector = CoresetSelector(CoresetConfig(within_source="facility_location"), SIZES)
     with pytest.raises(ValueError, match=match):
         selector.load_state_dict(state)
 
@@ -439,7 +439,7 @@ def test_first_selection_on_real_features_follows_a_permutation(feature):
 
     model = tiny_model("llama")
     batch = padded_batch(n=24, T=12, seed=4)
-    cfg = CoresetConfig(feature=feature, small_sources="none", topk_dims=None, zo_probes=1)
+    cfg = CoresetConfig(within_source="facility_location", feature=feature, small_sources="none", topk_dims=None, zo_probes=1)
     sources = ["math", "code"] * 12
     feats = gradient_features(model, batch, cfg)
     perm = torch.randperm(24, generator=torch.Generator().manual_seed(1))

@@ -82,7 +82,7 @@ class Recording(CoresetSFTTrainer):
 def make(out_dir, dataset=None, cls=CoresetSFTTrainer, **overrides):
     return cls(
         model=tiny_llama(), args=sft_args(out_dir, **overrides), train_dataset=dataset or rows(),
-        processing_class=char_tokenizer(), coreset_config=CoresetConfig(pool_factor=2, zo_probes=2),
+        processing_class=char_tokenizer(), coreset_config=CoresetConfig(pool_factor=2, zo_probes=2, within_source="facility_location", feature="zo"),
         log_selections=True,
     )
 
@@ -123,7 +123,7 @@ def test_sft_chat_rows_with_a_peft_config(tmp_path):
     peft = pytest.importorskip("peft")
     trainer = CoresetSFTTrainer(
         model=tiny_llama(), args=sft_args(tmp_path, max_steps=2), train_dataset=rows(chat=True),
-        processing_class=char_tokenizer(), coreset_config=CoresetConfig(pool_factor=2, zo_probes=2),
+        processing_class=char_tokenizer(), coreset_config=CoresetConfig(pool_factor=2, zo_probes=2, within_source="facility_location", feature="zo"),
         peft_config=peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
         log_selections=True,
     )
@@ -187,7 +187,7 @@ def test_the_mixin_after_sft_trainer_is_refused_when_the_class_is_defined():
 def test_sft_on_a_streamed_dataset_with_declared_source_sizes(tmp_path):
     trainer = CoresetSFTTrainer(
         model=tiny_llama(), args=sft_args(tmp_path, max_steps=3), train_dataset=rows().to_iterable_dataset(),
-        processing_class=char_tokenizer(), coreset_config=CoresetConfig(pool_factor=2, zo_probes=2),
+        processing_class=char_tokenizer(), coreset_config=CoresetConfig(pool_factor=2, zo_probes=2, within_source="facility_location", feature="zo"),
         source_sizes=SIZES, log_selections=True,
     )
     trainer.train()
@@ -202,7 +202,7 @@ def test_pseudo_sources_cluster_the_prepared_rows(tmp_path):
     # collator, like the pools, so every row has supervised positions to average over
     trainer = CoresetSFTTrainer(
         model=tiny_llama(), args=sft_args(tmp_path, max_steps=3), train_dataset=rows(), processing_class=char_tokenizer(),
-        coreset_config=CoresetConfig(pool_factor=2, zo_probes=1, pseudo_sources=3, pseudo_source_warmup_steps=1),
+        coreset_config=CoresetConfig(pool_factor=2, zo_probes=1, pseudo_sources=3, pseudo_source_warmup_steps=1, within_source="facility_location", feature="zo"),
         log_selections=True,
     )
     trainer.train()

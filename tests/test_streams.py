@@ -39,7 +39,7 @@ class Recorded(CoresetTrainer):
 def make(out_dir, dataset, cls=CoresetTrainer, source_sizes=SIZES, **overrides):
     return cls(
         model=tiny_llama(), args=training_args(out_dir, **overrides), train_dataset=dataset,
-        data_collator=collator(), coreset_config=CoresetConfig(pool_factor=2, zo_probes=2),
+        data_collator=collator(), coreset_config=CoresetConfig(pool_factor=2, zo_probes=2, within_source="facility_location", feature="zo"),
         source_sizes=source_sizes, log_selections=True,
     )
 
@@ -145,7 +145,7 @@ def test_a_collator_that_merges_rows_is_refused(tmp_path):
 
     trainer = CoresetTrainer(
         model=tiny_llama(), args=training_args(tmp_path, max_steps=1), train_dataset=mixture(SIZES),
-        data_collator=flattening, coreset_config=CoresetConfig(pool_factor=2),
+        data_collator=flattening, coreset_config=CoresetConfig(pool_factor=2, within_source="facility_location", feature="zo"),
     )
     with pytest.raises(ValueError, match=r"collator returned 1 row\(s\) for 16 examples"):
         trainer.train()

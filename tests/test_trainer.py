@@ -66,7 +66,7 @@ def run(trainer_cls, tmp_path, config=None, dataset=None, callbacks=(), **arg_ov
 @pytest.mark.parametrize("arg_overrides", [{"max_steps": 6}, {"max_steps": -1, "num_train_epochs": 2}])
 def test_same_steps_and_learning_rates_as_trainer(tmp_path, arg_overrides):
     plain_trainer, plain = run(Trainer, tmp_path / "plain", **arg_overrides)
-    _, colm = run(CoresetTrainer, tmp_path / "colm", CoresetConfig(pool_factor=2, zo_probes=2), **arg_overrides)
+    _, colm = run(CoresetTrainer, tmp_path / "colm", CoresetConfig(pool_factor=2, zo_probes=2, within_source="facility_location", feature="zo"), **arg_overrides)
     if arg_overrides["max_steps"] < 0:
         # An epoch is one pass over the data as pools: half as many optimizer steps per epoch.
         # 120 rows: 15 pool chunks of 8 per epoch -> 8 steps; Trainer: 30 batches of 4 -> 15 steps
@@ -89,7 +89,7 @@ def test_trains_exactly_the_selected_examples(tmp_path):
     ds = mixture(SIZES)
     trainer = TrainedBatches(
         model=tiny_llama(), args=training_args(tmp_path / "logged"), train_dataset=ds,
-        data_collator=collator(), coreset_config=CoresetConfig(pool_factor=2, zo_probes=2),
+        data_collator=collator(), coreset_config=CoresetConfig(pool_factor=2, zo_probes=2, within_source="facility_location", feature="zo"),
         log_selections=True,
     )
     trainer.train()
@@ -125,7 +125,7 @@ def test_source_never_reaches_model_or_collator(tmp_path):
     trainer = CoresetTrainer(
         model=tiny_llama(), args=training_args(tmp_path, max_steps=2),
         train_dataset=mixture(SIZES), data_collator=strict_collator,
-        coreset_config=CoresetConfig(pool_factor=2, zo_probes=1),
+        coreset_config=CoresetConfig(pool_factor=2, zo_probes=1, within_source="facility_location", feature="zo"),
     )
     trainer.train()
     assert trainer.state.global_step == 2
@@ -135,7 +135,7 @@ def test_selection_telemetry_is_logged(tmp_path):
     trainer = CoresetTrainer(
         model=tiny_llama(), args=training_args(tmp_path, max_steps=3),
         train_dataset=mixture(SIZES), data_collator=collator(),
-        coreset_config=CoresetConfig(pool_factor=2, zo_probes=1),
+        coreset_config=CoresetConfig(pool_factor=2, within_source="facility_location", feature="zo", zo_probes=1),
     )
     trainer.train()
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -149,13 +149,13 @@ def test_selection_telemetry_is_logged(tmp_path):
 
 @pytest.mark.parametrize("feature", ["zo", "exact", "hidden"])
 def test_each_feature_type_trains(tmp_path, feature):
-    trainer, rec = run(CoresetTrainer, tmp_path, CoresetConfig(pool_factor=2, feature=feature, zo_probes=2), max_steps=2)
+    trainer, rec = run(CoresetTrainer, tmp_path, CoresetConfig(pool_factor=2, feature=feature, zo_probes=2, within_source="facility_location"), max_steps=2)
     assert rec.steps == 2 and all(math.isfinite(l) for l in rec.losses)
 
 
 def test_weighted_loss_uses_cluster_weights(tmp_path):
-    _, uniform = run(CoresetTrainer, tmp_path / "u", CoresetConfig(pool_factor=2, zo_probes=2), max_steps=3)
-    _, weighted = run(CoresetTrainer, tmp_path / "w", CoresetConfig(pool_factor=2, zo_probes=2, weighted=True), max_steps=3)
+    _, uniform = run(CoresetTrainer, tmp_path / "u", CoresetConfig(pool_factor=2, zo_probes=2, within_source="facility_location", feature="zo"), max_steps=3)
+    _, weighted = run(CoresetTrainer, tmp_path / "w", CoresetConfig(pool_factor=2, zo_probes=2, weighted=True, within_source="facility_location", feature="zo"), max_steps=3)
     # first step selects the same coreset; weights change the loss unless all are equal
     assert weighted.steps == 3 and all(math.isfinite(l) for l in weighted.losses)
     assert weighted.losses != uniform.losses
@@ -173,7 +173,7 @@ def test_lora_gradient_checkpointing_and_eval(tmp_path):
         args=training_args(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2,
                            gradient_checkpointing=True),
         train_dataset=split["train"], eval_dataset=split["test"], data_collator=collator(),
-        coreset_config=CoresetConfig(pool_factor=2, zo_probes=2),
+        coreset_config=CoresetConfig(pool_factor=2, zo_probes=2, within_source="facility_location", feature="zo"),
     )
     trainer.train()
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
@@ -181,7 +181,7 @@ def test_lora_gradient_checkpointing_and_eval(tmp_path):
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    cfg = CoresetConfig(pool_factor=2, zo_probes=2)
+    cfg = CoresetConfig(pool_factor=2, zo_probes=2, within_source="facility_location", feature="zo")
     ds = mixture(SIZES)
 
     def make(out, max_steps):
@@ -219,7 +219,7 @@ def test_resume_from_a_checkpoint_without_selector_state_is_refused(tmp_path):
     plain.train()
     trainer = CoresetTrainer(model=tiny_llama(), args=training_args(tmp_path, max_steps=4),
                              train_dataset=mixture(SIZES), data_collator=collator(),
-                             coreset_config=CoresetConfig(pool_factor=2))
+                             coreset_config=CoresetConfig(pool_factor=2, within_source="facility_location", feature="zo"))
     with pytest.raises(ValueError, match=SELECTOR_STATE_FILE):
         trainer.train(resume_from_checkpoint=True)
 
@@ -231,7 +231,7 @@ def test_split_evenly():
 
 def test_bf16_autocast_on_cpu(tmp_path):
     # Scoring runs outside the Trainer's autocast (fp32 features); training steps under bf16.
-    trainer, rec = run(CoresetTrainer, tmp_path, CoresetConfig(pool_factor=2, zo_probes=2), max_steps=2, bf16=True)
+    trainer, rec = run(CoresetTrainer, tmp_path, CoresetConfig(pool_factor=2, zo_probes=2, within_source="facility_location", feature="zo"), max_steps=2, bf16=True)
     assert rec.steps == 2 and all(math.isfinite(l) for l in rec.losses)
     assert trainer.last_selection is not None and len(trainer.last_selection.indices) == 8
 
@@ -243,7 +243,7 @@ def test_int_sources_with_the_default_collator(tmp_path):
     ds = ds.map(lambda r: {"source": names[r["source"]]})
     trainer = CoresetTrainer(
         model=tiny_llama(), args=training_args(tmp_path, max_steps=2), train_dataset=ds,
-        coreset_config=CoresetConfig(pool_factor=2), log_selections=True,
+        coreset_config=CoresetConfig(pool_factor=2, within_source="facility_location", feature="zo"), log_selections=True,
     )
     trainer.train()
     records = [json.loads(l) for l in open(tmp_path / SELECTIONS_FILE)]
@@ -321,7 +321,7 @@ def test_rows_without_supervised_tokens_are_never_selected(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="colm.trainer"):
         trainer = CoresetTrainer(
             model=tiny_llama(), args=training_args(tmp_path, max_steps=4), train_dataset=ds,
-            data_collator=collator(), coreset_config=CoresetConfig(pool_factor=2), log_selections=True,
+            data_collator=collator(), coreset_config=CoresetConfig(pool_factor=2, within_source="facility_location", feature="zo"), log_selections=True,
         )
         trainer.train()
     records = [json.loads(l) for l in open(tmp_path / SELECTIONS_FILE)]
@@ -389,7 +389,7 @@ def test_loss_average_matches_hand_computation(tmp_path, average, pool_factor):
 def test_selector_state_is_stored_without_pickle_and_old_files_still_load(tmp_path):
     from colm.selector_state import load_selector_state
 
-    cfg = CoresetConfig(pool_factor=2)
+    cfg = CoresetConfig(pool_factor=2, within_source="facility_location", feature="zo")
     ds = mixture(SIZES)
     trainer = CoresetTrainer(
         model=tiny_llama(), args=training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2),

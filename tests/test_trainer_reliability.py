@@ -15,7 +15,7 @@ def make(out, max_steps, dataset=None, **overrides):
     return CoresetTrainer(
         model=tiny_llama(), args=training_args(out, max_steps=max_steps, **overrides),
         train_dataset=dataset if dataset is not None else mixture(SIZES), data_collator=collator(),
-        coreset_config=CoresetConfig(pool_factor=2, zo_probes=1),
+        coreset_config=CoresetConfig(pool_factor=2, zo_probes=1, within_source="facility_location", feature="zo"),
     )
 
 

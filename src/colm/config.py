@@ -38,8 +38,10 @@ class CoresetConfig:
         "size, the paper's rule), 'none', or an explicit list of source names."
     )})
 
-    within_source: WithinSource = field(default="facility_location", metadata={"help": (
-        "How each large source's share of the budget is filled. 'facility_location': the "
+    within_source: WithinSource = field(default="random", metadata={"help": (
+        "How each large source's share of the budget is filled. Default 'random': in colm's "
+        "measurements no gradient-based method trained better than it, and it costs no "
+        "scoring pass (docs/benchmarks.md). 'facility_location': the "
         "paper's medoids of the source's pool rows in the normalized, sparsified feature space. "
         "'random': uniformly at random without replacement, seeded by (seed, step): the "
         "stratified control (small sources kept whole, per-source budgets, no gradient features "
@@ -84,10 +86,12 @@ class CoresetConfig:
         "Epsilon of the Adam normalization (should equal the optimizer's)."
     )})
 
-    feature: FeatureKind = field(default="zo", metadata={"help": (
-        "Per-example gradient estimate: 'zo' (zeroth-order SPSA, forward passes only), 'exact' "
-        "(per-example gradients via a backward through the last block only) or 'hidden' (the "
-        "last token's final hidden state, a cheap baseline)."
+    feature: FeatureKind = field(default="exact", metadata={"help": (
+        "Per-example gradient estimate, for the methods that look at one: 'exact' (default: "
+        "per-example gradients via a backward through the last block only, about the cost of "
+        "zo with one probe and the only feature with which a selector matched the pool "
+        "gradient better than the random control), 'zo' (zeroth-order SPSA, forward passes "
+        "only; the paper's) or 'hidden' (the last token's final hidden state, a cheap baseline)."
     )})
 
     zo_eps: float = field(default=1e-3, metadata={"help": (

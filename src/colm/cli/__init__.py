@@ -12,7 +12,7 @@ from typing import Sequence
 
 COMMANDS = {
     "train": ("colm.cli.train", "fine-tune a model on a data mixture with CoLM selection"),
-    "demo": ("colm.cli.demo", "compare random b, random 2b and CoLM b-of-2b on the shipped mixture"),
+    "demo": ("colm.cli.demo", "random b, random 2b, colm's default and the paper's CoLM on the shipped mixture"),
     "evaluate": ("colm.cli.evaluate", "per-source validation loss (and exact match) of a checkpoint"),
 }
 USAGE = (

@@ -1,13 +1,16 @@
-"""`colm demo`: random b vs random 2b vs CoLM b-of-2b at equal optimizer steps.
+"""`colm demo`: random b vs random 2b vs colm's default vs the paper's CoLM, at equal steps.
 
-On the shipped 14-source math mixture with colm's embedded model (no download), three arms
+On the shipped 14-source math mixture with colm's embedded model (no download), four arms
 start from the same initialisation and see the same data order:
 
-* random b     plain training on batches of b;
-* random 2b    plain training on 2b per step (2 x b with gradient accumulation: the memory of b,
-               the compute of 2b);
-* CoLM b of 2b each step draws a pool of 2b and trains on the b-example coreset that CoLM selects
-               (default CoresetConfig).
+* random b            plain training on batches of b;
+* random 2b           plain training on 2b per step (2 x b with gradient accumulation: the
+                      memory of b, the compute of 2b);
+* stratified b of 2b  colm's default CoresetConfig: each step draws a pool of 2b, keeps the rare
+                      sources' examples whole and fills the rest of b at random within sources
+                      (no scoring pass);
+* paper CoLM b of 2b  the same pool, the large sources' shares filled by facility location on
+                      zeroth-order gradient features (the paper's method).
 
 It prints a table and writes report.md, report.json and three PNG plots into --output-dir.
 """
@@ -23,10 +26,14 @@ from typing import Any, Sequence
 from colm.cli.errors import OneLineArgumentParser, UsageError
 
 ARMS = (
-    ("random_b", "random b", dict(ga=1, coreset=False)),
-    ("random_2b", "random 2b", dict(ga=2, coreset=False)),
-    ("colm_b_of_2b", "CoLM b of 2b", dict(ga=1, coreset=True)),
+    ("random_b", "random b", dict(ga=1, coreset=None)),
+    ("random_2b", "random 2b", dict(ga=2, coreset=None)),
+    ("stratified_b_of_2b", "stratified b of 2b", dict(ga=1, coreset={})),  # the default config
+    ("paper_b_of_2b", "paper CoLM b of 2b",
+     dict(ga=1, coreset={"within_source": "facility_location", "feature": "zo", "zo_probes": 1})),
 )
+#: The arm whose selections the report and the share plot describe (colm's default).
+SELECTION_ARM = "stratified_b_of_2b"
 PLOTS = ("val_loss.png", "per_source_loss.png", "selection_share.png")
 #: --quick: a seconds-long run that exercises every part (used by the tests).
 QUICK = dict(steps=3, batch_size=4, max_length=128, train_per_source=8, eval_per_source=2, eval_points=2)
@@ -35,7 +42,7 @@ QUICK = dict(steps=3, batch_size=4, max_length=128, train_per_source=8, eval_per
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(
         prog="colm demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train random b, random 2b and CoLM b-of-2b for the same number of optimizer "
+        description="Train random b, random 2b, colm's default (stratified b of 2b) and the paper's CoLM b-of-2b for the same number of optimizer "
                     "steps on the shipped math mixture with the embedded model; print a table and "
                     "write report.md and plots. Defaults take a few minutes on a 2-core CPU.",
     )
@@ -131,12 +138,12 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
         arm_dir = out / name
         for stale in ("metrics.jsonl", "selections.jsonl"):
             (arm_dir / stale).unlink(missing_ok=True)
-        coreset = CoresetConfig(pool_factor=2, seed=s["seed"]) if spec["coreset"] else None
+        coreset = None if spec["coreset"] is None else CoresetConfig(pool_factor=2, seed=s["seed"], **spec["coreset"])
         arms.append(_run_arm(name, label, spec["ga"], coreset, arm_dir, s, tokenizer, train, evald, device))
 
     from colm.cli.report import selection_summary
 
-    selection = selection_summary(out / "colm_b_of_2b" / "selections.jsonl")
+    selection = selection_summary(out / SELECTION_ARM / "selections.jsonl")
     report = {
         "command": "colm demo " + " ".join(argv),
         "settings": s,
@@ -244,26 +251,31 @@ def _write_outputs(out: Path, report, arms, selection, sizes, small) -> None:
     mem_kind = arms[0]["memory"]["description"]
     lines = [
         "# colm demo", "",
-        f"Three arms, {s['steps']} optimizer steps each, same initialisation ({s['model_size']} embedded "
+        f"Four arms, {s['steps']} optimizer steps each, same initialisation ({s['model_size']} embedded "
         f"model, seed {s['seed']}) and data order, on the shipped 14-source math mixture "
         f"(max length {s['max_length']}, learning rate {s['learning_rate']}, cosine schedule), "
         f"on {report['device']}:", "",
         f"- **random b**: plain training, b = {s['batch_size']} examples per step;",
         f"- **random 2b**: plain training, 2b = {2 * s['batch_size']} per step (2 x {s['batch_size']}, "
         "gradient accumulation);",
-        f"- **CoLM b of 2b**: a random pool of {2 * s['batch_size']} per step, trained on the "
-        f"{s['batch_size']} examples CoLM selects (default CoresetConfig).", "",
+        f"- **stratified b of 2b** (colm's default `CoresetConfig`): a random pool of "
+        f"{2 * s['batch_size']} per step; every example of the small sources is kept, the rest of the "
+        f"{s['batch_size']} drawn at random within the large sources, with no scoring pass;",
+        f"- **paper CoLM b of 2b**: the same pool, the large sources' shares filled by facility "
+        "location on zeroth-order gradient features (`within_source='facility_location'`, "
+        "`feature='zo'`).", "",
         f"Validation: a fixed subset of up to {s['eval_per_source']} examples per source; loss = mean "
         "token NLL of the answer; 'mean over sources' weighs every source equally.", "",
         table(SUMMARY_HEADERS, _summary_rows(arms)), "",
         f"Time per step: wall time per optimizer step (scoring and selection included, evaluation "
-        f"excluded). Peak memory: {mem_kind}. All three arms hold activations for b examples at a "
-        "time (random 2b by gradient accumulation, CoLM by scoring its pool in chunks of b without "
-        "gradients), so their peaks should be close; what CoLM saves is the memory of a real batch "
+        f"excluded). Peak memory: {mem_kind}. All arms hold activations for b examples at a "
+        "time (random 2b by gradient accumulation, the paper's CoLM by scoring its pool in chunks of "
+        "b without gradients), so their peaks should be close; what CoLM saves is the memory of a real batch "
         "of 2b, at the compute cost that random 2b shows. On CPU the number also counts allocator "
         "caching: compare arms of one run only.", "",
         "## Per-source validation loss", "",
-        "Sources by training-set size; * = small source (below the mean size), kept whole by CoLM.", "",
+        "Sources by training-set size; * = small source (below the mean size), kept whole by both "
+        "coreset arms.", "",
         table(["source", "train n", *(a["label"] for a in arms)], _per_source_rows(arms, sizes, small)), "",
         "## Plots", "",
         f"![validation loss]({PLOTS[0]})", "", f"![per-source loss]({PLOTS[1]})", "",
@@ -275,5 +287,6 @@ def _write_outputs(out: Path, report, arms, selection, sizes, small) -> None:
                          for src, v in sorted(selection["per_source"].items(),
                                               key=lambda kv: -sizes.get(kv[0], 0))]), ""]
     lines += ["Files: report.json (all numbers), <arm>/metrics.jsonl (training logs and evaluations), "
-              "colm_b_of_2b/selections.jsonl (every step's pool and selection).", ""]
+              f"{SELECTION_ARM}/selections.jsonl and paper_b_of_2b/selections.jsonl (every step's pool "
+              "and selection).", ""]
     write_report(out, report, "\n".join(lines))
