@@ -80,7 +80,7 @@ def bench_select(n: int, budget: int, d: int, topk: int, repeats: int, adam: boo
                  device: str = "cpu") -> dict:
     feats, sources, sizes = make_pool(n, d)
     feats = feats.to(device)  # select() ends in one host sync, so wall time is complete
-    cfg = CoresetConfig(topk_dims=topk, adam_normalize=adam)
+    cfg = CoresetConfig(within_source="facility_location", topk_dims=topk, adam_normalize=adam)
     selector = CoresetSelector(cfg, sizes)
     # A real run selects at every step with a growing Adam history: keep calling the same one.
     stats = {}

@@ -102,7 +102,7 @@ def main() -> None:
         plain = statistics.median(timer.step_times(skip=1))
         row = {"size": size, "params": n_params, "ideal_s": ideal, "plain_trainer_b_s": plain}
         for feature in args.features.split(","):
-            cfg = CoresetConfig(feature=feature, zo_probes=args.zo_probes)
+            cfg = CoresetConfig(within_source="facility_location", feature=feature, zo_probes=args.zo_probes)
             timer = StepTimer()
             CoresetTrainer(model=model, args=args_for(out_dir, args.batch, args.steps), train_dataset=data,
                            data_collator=collate, callbacks=[timer], coreset_config=cfg).train()

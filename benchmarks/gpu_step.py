@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     ]
     by = {r["arm"]: r for r in results}
     for feature in args.features.split(","):
-        cfg = CoresetConfig(feature=feature, zo_probes=args.zo_probes, topk_dims=2560)
+        cfg = CoresetConfig(within_source="facility_location", feature=feature, zo_probes=args.zo_probes, topk_dims=2560)
         step_counter[0] = 0
         selector = CoresetSelector(cfg, sizes)
         arm = run_arm(f"colm{b}of{pool_n}_{feature}", lambda e: colm(e, cfg, selector),

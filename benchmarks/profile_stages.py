@@ -61,7 +61,7 @@ def profile_select(repeats: int) -> None:
         timed(passes_mod, name)
     timed(AdamNormalizer, "transform")
     features, sources, sizes = make_pool(128, 327_680)
-    selector = CoresetSelector(CoresetConfig(), sizes)
+    selector = CoresetSelector(CoresetConfig(within_source="facility_location"), sizes)
     selector.select(features, sources, 64)  # warm-up (and numba compile)
     spent.clear()
     start = time.perf_counter()

@@ -51,9 +51,10 @@ def train(
         pool_ids = rng.sample(range(len(examples)), pool_size)
         pool = [examples[i] for i in pool_ids]
         batch = {k: v.to(device) for k, v in collate([_model_fields(ex) for ex in pool]).items()}
-        # 1. features of every pool example: forward passes only, model left unchanged
-        features = gradient_features(model, batch, config, step=step)  # [pool, d]
-        # 2. the coreset: rare sources kept whole, facility-location medoids of the rest
+        # 1. features of every pool example (model left unchanged), when the method uses them;
+        #    the default (within_source="random") needs none
+        features = gradient_features(model, batch, config, step=step) if config.needs_features else None  # [pool, d]
+        # 2. the coreset: rare sources kept whole, the rest of the budget filled within sources
         selection = selector.select(features, [ex["source"] for ex in pool], batch_size)
         chosen = selection.indices.tolist()
         # 3. an ordinary training step on the coreset

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+
+import pytest
 from pathlib import Path
 
 from trainer_helpers import collator, mixture, tiny_llama
@@ -18,14 +20,18 @@ def load_example():
     return module
 
 
-def test_plain_loop_trains_on_selected_examples():
+@pytest.mark.parametrize("config", [
+    CoresetConfig(),  # the default: no features
+    CoresetConfig(within_source="facility_location", feature="zo", zo_probes=2),
+])
+def test_plain_loop_trains_on_selected_examples(config):
     example = load_example()
     rows = mixture({"big_a": 60, "big_b": 50, "rare": 10}).to_list()
     model = tiny_llama()
     before = [p.detach().clone() for p in model.parameters()]
     log = []
     example.train(
-        model, rows, collator(), steps=4, batch_size=8, config=CoresetConfig(zo_probes=2),
+        model, rows, collator(), steps=4, batch_size=8, config=config,
         on_step=lambda step, loss, ids: log.append((step, loss, ids)),
     )
     assert [s for s, _, _ in log] == [0, 1, 2, 3]
