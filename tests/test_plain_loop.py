@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from trainer_helpers import collator, mixture, tiny_llama
 
