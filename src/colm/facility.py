@@ -23,6 +23,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from colm.passes import all_finite
+
 
 def _check_sim(sim: Tensor) -> None:
     if not isinstance(sim, Tensor):
@@ -31,7 +33,7 @@ def _check_sim(sim: Tensor) -> None:
         raise ValueError(f"sim must be a square [n, n] matrix, got shape {tuple(sim.shape)}")
     if not sim.is_floating_point():
         raise ValueError(f"sim must be a floating-point tensor, got dtype {sim.dtype}")
-    if not bool(torch.isfinite(sim).all()):
+    if not all_finite(sim):
         raise ValueError("sim contains NaN or inf values")
 
 

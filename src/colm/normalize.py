@@ -39,7 +39,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from colm.passes import column_blocks, normalized_group_sums
+from colm.passes import all_finite, column_blocks, normalized_group_sums
 
 class AdamNormalizer:
     """Stateful Adam-history normalizer.
@@ -110,7 +110,7 @@ class AdamNormalizer:
         shared ``v_hat`` of every step. Cleared by the next update."""
         if self.m is None or mean_g2.shape != self.m.shape:
             raise ValueError("set_pool_moment needs a [d] tensor after the dimension is known")
-        if not bool(torch.isfinite(mean_g2).all()):
+        if not all_finite(mean_g2):
             raise ValueError("features are too large: their squares overflow float32")
         self._pool_v = mean_g2.detach().to(self.m)
 
@@ -216,7 +216,7 @@ class AdamNormalizer:
         """Make ``(m, v)`` the history and advance the step, unless they are not finite: a
         history with inf/NaN would corrupt every later selection (and every checkpoint), so
         the update is refused and the state stays as it was."""
-        if not (bool(torch.isfinite(m).all()) and bool(torch.isfinite(v).all())):
+        if not (all_finite(m) and all_finite(v)):
             raise ValueError(
                 "features are too large: the Adam history update overflows float32 (state unchanged)"
             )
@@ -260,7 +260,7 @@ class AdamNormalizer:
         if m is not None:
             if m.dim() != 1 or not m.is_floating_point() or not v.is_floating_point():
                 raise ValueError("normalizer state: m and v must be 1-D floating tensors")
-            if not (bool(torch.isfinite(m).all()) and bool(torch.isfinite(v).all())) or bool((v < 0).any()):
+            if not (all_finite(m) and all_finite(v)) or bool((v < 0).any()):
                 raise ValueError(
                     "normalizer state is corrupt: m and v must be finite and v >= 0 "
                     "(the checkpoint cannot be resumed)"

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from colm import passes
+from colm.passes import all_finite
 from colm.budget import overflow_keep, small_sources, split_budget
 from colm.config import CoresetConfig
 from colm.facility import cluster_weights, greedy_batched, greedy_unchecked
@@ -359,7 +360,7 @@ class CoresetSelector:
                 # adam_second_moment="pool" (see colm.normalize).
                 rows = torch.cat([plan.rows[q] for q, _ in choose]).to(g.device)
                 mean_g2 = passes.mean_square(g, rows)  # [d]
-                if not bool(torch.isfinite(mean_g2).all()) and not bool(torch.isfinite(g).all()):
+                if not all_finite(mean_g2) and not all_finite(g):
                     raise ValueError("features contain NaN or inf values")
                 self.normalizer.set_pool_moment(mean_g2)  # ValueError if the squares overflow
         if topk is not None and choose and normalize:
@@ -370,7 +371,7 @@ class CoresetSelector:
         else:  # nothing to rank: only the pool total is needed
             source_sums, pool_total = None, passes.raw_total(g)
         _check_magnitude(pool_total, g)
-        if source_sums is not None and not bool(torch.isfinite(source_sums).all()):
+        if source_sums is not None and not all_finite(source_sums):
             raise ValueError("features are too large: their normalized sums overflow float32")
         blocks = []
         for q, _ in choose:
@@ -462,9 +463,9 @@ def _check_magnitude(total: Tensor, g: Tensor) -> None:
     """ValueError unless the pool total ``[d]`` is finite. Any NaN/inf feature makes its
     column's total non-finite, so a good pool pays one ``[d]`` check; ``g`` is inspected only
     to tell NaN/inf input from finite features whose sum overflows."""
-    if bool(torch.isfinite(total).all()):
+    if all_finite(total):
         return
-    if not bool(torch.isfinite(g).all()):
+    if not all_finite(g):
         raise ValueError("features contain NaN or inf values")
     raise ValueError("features are too large: their sum over the pool overflows float32")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from colm.passes import all_finite
+
 METRICS = ("l1", "l2", "cosine")
 
 # Norm below which a row counts as the zero vector for cosine similarity.
@@ -28,7 +30,7 @@ def check_features(x: Tensor, name: str = "x", *, finite: bool = True) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.device.type == "meta":
         raise ValueError(f"{name} is on the meta device (shape only, no values): pass real data")
-    if finite and not bool(torch.isfinite(x).all()):
+    if finite and not all_finite(x):
         raise ValueError(f"{name} contains NaN or inf values")
 
 
