@@ -21,28 +21,14 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from colm import CoresetConfig, CoresetTrainer
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
 from colm.default_model import default_model, default_tokenizer
 
-
-class StepTimer(TrainerCallback):
-    """Wall time between consecutive optimizer-step ends."""
-
-    def __init__(self):
-        self.ends: list[float] = []
-
-    def on_train_begin(self, *a, **k):
-        self.ends.append(time.perf_counter())
-
-    def on_step_end(self, *a, **k):
-        self.ends.append(time.perf_counter())
-
-    def median(self, skip: int = 2) -> float:
-        return statistics.median([b - a for a, b in zip(self.ends, self.ends[1:])][skip:])
+from bench_trainer_overhead import StepTimer  # the script's folder is on sys.path
 
 
 def main() -> None:
@@ -85,7 +71,7 @@ def main() -> None:
                                          callbacks=[timer],
                                          coreset_config=CoresetConfig(pool_factor=2, within_source="random"))
             trainer.train()
-            row[arm] = timer.median()
+            row[arm] = statistics.median(timer.step_times(skip=2))
         row["ratio"] = row["stratified_b_of_2b"] / row["random_b"]
         rounds.append(row)
         print(json.dumps(row), flush=True)

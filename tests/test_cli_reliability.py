@@ -15,22 +15,7 @@ import pytest
 
 from colm.cli import main
 from test_cli import MICRO, assert_usage_error, run_cli, write_jsonl
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def offline_env(monkeypatch, cache_dir):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("COLM_CACHE", str(cache_dir))
+from test_cli import offline_env, one_torch_thread  # noqa: F401  (autouse fixtures, shared)
 
 
 @pytest.fixture(scope="module")

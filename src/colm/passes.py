@@ -29,10 +29,10 @@ from colm import cpu_kernels
 
 def all_finite(x: Tensor) -> bool:
     """Whether every entry of ``x`` is finite. A finite sum proves it (any NaN or inf makes the
-    sum NaN or inf), and one reduction costs ~30x less on CPU than ``isfinite(x).all()``,
-    which writes a bool tensor first (1 ms per 327,680 floats on one core: 12 ms of every
-    Phi-2-sized select()). Only a non-finite sum (bad entries, or finite ones whose sum
-    overflows) pays the exact check."""
+    sum NaN or inf), and one reduction costs far less on CPU than ``isfinite(x).all()``, which
+    writes a bool tensor first (at Phi-2 size the checks were a fifth of select(): see
+    docs/benchmarks.md, "Selection speed"). Only a non-finite sum (bad entries, or finite ones
+    whose sum overflows) pays the exact check."""
     if x.numel() == 0 or bool(torch.isfinite(x.sum())):
         return True
     return bool(torch.isfinite(x).all())

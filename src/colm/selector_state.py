@@ -9,23 +9,20 @@ but tensors and plain containers.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import torch
 
 from .checkpoints import CheckpointError
+from .tagged_files import load_tagged, save_tagged
 
 FORMAT = "colm-selector"
 FORMAT_VERSION = 1
-_METADATA_KEY = "colm"
 
 
 def save_selector_state(path: str | os.PathLike, config: dict[str, Any], state: dict[str, Any]) -> None:
     """Write ``CoresetSelector.state_dict()`` and the config dict to ``path`` atomically."""
-    from safetensors.torch import save_file
-
     normalizer = dict(state["normalizer"])
     tensors = {}
     for key in ("m", "v"):
@@ -33,14 +30,10 @@ def save_selector_state(path: str | os.PathLike, config: dict[str, Any], state: 
         if value is not None:
             tensors[key] = value.detach().to("cpu", torch.float32).contiguous()
     meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         "config": config,
         "selector": {**{k: v for k, v in state.items() if k != "normalizer"}, "normalizer": normalizer},
     }
-    tmp = f"{os.fspath(path)}.tmp"
-    save_file(tensors, tmp, metadata={_METADATA_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
+    save_tagged(path, tensors, meta, FORMAT, FORMAT_VERSION)
 
 
 def load_selector_state(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -50,25 +43,7 @@ def load_selector_state(path: str | os.PathLike) -> tuple[dict[str, Any] | None,
     path = os.fspath(path)
     if path.endswith(".pt"):
         return _load_legacy(path)
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            raw = (f.metadata() or {}).get(_METADATA_KEY)
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable selector state ({err}); the checkpoint is damaged") from None
-    try:
-        meta = json.loads(raw) if raw is not None else None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: malformed selector metadata ({err.msg})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a colm selector state (no '{FORMAT}' metadata)")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: selector state format {meta.get('format_version')!r} is not supported by "
-            f"this colm (it reads {FORMAT_VERSION}); use the colm version that wrote it"
-        )
+    meta, tensors = load_tagged(path, FORMAT, FORMAT_VERSION, "selector state")
     selector = meta.get("selector")
     if not isinstance(selector, dict) or not isinstance(selector.get("normalizer"), dict):
         raise CheckpointError(f"{path}: selector state without a normalizer entry")

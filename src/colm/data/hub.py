@@ -1,8 +1,9 @@
 """Decide, fast, whether the Hugging Face Hub can be used.
 
-Without this, loading a hub id with no network retries for ~23 s before failing (measured
-here, 2026-11). colm instead treats "no network" like HF_HUB_OFFLINE=1: it loads from the
-local cache only and fails at once with a clear message when the cache lacks the id.
+Without this, loading a hub id with no network retries for tens of seconds (~23 s on this
+project's machines) before failing. colm instead treats "no network" like HF_HUB_OFFLINE=1:
+it loads from the local cache only and fails at once with a clear message when the cache
+lacks the id.
 """
 from __future__ import annotations
 

@@ -22,13 +22,9 @@ def last_token_index(attention_mask: torch.Tensor | None, n: int, T: int) -> tor
     return (attention_mask.ne(0).long() * (positions + 1)).argmax(dim=1)  # [n]
 
 
-def final_hidden_features(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """``[n, hidden]`` float32: the final hidden state of each example's last real token.
-
-    One no-grad forward with ``use_cache=False``, stopped before the LM head.
-    """
-    device = model_device(model)
-    inputs = model_inputs(batch, device)
+def final_hidden_states(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``[n, T, hidden]``: the LM head's input at every position, from one no-grad forward with
+    ``use_cache=False`` that stops there (``inputs`` already on the model's device)."""
     store: dict[str, torch.Tensor] = {}
 
     def grab(module: nn.Module, args: tuple) -> None:
@@ -43,7 +39,13 @@ def final_hidden_features(model: nn.Module, batch: Mapping[str, torch.Tensor]) -
         pass
     finally:
         handle.remove()
-    hidden = store["hidden"]  # [n, T, h]
+    return store["hidden"]
+
+
+def final_hidden_features(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``[n, hidden]`` float32: the final hidden state of each example's last real token."""
+    inputs = model_inputs(batch, model_device(model))
+    hidden = final_hidden_states(model, inputs)  # [n, T, h]
     n, T = inputs["input_ids"].shape
     index = last_token_index(inputs.get("attention_mask"), n, T).to(hidden.device)  # [n]
     return hidden[torch.arange(n, device=hidden.device), index].float()  # [n, h]

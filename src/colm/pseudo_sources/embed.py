@@ -17,7 +17,8 @@ from torch import nn
 
 from colm.columns import IGNORE_INDEX
 from colm.features.state import scoring_mode
-from colm.features.structure import StopForward, model_device, model_inputs, output_embeddings
+from colm.features.hidden import final_hidden_states
+from colm.features.structure import model_device, model_inputs
 
 
 def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -35,23 +36,9 @@ def mean_supervised_hidden(model: nn.Module, batch: Mapping[str, torch.Tensor]) 
     """
     if batch.get("labels") is None:
         raise ValueError("pseudo-sources embed rows by their supervised tokens: the batch needs `labels`")
-    device = model_device(model)
-    inputs = model_inputs(batch, device)
-    store: dict[str, torch.Tensor] = {}
-
-    def grab(module: nn.Module, args: tuple) -> None:
-        store["hidden"] = args[0]
-        raise StopForward
-
-    handle = output_embeddings(model).register_forward_pre_hook(grab)
-    try:
-        with scoring_mode(model), torch.no_grad():
-            model(**inputs, use_cache=False)
-    except StopForward:
-        pass
-    finally:
-        handle.remove()
-    hidden = store["hidden"].float()  # [n, T, h]
+    inputs = model_inputs(batch, model_device(model))
+    with scoring_mode(model):
+        hidden = final_hidden_states(model, inputs).float()  # [n, T, h]
     mask = supervised_positions(batch["labels"].to(hidden.device)).to(hidden.dtype)  # [n, T]
     sums = torch.einsum("nt,nth->nh", mask, hidden)  # [n, h]
     counts = mask.sum(dim=1, keepdim=True).clamp_min(1.0)  # [n, 1]

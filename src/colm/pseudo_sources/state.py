@@ -7,7 +7,6 @@ colm.selector_state). The file is written to a temporary name and renamed into p
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +15,10 @@ import torch
 from torch import Tensor
 
 from colm.checkpoints import CheckpointError
+from colm.tagged_files import load_tagged, save_tagged
 
 FORMAT = "colm-pseudo-sources"
 FORMAT_VERSION = 1
-_METADATA_KEY = "colm"
 #: Name of cluster c as a source label (selections.jsonl, logs, reports).
 PREFIX = "cluster_"
 #: Cluster id of a row without a supervised token (it never reaches the selector).
@@ -69,19 +68,15 @@ class PseudoSourceState:
 
 
 def save_pseudo_sources(path: str | os.PathLike, state: PseudoSourceState) -> None:
-    from safetensors.torch import save_file
-
     meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "fitted_at_step": state.fitted_at_step,
-        "seed": state.seed, "k": state.k, "n_rows": int(state.assignment.numel()), "info": state.info,
+        "fitted_at_step": state.fitted_at_step, "seed": state.seed, "k": state.k,
+        "n_rows": int(state.assignment.numel()), "info": state.info,
     }
     tensors = {
         "assignment": state.assignment.to("cpu", torch.int32).contiguous(),  # [n_rows]
         "centroids": state.centroids.detach().to("cpu", torch.float32).contiguous(),  # [k, hidden]
     }
-    tmp = f"{os.fspath(path)}.tmp"
-    save_file(tensors, tmp, metadata={_METADATA_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
+    save_tagged(path, tensors, meta, FORMAT, FORMAT_VERSION)
 
 
 def load_pseudo_sources(path: str | os.PathLike, n_rows: int) -> PseudoSourceState:
@@ -91,26 +86,7 @@ def load_pseudo_sources(path: str | os.PathLike, n_rows: int) -> PseudoSourceSta
         CheckpointError (a ValueError) naming the file: unreadable, foreign, another version,
         inconsistent, or written for a training set of another size.
     """
-    from safetensors import SafetensorError, safe_open
-
-    path = os.fspath(path)
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            raw = (f.metadata() or {}).get(_METADATA_KEY)
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable pseudo-source file ({err}); the checkpoint is damaged") from None
-    try:
-        meta = json.loads(raw) if raw is not None else None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: malformed pseudo-source metadata ({err.msg})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a colm pseudo-source file (no '{FORMAT}' metadata)")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: pseudo-source format {meta.get('format_version')!r} is not supported by this colm "
-            f"(it reads {FORMAT_VERSION}); use the colm version that wrote it"
-        )
+    meta, tensors = load_tagged(path, FORMAT, FORMAT_VERSION, "pseudo-source file")
     assignment, centroids = tensors.get("assignment"), tensors.get("centroids")
     if assignment is None or centroids is None or assignment.dim() != 1 or centroids.dim() != 2:
         raise CheckpointError(f"{path}: pseudo-source file without a 1-D assignment and 2-D centroids")
