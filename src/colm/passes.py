@@ -27,6 +27,7 @@ from torch import Tensor
 
 from colm import cpu_kernels
 
+
 def all_finite(x: Tensor) -> bool:
     """Whether every entry of ``x`` is finite. A finite sum proves it (any NaN or inf makes the
     sum NaN or inf), and one reduction costs far less on CPU than ``isfinite(x).all()``, which

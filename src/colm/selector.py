@@ -35,11 +35,11 @@ import torch
 from torch import Tensor
 
 from colm import passes
-from colm.passes import all_finite
 from colm.budget import overflow_keep, small_sources, split_budget
 from colm.config import CoresetConfig
 from colm.facility import cluster_weights, greedy_batched, greedy_unchecked
 from colm.normalize import AdamNormalizer
+from colm.passes import all_finite
 from colm.similarity import check_features, similarity_unchecked
 from colm.within_source import (
     balanced_sample,
