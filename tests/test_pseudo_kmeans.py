@@ -135,9 +135,10 @@ def test_state_file_round_trip_without_pickle(tmp_path):
     assert torch.equal(back.assignment, state.assignment) and torch.equal(back.centroids, state.centroids)
     assert (back.fitted_at_step, back.seed, back.info) == (7, 5, state.info)
     assert back.sizes() == {"cluster_0": 2, "cluster_1": 1, "cluster_2": 1}
-    assert back.label(1) == "cluster_2"
-    with pytest.raises(ValueError, match="no supervised token"):
-        back.label(2)
+    assert back.labels([1, 0, 3]) == ["cluster_2", "cluster_0", "cluster_1"]
+    assert back.labels([1]) == ["cluster_2"]
+    with pytest.raises(ValueError, match="training row 2 has no supervised token"):
+        back.labels([1, 2])
 
 
 def test_state_file_errors_name_the_file(tmp_path):

@@ -19,7 +19,6 @@ from typing import Any, Iterator
 from torch.utils.data import IterableDataset, get_worker_info
 
 
-
 def is_stream(dataset: Any) -> bool:
     """Whether `dataset` can only be iterated (no len() and indexing)."""
     if isinstance(dataset, IterableDataset):

@@ -35,15 +35,14 @@ from torch.utils.data import Dataset
 from transformers import Trainer
 
 from . import distributed
-from .columns import SOURCE
 from .checkpoints import CheckpointError, checkpoint_step, resume_checkpoint
+from .columns import IGNORE_INDEX, SOURCE
 from .config import CoresetConfig
 from .features import gradient_features, per_example_nll
-from .columns import IGNORE_INDEX
 from .files import truncate_jsonl
 from .launch import check_launch
 from .packing import check_one_row_per_example, check_unpacked
-from .pool_size import check_training_pool
+from .pool_size import check_training_pool, pool_size
 from .pseudo_sources import PseudoSources
 from .selector import CoresetSelector, Selection
 from .selector_state import load_selector_state, save_selector_state
@@ -51,7 +50,6 @@ from .streams import IndexedStream, given_source_sizes, is_stream
 
 logger = logging.getLogger(__name__)
 
-SOURCE_KEY = SOURCE
 ID_KEY = "colm_example_id"
 WEIGHT_KEY = "colm_weight"
 #: Examples the optimizer step trains on, over all micro-batches and ranks (loss_average="example").
@@ -60,7 +58,7 @@ SELECTOR_STATE_FILE = "colm_selector.safetensors"
 #: Written by colm before the safetensors format (pickle): still read, with weights_only=True.
 LEGACY_SELECTOR_STATE_FILE = "colm_selector.pt"
 SELECTIONS_FILE = "selections.jsonl"
-_PRIVATE_KEYS = (SOURCE_KEY, ID_KEY)
+_PRIVATE_KEYS = (SOURCE, ID_KEY)
 #: `description` of the training DataLoader that yields pools of rows (see get_train_dataloader).
 _POOL_LOADER = "Training"
 _SINGLE_SOURCE = "all"
@@ -93,10 +91,10 @@ def dataset_sources(dataset: Any) -> list[str]:
     """The `source` of every training row, as strings (a single source when the column is absent)."""
     names = getattr(dataset, "column_names", None)
     if names is not None:
-        if SOURCE_KEY not in names:
+        if SOURCE not in names:
             return [_SINGLE_SOURCE] * len(dataset)
-        return [str(s) for s in dataset[SOURCE_KEY]]
-    return [str(dataset[i].get(SOURCE_KEY, _SINGLE_SOURCE)) for i in range(len(dataset))]
+        return [str(s) for s in dataset[SOURCE]]
+    return [str(dataset[i].get(SOURCE, _SINGLE_SOURCE)) for i in range(len(dataset))]
 
 
 def split_evenly(items: Sequence[Any], parts: int) -> list[list[Any]]:
@@ -197,7 +195,7 @@ class CoresetTrainerMixin:
         if list(sizes) == [_SINGLE_SOURCE]:
             logger.warning(
                 "train_dataset has no %r column: every example is treated as one source, so no "
-                "source is kept whole", SOURCE_KEY,
+                "source is kept whole", SOURCE,
             )
         return CoresetSelector(self.coreset_config, dict(sizes))
 
@@ -301,7 +299,7 @@ class CoresetTrainerMixin:
         if self.pseudo_sources is not None:
             sources = self.pseudo_sources.labels(pool_rows, ID_KEY)
         else:
-            sources = [str(row.get(SOURCE_KEY, _SINGLE_SOURCE)) for row in pool_rows]
+            sources = [str(row.get(SOURCE, _SINGLE_SOURCE)) for row in pool_rows]
         # Budget: the batch the optimizer steps on, shrunk with the pool on a short last step,
         # and a multiple of the world size so every rank trains an equal share.
         per_rank = max(num_batches, math.ceil((len(pool_rows) + unsupervised) / (cfg.pool_factor * world)))
@@ -329,8 +327,8 @@ class CoresetTrainerMixin:
         ps, step = self.pseudo_sources, self.state.global_step
         if ps.needs_fit(step):
             chunk = self.coreset_config.score_batch_size or self.args.per_device_train_batch_size
-            pool = (self.coreset_config.pool_factor * self.args.per_device_train_batch_size
-                    * self.args.gradient_accumulation_steps * distributed.world_size())
+            pool = pool_size(self.coreset_config.pool_factor, self.args.per_device_train_batch_size,
+                             self.args.gradient_accumulation_steps, distributed.world_size())
             ps.fit(
                 self.model, self.train_dataset, lambda rows: self._prepare_inputs(self._collate(rows)), chunk,
                 step, pool, dataset_sources(self.train_dataset) if ps.has_source_column else None,

@@ -239,6 +239,12 @@ def balanced_sample(x: Tensor, b: int, generator: torch.Generator, components: i
     variable is dropped (the landing phase); the sample size (the first variable) is kept to
     the end, so exactly ``b`` rows are drawn.
 
+    Cost: the flight fixes at least one row per step and each step takes an SVD over the rows
+    still free, so a source of ``n`` pool rows costs up to ``n`` SVDs of ``[p, n]``: cheap for
+    the few dozen rows a source has in the pools measured, most of a second for 512 on one CPU
+    core (docs/benchmarks.md, "Selection speed"). For sources that large the fast cube method
+    (Chauvet and Tille 2006: each step on p + 1 free rows only) would be the fix.
+
     Returns:
         LongTensor ``[b]`` of distinct rows (CPU), ascending.
     """

@@ -42,8 +42,9 @@ QUICK = dict(steps=3, batch_size=4, max_length=128, train_per_source=8, eval_per
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(
         prog="colm demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train random b, random 2b, colm's default (stratified b of 2b) and the paper's CoLM b-of-2b for the same number of optimizer "
-                    "steps on the shipped math mixture with the embedded model; print a table and "
+        description="Train random b, random 2b, colm's default (stratified b of 2b) and the "
+                    "paper's CoLM b-of-2b for the same number of optimizer steps on the shipped "
+                    "math mixture with the embedded model; print a table and "
                     "write report.md and plots. Defaults take a few minutes on a 2-core CPU.",
     )
     p.add_argument("--steps", type=int, default=100, help="optimizer steps per arm")
@@ -270,8 +271,9 @@ def _write_outputs(out: Path, report, arms, selection, sizes, small) -> None:
         f"Time per step: wall time per optimizer step (scoring and selection included, evaluation "
         f"excluded). Peak memory: {mem_kind}. All arms hold activations for b examples at a "
         "time (random 2b by gradient accumulation, the paper's CoLM by scoring its pool in chunks of "
-        "b without gradients), so their peaks should be close; what CoLM saves is the memory of a real batch "
-        "of 2b, at the compute cost that random 2b shows. On CPU the number also counts allocator "
+        "b without gradients), so their peaks should be close: both coreset arms save the memory of a "
+        "real batch of 2b; the paper's pays for its choice with a scoring pass (compare its time per "
+        "step with random 2b's), the stratified arm does not. On CPU the number also counts allocator "
         "caching: compare arms of one run only.", "",
         "## Per-source validation loss", "",
         "Sources by training-set size; * = small source (below the mean size), kept whole by both "

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Label of positions that do not count in the loss (Hugging Face convention).
 from colm.columns import IGNORE_INDEX
 
 

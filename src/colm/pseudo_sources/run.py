@@ -118,7 +118,7 @@ class PseudoSources:
         """The source label of each pool row (rows carry their dataset index under ``id_key``)."""
         if self.state is None:
             return [WARMUP] * len(rows)
-        return [self.state.label(int(row[id_key])) for row in rows]
+        return self.state.labels([int(row[id_key]) for row in rows])
 
     # ---- the fit ----------------------------------------------------------------------------
     def fit(

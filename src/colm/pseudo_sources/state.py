@@ -56,15 +56,17 @@ class PseudoSourceState:
         counts = torch.bincount(supervised, minlength=self.k).tolist()
         return {name: int(n) for name, n in zip(self.names, counts)}
 
-    def label(self, row: int) -> str:
-        """The source label of training row ``row`` (a dataset index)."""
-        c = int(self.assignment[row])
-        if c == UNSUPERVISED:
+    def labels(self, rows: list[int]) -> list[str]:
+        """The source label of each training row in ``rows`` (dataset indices): one gather."""
+        clusters = self.assignment[torch.as_tensor(rows, dtype=torch.long)]  # [len(rows)]
+        missing = torch.nonzero(clusters == UNSUPERVISED).flatten()
+        if missing.numel():
             raise ValueError(
-                f"training row {row} has no supervised token and no pseudo-source; it should have "
-                "been left out of the pool"
+                f"training row {rows[int(missing[0])]} has no supervised token and no pseudo-source; "
+                "it should have been left out of the pool"
             )
-        return cluster_name(c)
+        names = self.names
+        return [names[c] for c in clusters.tolist()]
 
 
 def save_pseudo_sources(path: str | os.PathLike, state: PseudoSourceState) -> None:
