@@ -13,7 +13,7 @@ from colm import CoresetConfig, CoresetTrainer
 from colm.checkpoints import CheckpointError
 from colm.pseudo_sources import STATE_FILE, adjusted_rand_index
 from colm.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE
-from trainer_helpers import collator, mixture, separable, tiny_llama, training_args
+from trainer_helpers import StopAfter, collator, mixture, separable, tiny_llama, training_args
 
 SIZES = {"big_a": 60, "big_b": 50, "rare": 10}
 PSEUDO = dict(within_source="facility_location", pool_factor=2, zo_probes=2, pseudo_sources=3, pseudo_source_warmup_steps=2)
@@ -30,15 +30,6 @@ class CountForwards(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         self.per_step.append(self._count)
         self._count = 0
-
-
-class StopAfter(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 def make(out, dataset, max_steps=6, config=None, callbacks=(), model=None, **args):

@@ -11,7 +11,7 @@ from transformers import Trainer, TrainerCallback
 
 from colm import CoresetConfig, CoresetTrainer
 from colm.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE, split_evenly
-from trainer_helpers import collator, mixture, tiny_llama, training_args
+from trainer_helpers import StopAfter, collator, mixture, tiny_llama, training_args
 
 SIZES = {"big_a": 60, "big_b": 50, "rare": 10}
 
@@ -29,17 +29,6 @@ class Recorder(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "loss" in logs:
             self.losses.append(logs["loss"])
-
-
-class StopAfter(TrainerCallback):
-    """Interrupts training after `step` optimizer steps, as a killed job would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 class TrainedBatches(CoresetTrainer):

@@ -5,7 +5,7 @@ import random
 
 import torch
 from datasets import Dataset
-from transformers import DataCollatorForSeq2Seq, LlamaForCausalLM, TrainingArguments
+from transformers import DataCollatorForSeq2Seq, LlamaForCausalLM, TrainerCallback, TrainingArguments
 
 from tiny_models import BUILDERS, VOCAB
 
@@ -84,3 +84,14 @@ def training_args(out_dir, **overrides) -> TrainingArguments:
     )
     base.update(overrides)
     return TrainingArguments(**base)
+
+
+class StopAfter(TrainerCallback):
+    """Interrupts training after `step` optimizer steps, as a killed job would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
