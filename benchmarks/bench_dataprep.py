@@ -51,7 +51,7 @@ def worker(arm: str, max_length: int, cache_dir: str | None, old_dir: str | None
     datasets.disable_progress_bars()
     from colm.data import DEFAULT_TEMPLATE, default_mixture_dir, load_mixture, tokenize_mixture
     from colm.data.tokenized_cache import data_digest
-    from colm.default_model import default_tokenizer
+    from colm.models.default import default_tokenizer
 
     tokenizer = default_tokenizer()
     started_s = time.perf_counter() - _STARTED
@@ -155,7 +155,7 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.max_length, cache, args.old_dir)))
         return
 
-    from colm.default_model import default_tokenizer
+    from colm.models.default import default_tokenizer
 
     default_tokenizer()  # trained and cached once, outside every measurement
     if args.profile:

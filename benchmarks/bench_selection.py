@@ -120,15 +120,15 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--block-elements", type=int, default=None,
-                        help="override colm.normalize's CPU column-block size (elements)")
+                        help="override colm.selection.normalize's CPU column-block size (elements)")
     parser.add_argument("--only-select", action="store_true", help="skip the facility-location rows")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.block_elements:
-        import colm.normalize
+        import colm.selection.normalize
 
-        colm.normalize._CPU_BLOCK_ELEMENTS = args.block_elements
+        colm.selection.normalize._CPU_BLOCK_ELEMENTS = args.block_elements
 
     few = max(3, args.repeats // 5)
     dev = args.device

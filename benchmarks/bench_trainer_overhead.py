@@ -23,7 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from colm import CoresetConfig, CoresetTrainer
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
-from colm.default_model import default_model, default_tokenizer
+from colm.models.default import default_model, default_tokenizer
 
 
 class StepTimer(TrainerCallback):

@@ -218,7 +218,7 @@ class TinyLab(Lab):
     name = "tiny"
 
     def __init__(self, args) -> None:
-        from colm.default_model import default_model, default_tokenizer
+        from colm.models.default import default_model, default_tokenizer
 
         self.tokenizer = default_tokenizer()
         self.setup_common(args.max_length, args.seed)
@@ -286,8 +286,8 @@ class SmolLM2Lab(Lab):
 def load_smollm2(path: str | None):
     """(model float32, tokenizer) of SmolLM2-135M-Instruct from its GGUF file."""
     try:
-        from colm.gguf import smollm2_path  # the supported loader, with its cache
-        from colm.default_model import load_model_and_tokenizer
+        from colm.models.gguf import smollm2_path  # the supported loader, with its cache
+        from colm.models.default import load_model_and_tokenizer
 
         file = path or str(smollm2_path())
         return load_model_and_tokenizer(file, dtype=torch.float32)

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from colm.default_model import load_model_and_tokenizer
-from colm.gguf import smollm2_path
+from colm.models.default import load_model_and_tokenizer
+from colm.models.gguf import smollm2_path
 
 
 def timed_load(source, cache):

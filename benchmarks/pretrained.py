@@ -76,7 +76,7 @@ def split_model(source: Path, folder: Path) -> list[Path]:
 def resolve_model(spec: str | None) -> str:
     """A loadable model path: ``spec``, the installed SmolLM2 GGUF, or a GGUF joined from parts."""
     if spec is None:
-        from colm.gguf import smollm2_path
+        from colm.models.gguf import smollm2_path
 
         return str(smollm2_path())
     folder = Path(spec)
@@ -151,7 +151,7 @@ def run_job(arm: str, seed: int, args: argparse.Namespace, model_path: str) -> d
     from colm.cli.memory import PeakMemory
     from colm.cli.train import make_trainer
     from colm.data.templating import DEFAULT_TEMPLATE
-    from colm.default_model import load_model_and_tokenizer
+    from colm.models.default import load_model_and_tokenizer
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         args.train_per_source, args.val_per_source, args.em_per_source = 40, 4, 2
         args.max_new_tokens, args.eval_batch, args.seeds = 8, 4, args.seeds if args.seeds != "0,1,2" else "0"
 
-    from colm.default_model import load_model_and_tokenizer
+    from colm.models.default import load_model_and_tokenizer
 
     model_path = resolve_model(args.model)
     load_model_and_tokenizer(model_path)  # converts a GGUF into the cache once, before the jobs

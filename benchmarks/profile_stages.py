@@ -34,7 +34,7 @@ def median_ms(fn, repeats: int) -> float:
 
 
 def profile_select(repeats: int) -> None:
-    import colm.selector as selector_mod
+    import colm.selection.selector as selector_mod
     from bench_selection import make_pool
     from colm import AdamNormalizer, CoresetConfig, CoresetSelector
 
@@ -53,7 +53,7 @@ def profile_select(repeats: int) -> None:
 
         setattr(owner, name, wrapper)
 
-    import colm.passes as passes_mod
+    import colm.selection.passes as passes_mod
 
     for name in ("_greedy_all", "similarity_unchecked", "cluster_weights"):
         timed(selector_mod, name)

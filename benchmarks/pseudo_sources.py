@@ -43,9 +43,9 @@ from quality import PAPER, paired, run_arm  # benchmarks/quality.py: the same pr
 
 from colm.columns import SOURCE
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
-from colm.default_model import default_tokenizer
-from colm.pseudo_sources import adjusted_rand_index, kmeans
-from colm.pseudo_sources.dataset_pass import embed_dataset
+from colm.models.default import default_tokenizer
+from colm.integrations.pseudo_sources import adjusted_rand_index, kmeans
+from colm.integrations.pseudo_sources.dataset_pass import embed_dataset
 
 STRATIFIED = {"within_source": "random"}
 #: name -> (gradient accumulation, CoresetConfig overrides or None, labels hidden?, pseudo-sources?)
@@ -166,8 +166,8 @@ def composition(seed, s, tokenizer, hidden, true_sources, args, small_eval) -> l
     its ARI must equal theirs, and it says what the kept-whole clusters hold."""
     from collections import Counter
 
-    from colm.budget import small_sources
-    from colm.pseudo_sources import auto_clusters
+    from colm.selection.budget import small_sources
+    from colm.integrations.pseudo_sources import auto_clusters
 
     pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     collate = lambda rows: pad([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows])  # noqa: E731

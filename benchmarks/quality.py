@@ -43,7 +43,7 @@ from colm.evaluation import per_source_loss
 from colm.cli.memory import PeakMemory
 from colm.cli.train import make_trainer
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
-from colm.default_model import default_model, default_tokenizer
+from colm.models.default import default_model, default_tokenizer
 
 #: The paper's selection as colm implements it (the default CoresetConfig may change).
 PAPER = {"within_source": "facility_location", "feature": "zo", "zo_probes": 1}

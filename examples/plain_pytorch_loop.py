@@ -76,7 +76,7 @@ def main() -> None:
     from transformers import DataCollatorForSeq2Seq
 
     from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
-    from colm.default_model import default_model, default_tokenizer
+    from colm.models.default import default_model, default_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)

@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from colm.budget import overflow_keep, small_sources, split_budget
+from colm.selection.budget import overflow_keep, small_sources, split_budget
 
 
 def test_below_mean_golden():

@@ -1,11 +1,11 @@
-"""Which checkpoint a resume starts from, and when a run is finished (colm.checkpoints)."""
+"""Which checkpoint a resume starts from, and when a run is finished (colm.integrations.checkpoints)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from colm.checkpoints import (
+from colm.integrations.checkpoints import (
     CheckpointError,
     is_finished,
     latest_complete_checkpoint,

@@ -247,7 +247,7 @@ def test_evaluate_output_errors_name_the_option_before_anything_loads(tmp_path, 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, cache_dir) -> Path:
     """colm's tiny embedded model and tokenizer saved as a plain Hugging Face folder."""
-    from colm.default_model import default_model, default_tokenizer
+    from colm.models.default import default_model, default_tokenizer
 
     folder = tmp_path_factory.mktemp("saved") / "model"
     tokenizer = default_tokenizer(cache_dir)
@@ -272,7 +272,7 @@ def test_model_and_tokenizer_that_do_not_belong_together_get_one_line(saved_mode
 def test_adapter_on_the_wrong_base_model_gets_one_line(tmp_path, capsys, cache_dir):
     import peft
 
-    from colm.default_model import default_model, default_tokenizer
+    from colm.models.default import default_model, default_tokenizer
 
     adapter = tmp_path / "adapter"
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -290,7 +290,7 @@ def test_empty_reference_is_neither_hit_nor_miss(cache_dir):
 
     from colm.evaluation import generation_exact_match
     from colm.data import DEFAULT_TEMPLATE
-    from colm.default_model import default_model, default_tokenizer
+    from colm.models.default import default_model, default_tokenizer
 
     tokenizer = default_tokenizer(cache_dir)
     raw = Dataset.from_list([

@@ -56,7 +56,7 @@ def _prepare(tokenizer, **data):
 
 
 def test_use_chat_template_renders_prompt_response_rows_with_the_tokenizers_template():
-    from colm.default_model import default_tokenizer
+    from colm.models.default import default_tokenizer
 
     tokenizer = default_tokenizer()
     plain, chat = _prepare(tokenizer), _prepare(tokenizer, use_chat_template=True)
@@ -75,7 +75,7 @@ def test_use_chat_template_renders_prompt_response_rows_with_the_tokenizers_temp
 
 
 def test_use_chat_template_needs_a_tokenizer_that_has_one():
-    from colm.default_model import default_tokenizer
+    from colm.models.default import default_tokenizer
 
     tokenizer = copy.deepcopy(default_tokenizer())
     tokenizer.chat_template = None

@@ -1,11 +1,11 @@
-"""The fused numba loops (colm.cpu_kernels) against the torch code they stand in for."""
+"""The fused numba loops (colm.selection.kernels) against the torch code they stand in for."""
 import pytest
 import torch
 
 pytest.importorskip("numba")
 
-import colm.cpu_kernels as kernels  # noqa: E402
-import colm.passes as passes_mod  # noqa: E402
+import colm.selection.kernels as kernels  # noqa: E402
+import colm.selection.passes as passes_mod  # noqa: E402
 from colm import AdamNormalizer, CoresetConfig, CoresetSelector  # noqa: E402
 
 

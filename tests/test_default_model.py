@@ -1,4 +1,4 @@
-"""colm.default_model: the embedded tokenizer (trained once, cached atomically) and tiny Llama."""
+"""colm.models.default: the embedded tokenizer (trained once, cached atomically) and tiny Llama."""
 from __future__ import annotations
 
 import time
@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 import colm.data.hub as hub
-import colm.default_model as dm
+import colm.models.default as dm
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
 
 

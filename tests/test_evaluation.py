@@ -37,7 +37,7 @@ def test_generation_prompts_are_the_training_contexts(chat):
     # prefix of every tokenized example (prompt template or chat template).
     from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
     from colm.data.templating import context_ids
-    from colm.default_model import default_tokenizer
+    from colm.models.default import default_tokenizer
 
     tok = default_tokenizer()
     raw = load_mixture(default_mixture_dir(), split="validation", max_examples_per_source=2, seed=0)

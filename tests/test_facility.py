@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from colm import cluster_weights, facility_location, pairwise_similarity
-from colm.facility import facility_objective
+from colm.selection.methods.facility_location import facility_objective
 
 
 def objective(sim, subset):
@@ -192,7 +192,7 @@ def test_same_objective_as_submodlib_on_l1_kernel():
 
 
 def test_batched_greedy_equals_one_by_one():
-    from colm.facility import greedy_batched
+    from colm.selection.methods.facility_location import greedy_batched
 
     gen = torch.Generator().manual_seed(5)
     sims = [torch.rand(n, n, generator=gen) for n in (9, 14, 3, 14)]

@@ -1,4 +1,4 @@
-"""colm.gguf: GGUF files load as the model they were written from, through an atomic cache; bad
+"""colm.models.gguf: GGUF files load as the model they were written from, through an atomic cache; bad
 paths and files give one clear error; `colm train --model x.gguf` and `colm evaluate` work."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import colm.gguf as cg
+import colm.models.gguf as cg
 from colm.cli import main
-from colm.default_model import load_model_and_tokenizer
+from colm.models.default import load_model_and_tokenizer
 from tiny_gguf import CHAT_TEMPLATE, write_tiny_llama
 from tiny_models import one_thread  # noqa: F401  (autouse: one thread)
 

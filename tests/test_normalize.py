@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import colm.passes as passes_mod
+import colm.selection.passes as passes_mod
 from colm import AdamNormalizer, CoresetConfig
 
 B1, B2, EPS = 0.9, 0.999, 1e-8

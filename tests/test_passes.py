@@ -3,7 +3,7 @@ finite values whose sum overflows must still count as finite."""
 import pytest
 import torch
 
-from colm.passes import all_finite
+from colm.selection.passes import all_finite
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from colm.checkpoints import CheckpointError
-from colm.pseudo_sources import (
+from colm.integrations.checkpoints import CheckpointError
+from colm.integrations.pseudo_sources import (
     PseudoSourceState, adjusted_rand_index, auto_clusters, kmeans, load_pseudo_sources, resolve_clusters,
     save_pseudo_sources,
 )
@@ -48,7 +48,7 @@ def test_kmeans_is_deterministic_from_the_seed():
 
 
 def test_an_empty_cluster_takes_the_point_farthest_from_its_centroid():
-    from colm.pseudo_sources.clustering import _fill_empty
+    from colm.integrations.pseudo_sources.clustering import _fill_empty
 
     # cluster 2 is empty; point 1 is the farthest from its own centroid (cluster 0)
     assignment = torch.tensor([0, 0, 0, 1, 1])

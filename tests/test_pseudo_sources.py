@@ -10,9 +10,9 @@ import torch
 from transformers import TrainerCallback
 
 from colm import CoresetConfig, CoresetTrainer
-from colm.checkpoints import CheckpointError
-from colm.pseudo_sources import STATE_FILE, adjusted_rand_index
-from colm.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE
+from colm.integrations.checkpoints import CheckpointError
+from colm.integrations.pseudo_sources import STATE_FILE, adjusted_rand_index
+from colm.integrations.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE
 from trainer_helpers import StopAfter, collator, mixture, separable, tiny_llama, training_args
 
 SIZES = {"big_a": 60, "big_b": 50, "rare": 10}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from colm import CoresetConfig, CoresetSelector, Selection
-from colm.budget import split_budget
+from colm.selection.budget import split_budget
 
 SIZES = {"math": 1000, "code": 800, "chat": 600, "rare": 20, "tiny": 5}  # mean 485: rare, tiny small
 
@@ -253,7 +253,7 @@ def test_cuda_matches_cpu():
 
 
 def test_top_columns_equals_full_topk():
-    from colm.passes import top_columns as _top_columns
+    from colm.selection.passes import top_columns as _top_columns
 
     gen = torch.Generator().manual_seed(0)
     for d, k in [(100_000, 256), (5_000, 300), (2_000, 2_000)]:
@@ -338,7 +338,7 @@ def test_first_selection_does_not_depend_on_row_order(method, rank_one):
     # selection took the first rows of each source (with rank-1 zo features every row of one
     # sign was identical; with full-rank ones the l1 distances of sign vectors tie in bulk).
     # Permuting the pool must permute the selection, up to exact ties.
-    from colm.similarity import pairwise_similarity
+    from colm.selection.similarity import pairwise_similarity
 
     gen = torch.Generator().manual_seed(7)
     n, d = 36, 48
@@ -435,7 +435,7 @@ def test_first_selection_on_real_features_follows_a_permutation(feature):
     from tiny_models import padded_batch, tiny_model
 
     from colm import gradient_features
-    from colm.similarity import pairwise_similarity
+    from colm.selection.similarity import pairwise_similarity
 
     model = tiny_model("llama")
     batch = padded_batch(n=24, T=12, seed=4)

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from colm import CoresetConfig, CoresetSFTTrainer, CoresetTrainerMixin  # noqa: E402
-from colm.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE  # noqa: E402
+from colm.integrations.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE  # noqa: E402
 from trainer_helpers import tiny_llama  # noqa: E402
 
 SIZES = {"big_a": 60, "big_b": 50, "rare": 10}

@@ -11,7 +11,7 @@ from datasets import IterableDataset
 from transformers import TrainerCallback
 
 from colm import CoresetConfig, CoresetTrainer
-from colm.trainer import SELECTIONS_FILE
+from colm.integrations.trainer import SELECTIONS_FILE
 from trainer_helpers import collator, mixture, tiny_llama, training_args
 
 SIZES = {"big_a": 60, "big_b": 50, "rare": 10}

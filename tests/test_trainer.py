@@ -10,7 +10,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from colm import CoresetConfig, CoresetTrainer
-from colm.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE, split_evenly
+from colm.integrations.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE, split_evenly
 from trainer_helpers import StopAfter, collator, mixture, tiny_llama, training_args
 
 SIZES = {"big_a": 60, "big_b": 50, "rare": 10}
@@ -307,7 +307,7 @@ def test_rows_without_supervised_tokens_are_never_selected(tmp_path, caplog):
     # every fourth row loses its supervision (as when truncation cuts the response away)
     empty_ids = set(range(0, len(ds), 4))
     ds = ds.map(lambda r, i: {"labels": [-100] * len(r["labels"]) if i in empty_ids else r["labels"]}, with_indices=True)
-    with caplog.at_level("WARNING", logger="colm.trainer"):
+    with caplog.at_level("WARNING", logger="colm.integrations.trainer"):
         trainer = CoresetTrainer(
             model=tiny_llama(), args=training_args(tmp_path, max_steps=4), train_dataset=ds,
             data_collator=collator(), coreset_config=CoresetConfig(pool_factor=2, within_source="facility_location", feature="zo"), log_selections=True,
@@ -376,7 +376,7 @@ def test_loss_average_matches_hand_computation(tmp_path, average, pool_factor):
 
 # ------------------------------------------------------------- selector state file
 def test_selector_state_is_stored_without_pickle_and_old_files_still_load(tmp_path):
-    from colm.selector_state import load_selector_state
+    from colm.selection.state import load_selector_state
 
     cfg = CoresetConfig(pool_factor=2, within_source="facility_location", feature="zo")
     ds = mixture(SIZES)
@@ -410,7 +410,7 @@ class _Boom:
 def test_a_crafted_pickle_checkpoint_does_not_run_code(tmp_path):
     import os
 
-    from colm.selector_state import load_selector_state
+    from colm.selection.state import load_selector_state
 
     bad = tmp_path / "colm_selector.pt"
     torch.save({"config": {}, "selector": {"version": 1, "x": _Boom()}}, bad)

@@ -24,7 +24,7 @@ def test_resume_true_skips_a_checkpoint_torn_by_a_kill(tmp_path, caplog):
     # killed while writing checkpoint-4: the Trainer writes trainer_state.json last
     (tmp_path / "checkpoint-4" / "trainer_state.json").unlink()
     resumed = make(tmp_path, 4, save_strategy="steps", save_steps=2)
-    with caplog.at_level(logging.WARNING, logger="colm.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="colm.integrations.checkpoints"):
         resumed.train(resume_from_checkpoint=True)
     assert any("checkpoint-2" in r.message and "checkpoint-4" in r.message for r in caplog.records)
     # steps 3 and 4 were trained again from checkpoint-2, and checkpoint-4 is complete now

@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from colm.within_source import (
+from colm.selection.methods import (
     cluster_sample,
     inclusion_probabilities,
     mean_match,
@@ -12,7 +12,7 @@ from colm.within_source import (
     random_subset,
     selection_generator,
 )
-from colm.similarity import pairwise_similarity
+from colm.selection.similarity import pairwise_similarity
 
 
 def mean_error(x: torch.Tensor, rows) -> float:
@@ -72,8 +72,8 @@ def test_random_subset_is_uniform_and_seeded():
 
 
 def test_cluster_sample_draws_each_cluster_in_proportion_to_its_size():
-    from colm.budget import split_budget
-    from colm.facility import cluster_weights, facility_location
+    from colm.selection.budget import split_budget
+    from colm.selection.methods.facility_location import cluster_weights, facility_location
 
     gen = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(9, 2, generator=gen) * 0.1, 100 + torch.randn(5, 2, generator=gen)])
@@ -124,7 +124,7 @@ def test_pps_sample_hits_its_inclusion_probabilities_and_is_unbiased():
 
 
 def test_balanced_sample_is_uniform_and_balances_the_leading_components():
-    from colm.within_source import balanced_sample, principal_scores
+    from colm.selection.methods import balanced_sample, principal_scores
 
     gen = torch.Generator().manual_seed(5)
     n, b, trials = 25, 9, 1500
@@ -148,7 +148,7 @@ def test_balanced_sample_is_uniform_and_balances_the_leading_components():
 
 
 def test_balanced_sample_edge_cases():
-    from colm.within_source import balanced_sample
+    from colm.selection.methods import balanced_sample
 
     x = torch.randn(6, 4)
     assert balanced_sample(x, 6, selection_generator(0, 0, 0)).tolist() == list(range(6))

@@ -12,19 +12,19 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "CoresetConfig": "colm.config",
-    "pairwise_similarity": "colm.similarity",
-    "facility_location": "colm.facility",
-    "cluster_weights": "colm.facility",
-    "AdamNormalizer": "colm.normalize",
-    "CoresetSelector": "colm.selector",
-    "Selection": "colm.selector",
+    "pairwise_similarity": "colm.selection.similarity",
+    "facility_location": "colm.selection.methods.facility_location",
+    "cluster_weights": "colm.selection.methods.facility_location",
+    "AdamNormalizer": "colm.selection.normalize",
+    "CoresetSelector": "colm.selection.selector",
+    "Selection": "colm.selection.selector",
     "per_example_loss": "colm.features",
     "gradient_features": "colm.features",
     "LastLayerReplay": "colm.features",
-    "CoresetTrainer": "colm.trainer",
-    "CoresetTrainerMixin": "colm.trainer",
+    "CoresetTrainer": "colm.integrations.trainer",
+    "CoresetTrainerMixin": "colm.integrations.trainer",
     # needs the optional extra colm[trl]; importing it without TRL says how to install it
-    "CoresetSFTTrainer": "colm.sft",
+    "CoresetSFTTrainer": "colm.integrations.trl",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

@@ -71,3 +71,8 @@ def truncate_jsonl(path: str | os.PathLike, last_step: int) -> None:
     if os.path.isfile(path):
         kept = [json.dumps(r) for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
         atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def default_cache_dir() -> Path:
+    """$COLM_CACHE, else ~/.cache/colm."""
+    return Path(os.environ.get("COLM_CACHE") or Path.home() / ".cache" / "colm").expanduser()

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-from colm.checkpoints import CheckpointError
+from colm.errors import CheckpointError
 
 _METADATA_KEY = "colm"
 

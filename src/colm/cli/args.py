@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 from colm.cli.errors import UsageError
 from colm.config import CoresetConfig
 
-#: Sizes of the embedded default model (colm.default_model.MODEL_SIZES; not imported: torch).
+#: Sizes of the embedded default model (colm.models.default.MODEL_SIZES; not imported: torch).
 MODEL_SIZES = ("tiny", "small", "base")
 
 

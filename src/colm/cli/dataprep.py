@@ -21,7 +21,7 @@ def data_cache_dir() -> Path | None:
     ~/.cache/colm); None when $COLM_DATA_CACHE turns the cache off."""
     if os.environ.get(DATA_CACHE_ENV, "").strip().lower() in {"0", "off", "false", "no"}:
         return None
-    from colm.default_model import default_cache_dir
+    from colm.files import default_cache_dir
 
     return default_cache_dir() / "tokenized"
 

@@ -110,11 +110,11 @@ def run(argv: Sequence[str]) -> int:
 def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
     import torch
 
-    from colm.budget import small_sources
+    from colm.selection.budget import small_sources
     from colm.cli.dataprep import data_cache_dir
     from colm.config import CoresetConfig
     from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
-    from colm.default_model import default_tokenizer
+    from colm.models.default import default_tokenizer
 
     # ---- everything that can fail on input, before writing anything
     t0 = time.perf_counter()
@@ -167,7 +167,7 @@ def _run_arm(name, label, ga, coreset, arm_dir, s, tokenizer, train, evald, devi
     from colm.cli.memory import PeakMemory
     from colm.cli.progress import MetricsFile, PeriodicEval, StepTimer
     from colm.cli.train import make_trainer
-    from colm.default_model import default_model
+    from colm.models.default import default_model
 
     b, steps = s["batch_size"], s["steps"]
     targs = TrainingArguments(

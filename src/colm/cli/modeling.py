@@ -20,7 +20,7 @@ def load(model_args: Any, *, seed: int) -> tuple[Any, Any]:
     The embedded default is built from $COLM_CACHE (tokenizer cache); a pretrained model
     offline that is not cached fails at once with a ValueError naming it.
     """
-    from colm.default_model import load_model_and_tokenizer
+    from colm.models.default import load_model_and_tokenizer
 
     kwargs: dict[str, Any] = {}
     if model_args.model is not None:
@@ -123,7 +123,7 @@ def load_checkpoint(checkpoint: str | os.PathLike) -> tuple[Any, Any, dict[str, 
         except (OSError, ValueError) as err:
             raise UsageError(f"--checkpoint {checkpoint}: could not load its tokenizer ({err})") from None
     elif info.get("model") is None and info:
-        from colm.default_model import default_tokenizer
+        from colm.models.default import default_tokenizer
 
         tokenizer = default_tokenizer()
     else:
@@ -160,13 +160,13 @@ def _load_adapter(path: Path, info: dict[str, Any]) -> Any:
         raise UsageError(f"{config_file}: malformed JSON ({err})") from None
     base_id = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     if info and info.get("model") is None:
-        from colm.default_model import default_model, default_tokenizer
+        from colm.models.default import default_model, default_tokenizer
 
         size = info.get("model_size", "tiny")
         base = default_model(default_tokenizer(), size=size, seed=int(info.get("model_seed", 0)))
         base_name = f"colm's embedded {size} model (from {RUN_FILE})"
     elif base_id or info.get("model"):
-        from colm.default_model import load_model_and_tokenizer
+        from colm.models.default import load_model_and_tokenizer
 
         base_name = str(info.get("model") or base_id)
         try:

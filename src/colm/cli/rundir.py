@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from colm.checkpoints import (
+from colm.integrations.checkpoints import (
     CheckpointError,
     ResumePoint,
     incomplete_checkpoints,

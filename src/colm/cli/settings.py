@@ -31,7 +31,7 @@ def check_train_settings(model_args: Any, data_args: Any, targs: Any) -> None:
             "DataParallel: launch one process per GPU with `torchrun --nproc_per_node=N "
             "$(which colm) train ...`, or pick one GPU with CUDA_VISIBLE_DEVICES"
         )
-    from colm.launch import launch_problem  # torch: imported only once options parsed
+    from colm.integrations.launch import launch_problem  # torch: imported only once options parsed
 
     launch = launch_problem(targs, cli=True)
     if launch is not None:  # e.g. torchrun on a CPU machine without --use-cpu true

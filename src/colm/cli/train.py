@@ -64,8 +64,8 @@ def parse(argv: Sequence[str]):
 
 
 def check_pool(coreset: Any, n_examples: int, targs: Any) -> None:
-    """Refuse a pool larger than the training set (colm.pool_size says why it is not adjusted)."""
-    from colm.pool_size import PoolTooLargeError, check_pool_fits
+    """Refuse a pool larger than the training set (colm.integrations.pool_size says why it is not adjusted)."""
+    from colm.integrations.pool_size import PoolTooLargeError, check_pool_fits
 
     if coreset is None:
         return
@@ -131,7 +131,7 @@ def make_trainer(
     from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from colm.trainer import CoresetTrainer
+    from colm.integrations.trainer import CoresetTrainer
 
     trainer = CoresetTrainer(
         model=model, args=targs, train_dataset=train_dataset, processing_class=tokenizer,
@@ -169,7 +169,7 @@ def run(argv: Sequence[str]) -> int:
 def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, coreset: Any, run_dir: Any) -> int:
     from transformers.trainer_utils import IntervalStrategy
 
-    from colm.checkpoints import CheckpointError
+    from colm.integrations.checkpoints import CheckpointError
     from colm.cli import dataprep, modeling
     from colm.evaluation import per_source_loss
     from colm.cli.memory import PeakMemory

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence, Union
 import torch
 from torch import nn
 
-from .. import distributed
+from colm import distributed
 from .exact import exact_gradients
 from .hidden import final_hidden_features
 from .replay import LastLayerReplay

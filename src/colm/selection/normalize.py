@@ -29,7 +29,7 @@ mean of ``g`` and ``g^2`` over the selected rows (``update_from_gradients``), ne
 
 The history is stored in float32 on the device of the last features seen. The passes over
 ``[n, d]`` features (per-source sums of normalized rows, sums over the selected rows) live in
-``colm.passes``, which applies ``AdamNormalizer.formula`` block by block (or the same arithmetic
+``colm.selection.passes``, which applies ``AdamNormalizer.formula`` block by block (or the same arithmetic
 in a fused numba loop on CPU).
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from colm.passes import all_finite, column_blocks, normalized_group_sums
+from colm.selection.passes import all_finite, column_blocks, normalized_group_sums
 
 class AdamNormalizer:
     """Stateful Adam-history normalizer.

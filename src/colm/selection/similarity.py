@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from colm.passes import all_finite
+from colm.selection.passes import all_finite
 
 METRICS = ("l1", "l2", "cosine")
 

@@ -24,11 +24,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 
 from colm import distributed
-from colm.budget import small_sources
+from colm.selection.budget import small_sources
 from colm.columns import SOURCE
 from colm.config import CoresetConfig
-from colm.selector import CoresetSelector
-from colm.streams import is_stream
+from colm.selection.selector import CoresetSelector
+from colm.integrations.streams import is_stream
 
 from .agreement import adjusted_rand_index
 from .count import resolve_clusters
@@ -199,7 +199,7 @@ class PseudoSources:
     def load(self, checkpoint_dir: str, checkpoint_step: int) -> None:
         """Restore the fit from a checkpoint; a checkpoint from before the fit has none, and one
         from after it must (a missing file raises CheckpointError)."""
-        from colm.checkpoints import CheckpointError
+        from colm.integrations.checkpoints import CheckpointError
 
         path = os.path.join(checkpoint_dir, STATE_FILE)
         if os.path.isfile(path):

@@ -3,7 +3,7 @@
 One int per training row (its cluster, -1 for a row without any supervised token, which is never
 selected) and the centroids, as safetensors tensors; the rest (step, seed, sizes) as JSON
 metadata. Nothing is unpickled, so a checkpoint from anywhere cannot run code (as
-colm.selector_state). The file is written to a temporary name and renamed into place.
+colm.selection.state). The file is written to a temporary name and renamed into place.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from colm.checkpoints import CheckpointError
+from colm.errors import CheckpointError
 from colm.tagged_files import load_tagged, save_tagged
 
 FORMAT = "colm-pseudo-sources"

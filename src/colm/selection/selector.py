@@ -12,7 +12,7 @@ Framework-free: it sees tensors and source labels, never a model. One call to ``
    the pool mean of the raw features.
 3. **Sparsify**: per large source, keep the ``config.topk_dims`` coordinates with the largest
    |mean normalized feature| over that source's pool rows.
-4. **Fill each large source's share** with ``config.within_source`` (``colm.within_source``):
+4. **Fill each large source's share** with ``config.within_source`` (``colm.selection.methods``):
    facility-location medoids (the paper; all sources stepped together), random picks, mean
    matching, cluster-stratified or norm-proportional sampling.
 5. **History**: the Adam history becomes the mean moments of the selected large-source rows;
@@ -22,7 +22,7 @@ Cost at Phi-2 size (n = 128, d = 327,680): ``features`` is read about twice, blo
 (step 2, and step 5 over the selected rows); only ``[n_q, topk_dims]`` blocks and
 ``[n_q, n_q]`` similarities are ever materialized per source. No step loops over examples or
 coordinates in Python. On CPU, large float32 features go through the fused numba loops of
-``colm.cpu_kernels``; elsewhere through torch.
+``colm.selection.kernels``; elsewhere through torch.
 """
 from __future__ import annotations
 
@@ -34,14 +34,14 @@ from typing import Any, Hashable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from colm import passes
-from colm.budget import overflow_keep, small_sources, split_budget
+from colm.selection import passes
+from colm.selection.budget import overflow_keep, small_sources, split_budget
 from colm.config import CoresetConfig
-from colm.facility import cluster_weights, greedy_batched, greedy_unchecked
-from colm.normalize import AdamNormalizer
-from colm.passes import all_finite
-from colm.similarity import check_features, similarity_unchecked
-from colm.within_source import (
+from colm.selection.methods.facility_location import cluster_weights, greedy_batched, greedy_unchecked
+from colm.selection.normalize import AdamNormalizer
+from colm.selection.passes import all_finite
+from colm.selection.similarity import check_features, similarity_unchecked
+from colm.selection.methods import (
     balanced_sample,
     cluster_sample,
     mean_match,
@@ -357,7 +357,7 @@ class CoresetSelector:
             if self.normalizer.needs_pool_moment and choose:
                 # The pool's second moment over the rows compared: it stands in for the empty
                 # history on the first step, and is shared by all rows with
-                # adam_second_moment="pool" (see colm.normalize).
+                # adam_second_moment="pool" (see colm.selection.normalize).
                 rows = torch.cat([plan.rows[q] for q, _ in choose]).to(g.device)
                 mean_g2 = passes.mean_square(g, rows)  # [d]
                 if not all_finite(mean_g2) and not all_finite(g):

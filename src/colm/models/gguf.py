@@ -100,7 +100,7 @@ def load_gguf(
 
     Args:
         path: a `.gguf` file, or a folder holding exactly one.
-        cache_dir: colm's cache root (default `colm.default_model.default_cache_dir()`); entries
+        cache_dir: colm's cache root (default `colm.files.default_cache_dir()`); entries
             go under its `gguf/` folder.
         **from_pretrained_kwargs: passed to `AutoModelForCausalLM.from_pretrained` of the cached
             folder (e.g. dtype, device_map, attn_implementation).
@@ -121,7 +121,7 @@ def cache_entry(source: Path, cache_dir: str | os.PathLike | None = None) -> Pat
     """The cache folder of the converted `source` (it may not exist yet)."""
     import transformers
 
-    from colm.default_model import default_cache_dir
+    from colm.files import default_cache_dir
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     stat = source.stat()

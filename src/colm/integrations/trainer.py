@@ -34,19 +34,19 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer
 
-from . import distributed
-from .checkpoints import CheckpointError, checkpoint_step, resume_checkpoint
-from .columns import IGNORE_INDEX, SOURCE
-from .config import CoresetConfig
-from .features import gradient_features, per_example_nll
-from .files import truncate_jsonl
-from .launch import check_launch
-from .packing import check_one_row_per_example, check_unpacked
-from .pool_size import check_training_pool, pool_size
-from .pseudo_sources import PseudoSources
-from .selector import CoresetSelector, Selection
-from .selector_state import load_selector_state, save_selector_state
-from .streams import IndexedStream, given_source_sizes, is_stream
+from colm import distributed
+from colm.integrations.checkpoints import CheckpointError, checkpoint_step, resume_checkpoint
+from colm.columns import IGNORE_INDEX, SOURCE
+from colm.config import CoresetConfig
+from colm.features import gradient_features, per_example_nll
+from colm.files import truncate_jsonl
+from colm.integrations.launch import check_launch
+from colm.integrations.packing import check_one_row_per_example, check_unpacked
+from colm.integrations.pool_size import check_training_pool, pool_size
+from colm.integrations.pseudo_sources import PseudoSources
+from colm.selection.selector import CoresetSelector, Selection
+from colm.selection.state import load_selector_state, save_selector_state
+from colm.integrations.streams import IndexedStream, given_source_sizes, is_stream
 
 logger = logging.getLogger(__name__)
 

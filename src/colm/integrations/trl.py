@@ -6,7 +6,7 @@ completion-only loss, truncation) runs unchanged, and keeps every column it does
 `source` column reaches the selector. Other TRL trainers take the same mixin:
 `class MyTrainer(CoresetTrainerMixin, SomeTRLTrainer)`.
 
-Refused with an error before any tokenization (colm.packing says why): `packing=True` and
+Refused with an error before any tokenization (colm.integrations.packing says why): `packing=True` and
 `padding_free=True` while selection is on.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ except ImportError as err:  # the optional extra is not installed
         "colm.CoresetSFTTrainer needs TRL: pip install 'colm[trl]' (or pip install 'trl>=1.0,<2')"
     ) from err
 
-from .trainer import CoresetTrainerMixin
+from colm.integrations.trainer import CoresetTrainerMixin
 
 
 class CoresetSFTTrainer(CoresetTrainerMixin, SFTTrainer):

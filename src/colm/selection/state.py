@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .checkpoints import CheckpointError
-from .tagged_files import load_tagged, save_tagged
+from colm.errors import CheckpointError
+from colm.tagged_files import load_tagged, save_tagged
 
 FORMAT = "colm-selector"
 FORMAT_VERSION = 1

@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from colm.errors import CheckpointError
+
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from; the message names the folder or file and why."""
 
 
 def read_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:

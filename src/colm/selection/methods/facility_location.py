@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from colm.passes import all_finite
+from colm.selection.passes import all_finite
 
 
 def _check_sim(sim: Tensor) -> None:

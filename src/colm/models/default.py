@@ -3,7 +3,7 @@
 `colm` runs end to end with no download: the tokenizer is trained (about 2 s on 2 CPU
 cores) on the train split of the math mixture shipped in `colm.data`, then cached; the
 model is a freshly initialised `LlamaForCausalLM`. `load_model_and_tokenizer` picks between
-this default, any Hugging Face causal LM (hub id or local folder) and a GGUF file (colm.gguf).
+this default, any Hugging Face causal LM (hub id or local folder) and a GGUF file (colm.models.gguf).
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from transformers import (
 )
 
 from colm.data.hub import hub_offline, looks_like_local_path
-from colm.files import atomic_write_text
+from colm.files import atomic_write_text, default_cache_dir
 from colm.data.mixture import split_files
-from colm.gguf import find_gguf, is_gguf_file, load_gguf
+from colm.models.gguf import find_gguf, is_gguf_file, load_gguf
 
 PAD, EOS = "<pad>", "<eos>"
 #: Role markers are single special tokens so a chat turn boundary is never split.
@@ -63,11 +63,6 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
         hidden_size=384, num_hidden_layers=5, num_attention_heads=6, intermediate_size=1024
     ),
 }
-
-
-def default_cache_dir() -> Path:
-    """$COLM_CACHE, else ~/.cache/colm."""
-    return Path(os.environ.get("COLM_CACHE") or Path.home() / ".cache" / "colm").expanduser()
 
 
 def default_tokenizer(
@@ -191,7 +186,7 @@ def load_model_and_tokenizer(
     **from_pretrained_kwargs: Any,
 ) -> tuple[PreTrainedModel, Any]:
     """The embedded default (None), a Hugging Face causal LM from a hub id or local folder, or a
-    GGUF file (a `.gguf` path or a folder holding one; see `colm.gguf.load_gguf`, cached).
+    GGUF file (a `.gguf` path or a folder holding one; see `colm.models.gguf.load_gguf`, cached).
 
     Offline (HF_HUB_OFFLINE=1 or the Hub unreachable) only local files are used, so a model
     that is not there fails at once with a ValueError naming it, instead of retrying for ~20 s.

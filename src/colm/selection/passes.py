@@ -4,7 +4,7 @@ At a real model's size (n = 128, d = 327,680 for Phi-2's LoRA B, 168 MB of float
 selection costs is reading the features, so every pass here walks the coordinates in cache-
 (CPU) or memory-sized (GPU) column blocks and never materializes an ``[n, d]`` temporary. Each
 has a torch path (any device, any float dtype) and, for large contiguous float32 features on
-CPU, the fused numba loop of ``colm.cpu_kernels`` beside it (``cpu_kernels.applicable``):
+CPU, the fused numba loop of ``colm.selection.kernels`` beside it (``cpu_kernels.applicable``):
 
 - ``normalized_group_sums`` (pass 1): per-source sums of the Adam-normalized features and the
   raw pool total, to rank coordinates by;
@@ -15,7 +15,7 @@ CPU, the fused numba loop of ``colm.cpu_kernels`` beside it (``cpu_kernels.appli
   match error, the Adam history update);
 - ``all_finite``: the finiteness checks on features, sums and the Adam history.
 
-The Adam arithmetic itself lives in ``colm.normalize``; the passes take a normalizer and apply
+The Adam arithmetic itself lives in ``colm.selection.normalize``; the passes take a normalizer and apply
 its formula block by block.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor
 
-from colm import cpu_kernels
+import colm.selection.kernels as cpu_kernels
 
 
 def all_finite(x: Tensor) -> bool:

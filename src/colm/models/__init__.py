@@ -1,0 +1,2 @@
+"""Model loading: the embedded default (tiny Llama + local tokenizer), any Hugging Face causal
+LM, and GGUF files."""
