@@ -130,3 +130,12 @@ def test_the_token_scale_is_what_compute_loss_does(tmp_path, monkeypatch, averag
             kwargs = {} if num_items is None else {"num_items_in_batch": num_items}
             model_loss = trainer.model(**batch, **kwargs).loss
         assert theirs.item() == pytest.approx(model_loss.item() * hf.token_loss_scale(trainer, num_items), rel=1e-6)
+
+
+def test_a_trainer_on_a_transformers_without_a_member_fails_at_construction(tmp_path):
+    class Renamed(CoresetTrainer):
+        _prepare_inputs = property(_renamed)
+
+    with pytest.raises(RuntimeError, match=rf"transformers {transformers.__version__}: Trainer has no '_prepare_inputs'"):
+        Renamed(model=tiny_llama(), args=training_args(tmp_path), train_dataset=mixture({"a": 16}),
+                data_collator=collator(), coreset_config=CoresetConfig(pool_factor=2))

@@ -133,9 +133,10 @@ class CoresetTrainerMixin(PrivateOverrides):
         log_selections: also write every step's selected example ids to
             `<output_dir>/selections.jsonl` (main process only).
         source_sizes: examples per source in the whole training set ({source: count}; only the
-            ratios matter). Default: counted from train_dataset; required when train_dataset is
-            a stream (an IterableDataset or any iterable without len()).
-        All other arguments are the base trainer's.
+            ratios matter). Default: counted from train_dataset, in order of first appearance
+            (`colm.data.sources`; a given dict keeps its order, which breaks selection ties);
+            required when train_dataset is a stream (an IterableDataset or any iterable without len()).
+        All other arguments are the base trainer's (bound by its signature, by position or keyword).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -179,7 +180,7 @@ class CoresetTrainerMixin(PrivateOverrides):
         # would train diverging copies on duplicated pools, without any error.
         check_launch(self.args, self.accelerator.num_processes)
         missing = hf.missing_members(self)
-        if missing:  # a transformers release that renamed what colm relies on: say what, not AttributeError later
+        if missing:  # a transformers that renamed what colm uses: name it now, not mid-training
             raise RuntimeError("; ".join(missing))
         self.coreset_config = config
         self.source_sizes = source_sizes
@@ -481,7 +482,7 @@ class CoresetTrainerMixin(PrivateOverrides):
     def _save_coreset_state(self, output_dir: str) -> None:
         """Write the selector (and pseudo-source) state into a checkpoint being saved.
 
-        Called inside every checkpoint save (`PrivateOverrides._save_rng_state`), before
+        Called inside every checkpoint save (through `PrivateOverrides`), before
         trainer_state.json marks it complete: the selector state is run state like the RNG
         states, and written atomically."""
         if self.selector is not None and self.args.should_save:
