@@ -7,7 +7,6 @@ import json
 import re
 import time
 
-import pytest
 from datasets import IterableDataset
 from transformers import Trainer, TrainerCallback
 
