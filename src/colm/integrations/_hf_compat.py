@@ -37,7 +37,6 @@ PRIVATE_MEMBERS: dict[str, str] = {
 #: Public but loop-internal members the re-implemented rules read (checked by the same test).
 LOOP_MEMBERS: dict[str, str] = {
     "get_batch_samples": "overridden: called once per optimizer step with (epoch_iterator, num_batches, device)",
-    "loss_is_scaled_for_ga": "a subclass's statement whether compute_loss already scales for accumulation",
     "model_accepts_loss_kwargs": "whether the model gets num_items_in_batch (decides the scaling rules)",
     "compute_loss_func": "a user loss function (decides the scaling rules)",
 }
@@ -110,8 +109,10 @@ def training_step_divides_loss(trainer: Any, num_items: torch.Tensor | int | Non
     # The rule of transformers 5.x's training_step, kept inline there: the class attribute
     # loss_is_scaled_for_ga decides when set; otherwise the loss counts as scaled when it was
     # normalized by num_items_in_batch (model accepts loss kwargs) or a compute_loss_func ran.
-    if trainer.loss_is_scaled_for_ga is not None:
-        return not trainer.loss_is_scaled_for_ga
+    # (`loss_is_scaled_for_ga` is a recent attribute: a transformers without it has the rest of the rule.)
+    stated = getattr(trainer, "loss_is_scaled_for_ga", None)
+    if stated is not None:
+        return not stated
     scaled = (trainer.model_accepts_loss_kwargs and num_items is not None) or trainer.compute_loss_func is not None
     return not scaled
 
