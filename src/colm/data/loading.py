@@ -17,7 +17,6 @@ import gzip
 import json
 import os
 import zlib
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from colm.columns import SOURCE
 from colm.data.errors import DataError
 from colm.data.hub import datasets_offline, hub_offline, looks_like_local_path
 from colm.data.mixture import is_jsonl, source_of, split_files
+from colm.data.sources import count_sources
 
 MixtureSpec = Union[str, os.PathLike, datasets.Dataset, datasets.DatasetDict]
 
@@ -95,13 +95,14 @@ def load_mixture(
 
 
 def source_sizes(dataset: datasets.Dataset) -> dict[str, int]:
-    """Number of examples of each source, sorted by source name.
+    """Number of examples of each source, in order of first appearance (`colm.data.sources`
+    says why; the trainer counts the same way, so passing these on selects the same rows).
 
     These dataset-level counts are what `CoresetSelector` needs to tell small sources apart.
     """
     if SOURCE not in dataset.column_names:
         raise DataError(f"dataset has no {SOURCE!r} column; columns are {dataset.column_names}")
-    return dict(sorted(Counter(dataset[SOURCE]).items()))
+    return count_sources(dataset[SOURCE])
 
 
 # ---------------------------------------------------------------- resolving the spec

@@ -19,25 +19,32 @@ the step's stats (`coreset/unsupervised_rows`), with a warning the first time.
 `per_device_train_batch_size` x `gradient_accumulation_steps` x world size keeps its meaning: the
 batch the optimizer steps on. The `source` column reaches the selector only, never the model or
 the user's collator.
+
+Private members of `transformers.Trainer` are used only through `colm.integrations._hf_compat`
+(tests/test_hf_compat.py checks the installed transformers has them all).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import os
 import time
 from collections import Counter
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer
 
 from colm import distributed
+from colm.integrations import _hf_compat as hf
+from colm.integrations._hf_compat import PrivateOverrides
 from colm.integrations.checkpoints import CheckpointError, checkpoint_step, resume_checkpoint
 from colm.columns import IGNORE_INDEX, SOURCE
 from colm.config import CoresetConfig
+from colm.data.sources import SINGLE_SOURCE, count_sources, source_labels
 from colm.features import gradient_features, per_example_nll
 from colm.files import truncate_jsonl
 from colm.integrations.launch import check_launch
@@ -59,9 +66,6 @@ SELECTOR_STATE_FILE = "colm_selector.safetensors"
 LEGACY_SELECTOR_STATE_FILE = "colm_selector.pt"
 SELECTIONS_FILE = "selections.jsonl"
 _PRIVATE_KEYS = (SOURCE, ID_KEY)
-#: `description` of the training DataLoader that yields pools of rows (see get_train_dataloader).
-_POOL_LOADER = "Training"
-_SINGLE_SOURCE = "all"
 
 
 class _IndexedRows(Dataset):
@@ -82,19 +86,30 @@ class _IndexedRows(Dataset):
         return {**row, ID_KEY: index}
 
 
-def keep_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """collate_fn of the pool loader: rows stay rows until the coreset is chosen."""
-    return rows
+def init_argument(signatures: Sequence[inspect.Signature], args: tuple, kwargs: Mapping[str, Any], name: str) -> Any:
+    """The value a trainer's `__init__(*args, **kwargs)` receives for its parameter `name`,
+    passed by position or by keyword (None when not passed), bound by the first of `signatures`
+    that names the parameter (a base trainer taking only *args/**kwargs passes them on)."""
+    for signature in signatures:
+        param = signature.parameters.get(name)
+        if param is None or param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            continue
+        try:
+            return signature.bind_partial(*args, **kwargs).arguments.get(name)
+        except TypeError:  # arguments the trainer rejects: its own __init__ says what is wrong
+            break
+    return kwargs.get(name)
 
 
-def dataset_sources(dataset: Any) -> list[str]:
-    """The `source` of every training row, as strings (a single source when the column is absent)."""
-    names = getattr(dataset, "column_names", None)
-    if names is not None:
-        if SOURCE not in names:
-            return [_SINGLE_SOURCE] * len(dataset)
-        return [str(s) for s in dataset[SOURCE]]
-    return [str(dataset[i].get(SOURCE, _SINGLE_SOURCE)) for i in range(len(dataset))]
+def step_budget(pool_rows: int, unsupervised: int, num_batches: int, pool_factor: int, world: int) -> int:
+    """The coreset size of one optimizer step, over all ranks.
+
+    The batch the optimizer steps on (`num_batches` micro-batches per rank), shrunk with the pool
+    on a short last step (the pool as loaded, `pool_rows` plus the `unsupervised` rows left out,
+    over `pool_factor`), a multiple of the world size so every rank trains an equal share, and
+    at most the pool."""
+    per_rank = max(num_batches, math.ceil((pool_rows + unsupervised) / (pool_factor * world)))
+    return min(per_rank * world, pool_rows)
 
 
 def split_evenly(items: Sequence[Any], parts: int) -> list[list[Any]]:
@@ -108,7 +123,7 @@ def split_evenly(items: Sequence[Any], parts: int) -> list[list[Any]]:
     return out
 
 
-class CoresetTrainerMixin:
+class CoresetTrainerMixin(PrivateOverrides):
     """CoLM selection for `transformers.Trainer` or any subclass of it: put it first among the
     bases, e.g. `class MyTrainer(CoresetTrainerMixin, SomeTrainer)`. Each optimizer step then
     trains on a coreset of a larger pool.
@@ -118,9 +133,10 @@ class CoresetTrainerMixin:
         log_selections: also write every step's selected example ids to
             `<output_dir>/selections.jsonl` (main process only).
         source_sizes: examples per source in the whole training set ({source: count}; only the
-            ratios matter). Default: counted from train_dataset; required when train_dataset is
-            a stream (an IterableDataset or any iterable without len()).
-        All other arguments are the base trainer's.
+            ratios matter). Default: counted from train_dataset, in order of first appearance
+            (`colm.data.sources`; a given dict keeps its order, which breaks selection ties);
+            required when train_dataset is a stream (an IterableDataset or any iterable without len()).
+        All other arguments are the base trainer's (bound by its signature, by position or keyword).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -146,9 +162,10 @@ class CoresetTrainerMixin:
         **kwargs: Any,
     ) -> None:
         config = coreset_config or CoresetConfig(pool_factor=1)
-        # Trainer and SFTTrainer both take (model, args, data_collator, train_dataset, ...).
-        training_args = kwargs["args"] if "args" in kwargs else (args[1] if len(args) > 1 else None)
-        train_dataset = kwargs["train_dataset"] if "train_dataset" in kwargs else (args[3] if len(args) > 3 else None)
+        # The base trainer's own parameters `args` and `train_dataset`, however they are passed.
+        signatures = (inspect.signature(super().__init__), inspect.signature(Trainer))
+        training_args = init_argument(signatures, args, kwargs, "args")
+        train_dataset = init_argument(signatures, args, kwargs, "train_dataset")
         # Refused before the base trainer tokenizes or packs the whole dataset.
         check_unpacked(training_args, config.pool_factor > 1 or config.loss_average == "example")
         if training_args is not None:
@@ -162,6 +179,9 @@ class CoresetTrainerMixin:
         # given): a launch where torch.distributed and the Trainer count different processes
         # would train diverging copies on duplicated pools, without any error.
         check_launch(self.args, self.accelerator.num_processes)
+        missing = hf.missing_members(self)
+        if missing:  # a transformers that renamed what colm uses: name it now, not mid-training
+            raise RuntimeError("; ".join(missing))
         self.coreset_config = config
         self.source_sizes = source_sizes
         self.log_selections = log_selections
@@ -191,13 +211,13 @@ class CoresetTrainerMixin:
             return self.pseudo_sources.selector()
         if self.source_sizes is not None or is_stream(dataset):
             return CoresetSelector(self.coreset_config, given_source_sizes(self.source_sizes))
-        sizes = Counter(dataset_sources(dataset))
-        if list(sizes) == [_SINGLE_SOURCE]:
+        sizes = count_sources(source_labels(dataset))  # first appearance: the source order
+        if list(sizes) == [SINGLE_SOURCE]:
             logger.warning(
                 "train_dataset has no %r column: every example is treated as one source, so no "
                 "source is kept whole", SOURCE,
             )
-        return CoresetSelector(self.coreset_config, dict(sizes))
+        return CoresetSelector(self.coreset_config, sizes)
 
     def get_train_dataloader(self):
         if self.train_dataset is None:
@@ -208,28 +228,17 @@ class CoresetTrainerMixin:
         # The Trainer's own DataLoader machinery (sampler, seeding, accelerate sharding, resume
         # skipping) is kept; only the batch (a pool chunk) and the collate function change.
         stream = is_stream(self.train_dataset)
-        return self._get_dataloader(
-            dataset=IndexedStream(self.train_dataset, ID_KEY) if stream else _IndexedRows(self.train_dataset),
-            description=_POOL_LOADER,
-            batch_size=self._train_batch_size * self.coreset_config.pool_factor,
-            sampler_fn=lambda _: self._get_train_sampler(self.train_dataset),
-            is_training=True,
+        rows = IndexedStream(self.train_dataset, ID_KEY) if stream else _IndexedRows(self.train_dataset)
+        return hf.pool_dataloader(
+            self, rows, self.train_dataset, hf.per_device_batch_size(self) * self.coreset_config.pool_factor
         )
-
-    def _get_collator_with_removed_columns(self, data_collator: Callable, description: str | None = None):
-        # The pool loader hands out rows; `_collate` applies the user's collator (and the column
-        # filtering, which must keep `source` for the selector) once the coreset is chosen.
-        if description == _POOL_LOADER:
-            return keep_rows
-        return super()._get_collator_with_removed_columns(data_collator, description)
 
     def _collate(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """The user's collator on rows stripped of colm's columns (and, as Trainer does, of
         columns the model's forward does not take)."""
         keep: Callable[[str], bool]
         if self.args.remove_unused_columns:
-            self._set_signature_columns_if_needed()
-            allowed = set(self._signature_columns)
+            allowed = hf.model_input_names(self)
             keep = lambda k: k in allowed  # noqa: E731
         else:
             keep = lambda k: k not in _PRIVATE_KEYS  # noqa: E731
@@ -260,82 +269,113 @@ class CoresetTrainerMixin:
             batches = [self._collate(chunk) for chunk in chunks]
             if self.coreset_config.loss_average == "example":
                 batches = self._with_example_weights(batches, None)
-        else:
-            batches = self._select_batches(chunks)
-        return batches, self._get_num_items_in_batch(batches, device)
+            return batches, hf.num_items_in_batch(self, batches, device)
+        # The Trainer calls this before on_step_begin, so a callback timing its steps does not
+        # see this work: it is reported as coreset/prepare_ms (docs/trainer.md, Telemetry).
+        started = time.perf_counter()
+        batches = self._select_batches(chunks)
+        num_items = hf.num_items_in_batch(self, batches, device)
+        self._add_to_step_stats({"coreset/prepare_ms": (time.perf_counter() - started) * 1e3})
+        return batches, num_items
 
     def _select_batches(self, chunks: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """One optimizer step's micro-batches for this rank from its `chunks` of the pool:
+        score the pool, budget, select, shard (and log)."""
         assert self.selector is not None
-        cfg = self.coreset_config
         num_batches = len(chunks)
-        world, rank = distributed.world_size(), distributed.rank()
-        local_rows = [row for chunk in chunks for row in chunk]
         # Rows with no supervised token are no pool members: never scored, never selected.
-        local_rows, unsupervised = self._supervised_only(local_rows)
-        warming_up = self.pseudo_sources is not None and self._pseudo_sources_warming_up()
-
-        # Score this rank's rows without gradients, in chunks that fit, then assemble the
-        # global pool's features on every rank (skipped when selection looks at no feature).
-        start = time.perf_counter()
-        features = None
-        if cfg.needs_features and not warming_up:
-            chunk_size = cfg.score_batch_size or self.args.per_device_train_batch_size
-            score_batches = [
-                self._prepare_inputs(self._collate(local_rows[i : i + chunk_size]))
-                for i in range(0, len(local_rows), chunk_size)
-            ]
-            features = gradient_features(self.model, score_batches, cfg, self.state.global_step, gather=True)  # [N, d]
-        score_ms = (time.perf_counter() - start) * 1e3
-
-        pool_rows = distributed.gather_objects(local_rows)
-        unsupervised = sum(distributed.gather_objects([unsupervised]))
-        if len(pool_rows) < world * num_batches:
-            raise ValueError(
-                f"this step's pool has only {len(pool_rows)} rows with a supervised token "
-                f"({unsupervised} have none: every label is -100); at least {world * num_batches} "
-                "are needed to fill the micro-batches. Drop such rows from the dataset (e.g. rows "
-                "whose response was truncated away) or check the labels your collator builds."
-            )
-        if self.pseudo_sources is not None:
-            sources = self.pseudo_sources.labels(pool_rows, ID_KEY)
-        else:
-            sources = [str(row.get(SOURCE, _SINGLE_SOURCE)) for row in pool_rows]
-        # Budget: the batch the optimizer steps on, shrunk with the pool on a short last step,
-        # and a multiple of the world size so every rank trains an equal share.
-        per_rank = max(num_batches, math.ceil((len(pool_rows) + unsupervised) / (cfg.pool_factor * world)))
-        budget = min(per_rank * world, len(pool_rows))
-
+        local_rows, unsupervised = self._supervised_only([row for chunk in chunks for row in chunk])
+        self._fit_pseudo_sources_if_due()
+        features, score_ms = self._score_pool(local_rows)  # [N, d] over all ranks, or None
+        pool_rows, unsupervised = self._gather_pool(local_rows, unsupervised, num_batches)
+        sources = self._pool_sources(pool_rows)
+        budget = step_budget(len(pool_rows), unsupervised, num_batches, self.coreset_config.pool_factor,
+                             distributed.world_size())
         selection = self.selector.select(features, sources, budget)
         selection.stats["unsupervised_rows"] = float(unsupervised)
         self.last_selection = selection
-        picked = selection.indices.tolist()
         self._record_selection(selection, pool_rows, sources, score_ms)
+        return self._shard_coreset(selection, pool_rows, num_batches)
 
+    def _fit_pseudo_sources_if_due(self) -> None:
+        """At the first step after the pseudo-source warm-up (none when pseudo-sources are off):
+        embed every training row, cluster them, switch to the selector whose sources are the
+        clusters, and log the fit."""
+        ps, step = self.pseudo_sources, self.state.global_step
+        if ps is None or not ps.needs_fit(step):
+            return
+        pool = pool_size(self.coreset_config.pool_factor, self.args.per_device_train_batch_size,
+                         self.args.gradient_accumulation_steps, distributed.world_size())
+        ps.fit(
+            self.model, self.train_dataset, lambda rows: hf.to_device(self, self._collate(rows)),
+            self._score_chunk_size(), step, pool,
+            source_labels(self.train_dataset) if ps.has_source_column else None,
+        )
+        self.selector = ps.selector()
+        self.log(ps.log_entry())
+
+    def _warming_up(self) -> bool:
+        """Whether this step is a pseudo-source warm-up step (a uniform random subset, no scoring)."""
+        return self.pseudo_sources is not None and self.pseudo_sources.warming_up(self.state.global_step)
+
+    def _score_chunk_size(self) -> int:
+        return self.coreset_config.score_batch_size or self.args.per_device_train_batch_size
+
+    def _score_pool(self, local_rows: list[dict[str, Any]]) -> tuple[torch.Tensor | None, float]:
+        """The gradient features of the whole pool, assembled on every rank (None when the
+        selection looks at no feature), and the milliseconds this rank spent on them."""
+        start = time.perf_counter()
+        features = None
+        if self.coreset_config.needs_features and not self._warming_up():
+            # This rank's rows, without gradients, in chunks that fit.
+            chunk = self._score_chunk_size()
+            score_batches = [
+                hf.to_device(self, self._collate(local_rows[i : i + chunk])) for i in range(0, len(local_rows), chunk)
+            ]
+            features = gradient_features(
+                self.model, score_batches, self.coreset_config, self.state.global_step, gather=True
+            )  # [N, d]
+        return features, (time.perf_counter() - start) * 1e3
+
+    def _gather_pool(
+        self, local_rows: list[dict[str, Any]], unsupervised: int, num_batches: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Every rank's pool rows (rank order) and how many rows all ranks left out as
+        unsupervised; an error when too few remain to fill the micro-batches."""
+        pool_rows = distributed.gather_objects(local_rows)
+        unsupervised = sum(distributed.gather_objects([unsupervised]))
+        needed = distributed.world_size() * num_batches
+        if len(pool_rows) < needed:
+            raise ValueError(
+                f"this step's pool has only {len(pool_rows)} rows with a supervised token "
+                f"({unsupervised} have none: every label is -100); at least {needed} "
+                "are needed to fill the micro-batches. Drop such rows from the dataset (e.g. rows "
+                "whose response was truncated away) or check the labels your collator builds."
+            )
+        return pool_rows, unsupervised
+
+    def _pool_sources(self, pool_rows: list[dict[str, Any]]) -> list[str]:
+        """The source label of every pool row: its cluster with pseudo-sources, else its `source`."""
+        if self.pseudo_sources is not None:
+            return self.pseudo_sources.labels(pool_rows, ID_KEY)
+        return [str(row.get(SOURCE, SINGLE_SOURCE)) for row in pool_rows]
+
+    def _shard_coreset(
+        self, selection: Selection, pool_rows: list[dict[str, Any]], num_batches: int
+    ) -> list[dict[str, Any]]:
+        """This rank's share of the coreset (every world-size-th row), as `num_batches` collated
+        micro-batches, with loss weights when they are not all 1 or loss_average="example"."""
+        world, rank = distributed.world_size(), distributed.rank()
+        picked = selection.indices.tolist()
         mine = list(range(rank, len(picked), world))
         parts = split_evenly(mine, num_batches)
         batches = [self._collate([pool_rows[picked[j]] for j in part]) for part in parts]
         weights = selection.loss_weights.to(torch.float32).cpu()  # [budget]
-        if bool((weights != 1).any()) or cfg.loss_average == "example":
+        if bool((weights != 1).any()) or self.coreset_config.loss_average == "example":
             # Normalized to mean 1 over the coreset so a weighted loss keeps the loss scale.
             weights = weights * (len(picked) / weights.sum())
             batches = self._with_example_weights(batches, [weights[part] for part in parts], len(picked))
         return batches
-
-    def _pseudo_sources_warming_up(self) -> bool:
-        """Whether this step is a pseudo-source warm-up step (a uniform random subset of the pool,
-        no scoring); at the first step after the warm-up, the clusters are fitted first."""
-        ps, step = self.pseudo_sources, self.state.global_step
-        if ps.needs_fit(step):
-            chunk = self.coreset_config.score_batch_size or self.args.per_device_train_batch_size
-            pool = pool_size(self.coreset_config.pool_factor, self.args.per_device_train_batch_size,
-                             self.args.gradient_accumulation_steps, distributed.world_size())
-            ps.fit(
-                self.model, self.train_dataset, lambda rows: self._prepare_inputs(self._collate(rows)), chunk,
-                step, pool, dataset_sources(self.train_dataset) if ps.has_source_column else None,
-            )
-            self.selector = ps.selector()
-            self.log(ps.log_entry())
-        return ps.warming_up(step)
 
     def _supervised_only(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
         """The rows that have at least one supervised next-token label, and how many had none.
@@ -386,9 +426,7 @@ class CoresetTrainerMixin:
             # over the coreset's supervised tokens (the unweighted loss's normalization).
             denom = num_items_in_batch if num_items_in_batch is not None else counts.sum()
             loss = (nll_sums * weights).sum() / denom
-            global_denominator = num_items_in_batch is not None
-            if self.args.average_tokens_across_devices and global_denominator:
-                loss = loss * self.accelerator.num_processes
+            loss = loss * hf.token_loss_scale(self, num_items_in_batch)
         else:
             # loss_average="example": each example's mean token NLL, averaged over the step's
             # examples on every micro-batch and rank. DDP averages gradients over ranks, hence
@@ -396,29 +434,22 @@ class CoresetTrainerMixin:
             means = nll_sums / counts.clamp(min=1).to(nll_sums.dtype)  # [n]
             loss = (means * weights).sum() / step_examples.to(means.device)
             loss = loss * self.accelerator.num_processes
-            if not self._loss_scaled_for_accumulation(num_items_in_batch):
+            if hf.training_step_divides_loss(self, num_items_in_batch):
                 loss = loss * self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
-
-    def _loss_scaled_for_accumulation(self, num_items_in_batch) -> bool:
-        """Whether `Trainer.training_step` leaves the loss as is (True) or divides it by the
-        gradient accumulation steps (False): the rule of transformers' training_step."""
-        if self.loss_is_scaled_for_ga is not None:
-            return bool(self.loss_is_scaled_for_ga)
-        return bool(
-            (self.model_accepts_loss_kwargs and num_items_in_batch is not None)
-            or self.compute_loss_func is not None
-        )
 
     # ---- telemetry --------------------------------------------------------------------------
     def _record_selection(
         self, selection: Selection, pool_rows: list[dict[str, Any]], sources: list[str], score_ms: float
     ) -> None:
         stats = {f"coreset/{k}": float(v) for k, v in selection.stats.items()}
+        # The selector counts the sources present in the pool; every source it knows is logged
+        # at every step (0 when absent), so each selected/<source> series has no gaps.
+        for name in self.selector.source_sizes:
+            stats.setdefault(f"coreset/selected/{name}", 0.0)
         stats["coreset/score_ms"] = score_ms
-        for key, value in stats.items():
-            self._coreset_logs[key] = self._coreset_logs.get(key, 0.0) + value
         self._coreset_log_count += 1
+        self._add_to_step_stats(stats)
         if self.log_selections and self.is_world_process_zero():
             picked = selection.indices.tolist()
             record = {
@@ -433,6 +464,11 @@ class CoresetTrainerMixin:
             with open(os.path.join(self.args.output_dir, SELECTIONS_FILE), "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def _add_to_step_stats(self, stats: dict[str, float]) -> None:
+        """Add numbers of the current step to the sums averaged at the next training log."""
+        for key, value in stats.items():
+            self._coreset_logs[key] = self._coreset_logs.get(key, 0.0) + value
+
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         # Training logs carry 'loss'; attach the selection averages since the previous one.
         if "loss" in logs and self._coreset_log_count:
@@ -443,10 +479,12 @@ class CoresetTrainerMixin:
         super().log(logs, *args, **kwargs)
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def _save_rng_state(self, output_dir: str) -> None:
-        # Called inside every checkpoint save, before trainer_state.json marks it complete: the
-        # selector state is run state like the RNG states, and written atomically.
-        super()._save_rng_state(output_dir)
+    def _save_coreset_state(self, output_dir: str) -> None:
+        """Write the selector (and pseudo-source) state into a checkpoint being saved.
+
+        Called inside every checkpoint save (through `PrivateOverrides`), before
+        trainer_state.json marks it complete: the selector state is run state like the RNG
+        states, and written atomically."""
         if self.selector is not None and self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
             save_selector_state(
