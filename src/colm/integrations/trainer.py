@@ -41,6 +41,7 @@ from colm.config import CoresetConfig
 from colm.features import gradient_features, per_example_nll
 from colm.files import truncate_jsonl
 from colm.integrations.launch import check_launch
+from colm.integrations.sharding import check_sharding
 from colm.integrations.packing import check_one_row_per_example, check_unpacked
 from colm.integrations.pool_size import check_training_pool, pool_size
 from colm.integrations.pseudo_sources import PseudoSources
@@ -153,6 +154,7 @@ class CoresetTrainerMixin:
         check_unpacked(training_args, config.pool_factor > 1 or config.loss_average == "example")
         if training_args is not None:
             check_launch(training_args)
+            check_sharding(training_args)  # DeepSpeed / FSDP1: refused before any data work
         if training_args is not None and train_dataset is not None and is_stream(train_dataset):
             # accelerate's dispatcher would concatenate the pool chunks of a stream as tensors; a
             # shard per process keeps them Python rows (as TRL does for its streams).
@@ -162,6 +164,7 @@ class CoresetTrainerMixin:
         # given): a launch where torch.distributed and the Trainer count different processes
         # would train diverging copies on duplicated pools, without any error.
         check_launch(self.args, self.accelerator.num_processes)
+        check_sharding(self.args, self.accelerator)  # and FSDP that accelerate did not turn on
         self.coreset_config = config
         self.source_sizes = source_sizes
         self.log_selections = log_selections
