@@ -41,6 +41,7 @@ from colm.config import CoresetConfig
 from colm.features import gradient_features, per_example_nll
 from colm.files import truncate_jsonl
 from colm.integrations.launch import check_launch
+from colm.integrations.precision import warn_slow_half_precision
 from colm.integrations.sharding import check_sharding
 from colm.integrations.packing import check_one_row_per_example, check_unpacked
 from colm.integrations.pool_size import check_training_pool, pool_size
@@ -165,6 +166,7 @@ class CoresetTrainerMixin:
         # would train diverging copies on duplicated pools, without any error.
         check_launch(self.args, self.accelerator.num_processes)
         check_sharding(self.args, self.accelerator)  # and FSDP that accelerate did not turn on
+        warn_slow_half_precision(self.args)  # e.g. SFTConfig's default bf16 on a CPU without it
         self.coreset_config = config
         self.source_sizes = source_sizes
         self.log_selections = log_selections
