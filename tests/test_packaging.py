@@ -39,14 +39,16 @@ def test_wheel_installs_into_a_fresh_venv_and_trains(tmp_path):
     assert len(wheels) == 1
 
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", venv])
+    # without pip (and the old setuptools venv would bundle, which would shadow the one torch needs):
+    # the test interpreter's pip installs into it with --python
+    run([sys.executable, "-m", "venv", "--without-pip", venv])
     python, colm = venv / "bin" / "python", venv / "bin" / "colm"
     fresh_site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     (fresh_site / "reuse_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", COLM_CACHE=str(tmp_path / "cache"))
     # --no-index: every dependency must already be satisfied (through the .pth), nothing downloaded
-    run([python, "-m", "pip", "install", "-q", "--no-index", wheels[0]], env=env)
+    run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-index", wheels[0]], env=env)
 
     where = run([python, "-c", "import colm; print(colm.__file__)"], env=env, cwd=tmp_path).stdout.strip()
     assert where.startswith(str(fresh_site)), where  # the installed wheel, not the clone's src/
