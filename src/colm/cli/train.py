@@ -149,6 +149,9 @@ def make_trainer(
 
 def run(argv: Sequence[str]) -> int:
     model_args, data_args, _sel, targs, coreset = parse(argv)
+    from colm import phases
+
+    phases.enable(not targs.disable_tqdm)  # GGUF, tokenization, embedding pass, evaluation bars
     check_train_settings(model_args, data_args, targs)
     check_pseudo_sources(coreset, targs)
     from colm.cli import rundir
