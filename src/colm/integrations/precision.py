@@ -2,7 +2,8 @@
 
 TRL's SFTConfig defaults to bf16=True. On a CPU without bf16 instructions (AVX512-BF16 or AMX)
 PyTorch emulates bf16 matrix products through float32 conversions, so each step is several times
-slower than in float32 (docs/trainer.md gives the measured factor), and nothing says so.
+slower than in float32 (8-15x for a bf16 step measured on this project's AVX2 machine:
+benchmarks/bf16_cpu_cost.py), and nothing said so.
 fp16 on a CPU has no fast path on any common CPU (AMX-FP16 aside).
 """
 from __future__ import annotations
@@ -38,10 +39,10 @@ def slow_half_precision(args: Any) -> str | None:
         if getattr(args, flag, False) and not cpu_has_fast(dtype):
             return (
                 f"{flag}=True on a CPU without native {dtype} arithmetic (no "
-                f"{'AVX512-BF16/AMX' if dtype == 'bf16' else 'AMX-FP16'}): PyTorch emulates it, which "
-                f"made a training step several times slower than float32 here (about 8x measured "
-                f"on the issue's run; see docs/trainer.md). Pass {flag}=False (TRL's SFTConfig "
-                f"defaults to bf16=True) unless this CPU is the one you will train on"
+                f"{'AVX512-BF16/AMX' if dtype == 'bf16' else 'AMX-FP16'}): PyTorch emulates it, and "
+                f"a training step gets much slower than in float32 (bf16: 8-15x measured on an AVX2 "
+                f"CPU, benchmarks/bf16_cpu_cost.py). Pass {flag}=False (TRL's SFTConfig defaults "
+                f"to bf16=True) unless you accept that"
             )
     return None
 
