@@ -3,7 +3,7 @@
 ddp_worker.py runs these variants in the same launch (starting processes is most of a launch's
 time); each writes OUT/rank<r>.json, checked by test_fsdp.py:
 
-* ``fsdp-features``: zo and exact features of a model sharded with ``fully_shard`` (each rank
+* ``fsdp-features``: zo, exact and hidden features of a model sharded with ``fully_shard`` (each rank
   scores its half of the pool, ``gather=True``) against those of an unsharded copy scoring the
   whole pool locally; the facility-location selections on both; every all-gather FSDP made during
   the sharded scoring (which block, and which other blocks were gathered at that moment).
@@ -106,7 +106,7 @@ def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def features_case(out: Path) -> dict:
     result = {}
-    for feature in ("zo", "exact"):
+    for feature in ("zo", "exact", "hidden"):
         config = CoresetConfig(within_source="facility_location", feature=feature, zo_probes=2, pool_factor=2)
         reference = tiny_llama(seed=3)
         sharded = shard(copy.deepcopy(reference))
@@ -128,6 +128,7 @@ def features_case(out: Path) -> dict:
             pick = lambda f: CoresetSelector(config, SIZES).select(f, sources, CORESET).indices.tolist()
             entry["selections"][step] = {"unsharded": pick(expected), "sharded": pick(got)}
         entry["layers"] = len(reference.model.layers)
+        entry["hidden_size"] = reference.config.hidden_size
         result[feature] = entry
     return result
 

@@ -111,7 +111,7 @@ def fsdp_results(torchrun_runs, variant):
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("feature", ("zo", "exact"))
+@pytest.mark.parametrize("feature", ("zo", "exact", "hidden"))
 def test_fsdp2_features_and_selections_equal_the_unsharded_models(torchrun_runs, feature):
     # Each rank scores its half of a 16-row pool on a model sharded with fully_shard (per decoder
     # layer, then the root) and gathers the features; an unsharded copy scores the same halves.
@@ -120,7 +120,8 @@ def test_fsdp2_features_and_selections_equal_the_unsharded_models(torchrun_runs,
         entry = rank[feature]
         for step in ("0", "1"):
             f = entry["features"][step]
-            assert f["shape"] == [16, 512]  # 512 = the last layer's v_proj, whole (not a shard)
+            # zo/exact: 512 = the last layer's v_proj, whole (not a shard); hidden: the hidden size
+            assert f["shape"] == [16, entry["hidden_size"] if feature == "hidden" else 512]
             assert f["scale"] > 0.1 and f["max_abs_diff"] <= 1e-5 * f["scale"], f
             assert entry["selections"][step]["sharded"] == entry["selections"][step]["unsharded"]
         assert entry["unchanged"]  # the sharded model's full parameters bit-identical after scoring
