@@ -103,3 +103,17 @@ def test_replay_of_an_unsharded_model_is_unchanged_by_the_fsdp_path():
     assert replay.current(targets)["model.layers.1.self_attn.v_proj.weight"] is targets["model.layers.1.self_attn.v_proj.weight"]
     f = gradient_features(model, batch, CoresetConfig(within_source="facility_location", feature="zo", zo_probes=2))
     assert f.shape == (4, 512) and torch.isfinite(f).all()
+
+
+def test_colm_train_under_accelerate_use_fsdp_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    # what `accelerate launch --use_fsdp` (no --fsdp_version: FSDP1) leaves in each worker's env
+    from colm.cli import main
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    out = tmp_path / "run"
+    code = main(["train", "--output-dir", str(out), "--max-steps", "1", "--use-cpu", "true"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("colm train: error: FSDP1 (fsdp_version 1") and "FSDP2" in err[0]
+    assert not out.exists()
