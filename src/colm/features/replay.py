@@ -185,8 +185,6 @@ class LastLayerReplay:
             if not self._tail.active:
                 raise StopForward
 
-        # prepend: stop before any other pre-hook of the last layer runs, in particular FSDP2's,
-        # which would gather the last block while layer L-2 may still be gathered
         if self._tail.active:
             self._capture_sharded(inputs, grab)
         else:
@@ -218,6 +216,7 @@ class LastLayerReplay:
             return (args[0][:, :1],) + tuple(args[1:])  # [n, 1, h]: the logits are not used
 
         handles = [
+            # prepend: the inputs exactly as the model passes them, before FSDP's own pre-hook
             self.stack.last.register_forward_pre_hook(grab, with_kwargs=True, prepend=True),
             self.head.register_forward_pre_hook(first_position),
         ]

@@ -25,6 +25,16 @@ outside the decoder stack: in the usual layout (``fully_shard`` per decoder laye
 whole model) that is the root group (embeddings, final norm, LM head), which every forward gathers
 anyway and which FSDP2 keeps gathered after the forward by default.
 
+Why FSDP's hooks must be off during the replays, not only the block gathered: with them on, an
+exact-features backward through a replay fires FSDP's pre-backward hooks, which prefetch the
+block before the last one (gathering a second block: measured) and end with a callback that
+reshards everything.
+
+Beyond the public ``FSDPModule`` API (``unshard``, ``reshard``, ``set_reshard_after_forward``)
+this reads FSDP2 internals: the module's FSDP state, its parameter groups' post-forward mesh (no
+getter exists for reshard-after-forward) and its forward-hook handles. Written against torch
+2.13; the 2-process tests in test_distributed.py fail if a torch release changes them.
+
 Without FSDP (a plain or DDP model) everything here is a no-op.
 """
 from __future__ import annotations
