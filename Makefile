@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # If the interpreter that creates the venv already has torch, the venv sees it and keeps it.
 SYSTEM_TORCH := $(shell $(PYTHON) -c 'import torch' >/dev/null 2>&1 && echo --system-site-packages)
 
-.PHONY: setup test test-all demo bench smollm2 gpu-rehearsal clean
+.PHONY: setup test test-all test-packaging demo bench smollm2 gpu-rehearsal clean
 
 setup: $(VENV)/.installed
 
@@ -26,10 +26,15 @@ $(VENV)/.installed: pyproject.toml
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 
 test: setup
-	$(TEST_ENV) $(PY) -m pytest -q -m "not slow and not gpu"
+	$(TEST_ENV) $(PY) -m pytest -q -m "not slow and not gpu and not packaging"
 
 test-all: setup
 	$(TEST_ENV) $(PY) -m pytest -q -m "not gpu"
+
+# The wheel, built and installed into a fresh venv, runs `colm --help` and a tiny `colm train`
+# (about a minute: CI runs it, `make test` does not). Offline: it reuses this venv's dependencies.
+test-packaging: setup
+	$(TEST_ENV) $(PY) -m pytest -q -m packaging tests/test_packaging.py
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/colm demo

@@ -75,7 +75,12 @@ def main() -> None:
     for variant in variants:
         target = out if len(variants) == 1 else out / variant
         target.mkdir(parents=True, exist_ok=True)
-        run_variant(target, variant)
+        if variant.startswith("fsdp-"):
+            from fsdp_worker import run_fsdp_variant
+
+            run_fsdp_variant(target, variant)
+        else:
+            run_variant(target, variant)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from colm import phases
 from colm.data import MixtureCollator
 from colm.data.templating import context_ids
 from colm.features import per_example_nll
@@ -40,7 +41,7 @@ def per_source_loss(model: Any, dataset: Any, *, pad_token_id: int, batch_size: 
     examples: dict[str, int] = defaultdict(int)
     collate = MixtureCollator(pad_token_id)
     try:
-        for start in range(0, len(order), batch_size):
+        for start in phases.track(range(0, len(order), batch_size), "evaluating", unit="batch"):
             chunk = [rows[i] for i in order[start : start + batch_size]]
             batch = collate(chunk)
             logits = model(input_ids=batch["input_ids"].to(device),
@@ -130,7 +131,7 @@ def generation_exact_match(
     total: dict[str, int] = defaultdict(int)
     unscorable: dict[str, int] = defaultdict(int)
     try:
-        for start in range(0, len(contexts), batch_size):
+        for start in phases.track(range(0, len(contexts), batch_size), "generating", unit="batch"):
             chunk = contexts[start : start + batch_size]
             longest = max(len(c) for c in chunk)
             # Left padding: every prompt ends at the same position, where generation starts.

@@ -47,11 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, metavar="FILE.json",
                    help="write the results as JSON (default: <checkpoint>/eval.json)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-source subsampling")
+    p.add_argument("--disable-tqdm", action="store_true",
+                   help="no progress bars (loading, tokenization, evaluation, generation); they are "
+                        "drawn only on a terminal anyway")
     return p
 
 
 def run(argv: Sequence[str]) -> int:
     ns = build_parser().parse_args(list(argv))
+    from colm import phases
+
+    phases.enable(not ns.disable_tqdm)
     for name in ("batch_size", "max_new_tokens"):
         if getattr(ns, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(ns, name)}")

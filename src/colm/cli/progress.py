@@ -120,6 +120,48 @@ class ProgressBar(TrainerCallback):
             self.bar = None
 
 
+def eval_record(step: int, result: dict[str, Any]) -> dict[str, Any]:
+    """The metrics line of one validation: mean over sources, worst source, the token-weighted
+    loss over the whole validation set, each source's loss, and the natural-mixture loss when the
+    evaluation function provides one (key "natural": the hook for colm.evaluation's metric)."""
+    record = {"step": step, "eval/loss_mean": result["mean"], "eval/loss_worst": result["worst"]}
+    if "overall" in result:
+        record["eval/loss_overall"] = result["overall"]
+    if "natural" in result:
+        record["eval/loss_natural"] = result["natural"]
+    record.update({f"eval/loss/{s}": v for s, v in result["per_source"].items()})
+    return record
+
+
+class BackendReporter:
+    """Sends colm's validation records to every `report_to` backend (TensorBoard, W&B, MLflow,
+    ...) the Trainer set up, as `eval/*` tags at the current step.
+
+    colm evaluates per source in its own callback, outside the Trainer's evaluate(), so nothing
+    would reach those backends otherwise. The records go straight to the integration callbacks'
+    on_log rather than through `trainer.log`, which would also append them to the Trainer's log
+    history and to metrics.jsonl a second time. The integrations prefix "eval_" keys with
+    "eval/" (transformers' rewrite_logs), hence the renaming.
+    """
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        trainer = self.trainer
+        if trainer is None or not trainer.state.is_world_process_zero:
+            return
+        from transformers.integrations import get_reporting_integration_callbacks
+
+        backends = tuple(get_reporting_integration_callbacks(trainer.args.report_to))
+        if not backends:
+            return
+        logs = {"eval_" + k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/")}
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, backends):
+                callback.on_log(trainer.args, trainer.state, trainer.control, logs=logs, model=trainer.model)
+
+
 class PeriodicEval(TrainerCallback):
     """Per-source validation loss at chosen optimizer steps (`steps`) or every `every` steps.
 
@@ -135,6 +177,7 @@ class PeriodicEval(TrainerCallback):
         metrics: MetricsFile | None = None,
         timer: StepTimer | None = None,
         on_result: Callable[[int, dict[str, Any]], None] | None = None,
+        report: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.steps = set(int(s) for s in steps)
         self.every = every
@@ -142,16 +185,17 @@ class PeriodicEval(TrainerCallback):
         self.metrics = metrics
         self.timer = timer
         self.on_result = on_result
+        self.report = report
         self.history: list[dict[str, Any]] = []
 
     def run(self, step: int, model: Any) -> dict[str, Any]:
         result = self.evaluate(model)
-        record = {"step": step, "eval/loss_mean": result["mean"], "eval/loss_worst": result["worst"],
-                  "eval/loss_overall": result["overall"],
-                  **{f"eval/loss/{s}": v for s, v in result["per_source"].items()}}
+        record = eval_record(step, result)
         self.history.append({"step": step, **result})
         if self.metrics is not None:
             self.metrics.write(record)
+        if self.report is not None:
+            self.report(record)
         if self.on_result is not None:
             self.on_result(step, result)
         if self.timer is not None:

@@ -36,6 +36,10 @@ def check_train_settings(model_args: Any, data_args: Any, targs: Any) -> None:
     launch = launch_problem(targs, cli=True)
     if launch is not None:  # e.g. torchrun on a CPU machine without --use-cpu true
         raise UsageError(launch)
+    from colm.integrations.sharding import sharding_problem
+
+    if (sharding := sharding_problem(targs)) is not None:  # e.g. `accelerate launch --use_fsdp` (FSDP1)
+        raise UsageError(sharding)
     if not math.isfinite(targs.learning_rate) or targs.learning_rate <= 0:
         raise UsageError(f"--learning-rate: must be > 0, got {targs.learning_rate}")
     if model_args.lora_r < 0:

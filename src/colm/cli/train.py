@@ -149,6 +149,9 @@ def make_trainer(
 
 def run(argv: Sequence[str]) -> int:
     model_args, data_args, _sel, targs, coreset = parse(argv)
+    from colm import phases
+
+    phases.enable(not targs.disable_tqdm)  # GGUF, tokenization, embedding pass, evaluation bars
     check_train_settings(model_args, data_args, targs)
     check_pseudo_sources(coreset, targs)
     from colm.cli import rundir
@@ -173,7 +176,7 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     from colm.cli import dataprep, modeling
     from colm.evaluation import per_source_loss
     from colm.cli.memory import PeakMemory
-    from colm.cli.progress import MetricsFile, PeriodicEval, ProgressBar, StepTimer
+    from colm.cli.progress import BackendReporter, MetricsFile, PeriodicEval, ProgressBar, StepTimer, eval_record
     from colm.cli.report import (
         selection_summary, text_table, train_markdown, whole_run_train_loss, write_report,
     )
@@ -209,13 +212,15 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     batch = max(8, targs.per_device_eval_batch_size)
     callbacks: list[Any] = [timer, metrics]
     progress = None if targs.disable_tqdm else ProgressBar("colm train")
+    reporter = BackendReporter()  # validation to every --report-to backend, as eval/* tags
     if eval_every:
         callbacks.append(PeriodicEval(
             (), lambda m: per_source_loss(m, prep.eval, pad_token_id=pad_id, batch_size=batch),
             every=eval_every, metrics=metrics, timer=timer,
-            on_result=progress.show_eval if progress is not None else None,
+            on_result=progress.show_eval if progress is not None else None, report=reporter,
         ))
     trainer = make_trainer(model, tokenizer, prep.train, targs, coreset, callbacks=callbacks, progress=progress)
+    reporter.trainer = trainer
     started = time.perf_counter()
     with PeakMemory() as mem:
         try:
@@ -229,9 +234,8 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     validation = None
     if prep.eval is not None:
         validation = per_source_loss(trainer.model, prep.eval, pad_token_id=pad_id, batch_size=batch)
-        metrics.write({"step": trainer.state.global_step, "eval/loss_mean": validation["mean"],
-                       "eval/loss_worst": validation["worst"],
-                       **{f"eval/loss/{s}": v for s, v in validation["per_source"].items()}})
+        metrics.write(eval_record(trainer.state.global_step, validation))
+        reporter(eval_record(trainer.state.global_step, validation))
     report = {
         "command": "colm train " + " ".join(argv),
         "output_dir": str(out),

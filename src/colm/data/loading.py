@@ -10,6 +10,11 @@ Accepted inputs (`spec`):
 Every example is either prompt/response or chat (`messages`: a list of {role, content} with the
 assistant's answer last). The result always uses the canonical column names `prompt`,
 `response` (or `messages`) and `source`, whatever the input's field names were.
+
+TRL's dataset formats are read without options: `prompt`/`completion` rows (the response field
+defaults to `completion` when there is no `response`), and conversational `prompt`/`completion`
+rows (both lists of {role, content}) become one `messages` conversation. A missing field's error
+names the fields found and the option that maps them.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from colm.data.sources import count_sources
 MixtureSpec = Union[str, os.PathLike, datasets.Dataset, datasets.DatasetDict]
 
 PROMPT, RESPONSE, MESSAGES = "prompt", "response", "messages"
+TRL_COMPLETION = "completion"  # TRL's name for the response (prompt-completion datasets)
 _MESSAGE_FEATURES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
 # Files `save_to_disk` writes: a folder holding one of these is a saved dataset, not JSONL.
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -48,6 +54,30 @@ class Fields:
     prompt: str = PROMPT
     response: str = RESPONSE
     messages: str = MESSAGES
+    conversational: bool = False
+    """TRL's conversational prompt/completion: both fields hold message lists, joined."""
+
+    def resolved(self, present: Sequence[str], first: dict | None = None) -> "Fields":
+        """These names with TRL's defaults applied to the fields ``present`` in the input: the
+        response is ``completion`` when the default ``response`` is absent and ``completion`` is
+        there; list-valued prompt and completion (``first`` row) make a conversation."""
+        response = self.response
+        if response == RESPONSE and RESPONSE not in present and TRL_COMPLETION in present:
+            response = TRL_COMPLETION
+        conversational = (
+            first is not None and self.prompt in present and response in present
+            and isinstance(first.get(self.prompt), list) and isinstance(first.get(response), list)
+        )
+        return Fields(self.source, self.prompt, response, self.messages, conversational)
+
+
+def field_hint() -> str:
+    """Which options map other field names (CLI flag, then load_mixture argument)."""
+    return (
+        "map yours with --prompt-field/--response-field (prompt/response rows, e.g. "
+        "--response-field completion) or --messages-field (chat rows); in Python "
+        "load_mixture(prompt_field=..., response_field=..., messages_field=...)"
+    )
 
 
 def load_mixture(
@@ -168,6 +198,8 @@ def _read_files(paths: Sequence[Path], fields: Fields) -> dict[str, list]:
                 if not raw.strip():
                     continue  # blank lines (a trailing newline, say) carry no example
                 record = _parse_line(raw, path, line_no)
+                if not columns:  # the first record fixes the format, and TRL's names
+                    fields = fields.resolved(list(record), record)
                 _append(columns, record, fields, stem, f"{path}:{line_no}")
         except (OSError, EOFError, zlib.error) as err:  # truncated or non-gzip .gz
             raise DataError(f"{path}: unreadable after line {line_no}: {err}") from err
@@ -195,16 +227,20 @@ def _parse_line(raw: bytes, path: Path, line_no: int) -> dict[str, Any]:
 def _append(columns: dict[str, list], record: dict, fields: Fields, stem: str, where: str) -> None:
     """Check one record and add it to the columns; the first record fixes the format."""
     if not columns:
-        if fields.prompt in record:
+        if fields.conversational:
+            columns.update({MESSAGES: [], SOURCE: []})
+        elif fields.prompt in record:
             columns.update({PROMPT: [], RESPONSE: [], SOURCE: []})
         elif fields.messages in record:
             columns.update({MESSAGES: [], SOURCE: []})
         else:
             raise DataError(
                 f"{where}: missing field {fields.prompt!r} (or {fields.messages!r} for chat "
-                f"data); the object has fields {sorted(record)}"
+                f"data); the object has fields {sorted(record)}; {field_hint()}"
             )
-    if PROMPT in columns:
+    if fields.conversational:
+        columns[MESSAGES].append(_conversation(record, fields, where))
+    elif PROMPT in columns:
         columns[PROMPT].append(_string_field(record, fields.prompt, where))
         columns[RESPONSE].append(_string_field(record, fields.response, where))
     else:
@@ -212,9 +248,24 @@ def _append(columns: dict[str, list], record: dict, fields: Fields, stem: str, w
     columns[SOURCE].append(_source_value(record.get(fields.source), stem, fields.source, where))
 
 
+def _conversation(record: dict, fields: Fields, where: str) -> list[dict[str, str]]:
+    """TRL's conversational prompt/completion row as one conversation (prompt turns first)."""
+    for name in (fields.prompt, fields.response):
+        if not isinstance(record.get(name), list):
+            raise DataError(
+                f"{where}: field {name!r} must be a list of {{role, content}} objects like the "
+                f"first row's (conversational prompt/completion); the object has fields {sorted(record)}"
+            )
+    joined = {fields.messages: list(record[fields.prompt]) + list(record[fields.response])}
+    return _messages_field(joined, fields.messages, where)
+
+
 def _string_field(record: dict, name: str, where: str) -> str:
     if name not in record:
-        raise DataError(f"{where}: missing field {name!r}; the object has fields {sorted(record)}")
+        raise DataError(
+            f"{where}: missing field {name!r}; the object has fields {sorted(record)}; "
+            f"{field_hint()}"
+        )
     value = record[name]
     if not isinstance(value, str):
         raise DataError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
@@ -275,10 +326,14 @@ def _from_dataset(
         data = data[name]
     cols = data.column_names
     where = f"dataset {default_source!r}"  # rows below are 0-based, as datasets indexes them
-    if fields.prompt in cols:
+    fields = fields.resolved(cols, data[0] if len(data) else None)
+    if fields.conversational:
+        out = {MESSAGES: [_conversation(row, fields, f"{where}, row {i}")
+                          for i, row in enumerate(data.select_columns([fields.prompt, fields.response]))]}
+    elif fields.prompt in cols:
         for name in (fields.prompt, fields.response):
             if name not in cols:
-                raise DataError(f"{where}: missing column {name!r}; columns are {cols}")
+                raise DataError(f"{where}: missing column {name!r}; columns are {cols}; {field_hint()}")
         # `dataset[col]` is a lazy Column in datasets>=4; lists are what the checks below need.
         out = {PROMPT: list(data[fields.prompt]), RESPONSE: list(data[fields.response])}
         for key in (PROMPT, RESPONSE):
@@ -298,7 +353,7 @@ def _from_dataset(
     else:
         raise DataError(
             f"{where}: missing column {fields.prompt!r} (or {fields.messages!r} for chat data); "
-            f"columns are {cols}"
+            f"columns are {cols}; {field_hint()}"
         )
     if len(data) == 0:
         raise DataError(f"{where}: empty (no rows)")

@@ -27,6 +27,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
+from colm import phases
 from colm.data import tokenized_cache
 from colm.data.errors import DataError
 from colm.data.loading import MESSAGES, PROMPT, RESPONSE, SOURCE
@@ -122,7 +123,7 @@ def tokenize_mixture(
     truncated = np.zeros(n_input, dtype=bool)
     n_supervised = np.zeros(n_input, dtype=np.int64)
     lengths = np.zeros(n_input, dtype=np.int64)
-    for start in range(0, n_input, batch_size):
+    for start in phases.track(range(0, n_input, batch_size), "tokenizing", unit="batch"):
         part = table.slice(start, batch_size)
         rows = assemble(encode(part, start), max_length)
         span = slice(start, start + len(part))

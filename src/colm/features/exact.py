@@ -71,6 +71,7 @@ def exact_gradients(
     written (gradients are taken with ``torch.autograd.grad`` with respect to fresh leaf copies).
     """
     model = replay.model
+    targets = replay.current(targets)  # full tensors on an FSDP2 model, not this rank's shards
     # float32 leaves when the replay upcasts a half-precision model (see LastLayerReplay)
     leaves = {name: p.detach().to(replay.compute_dtype(p)).requires_grad_(True) for name, p in targets.items()}
     calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in targets}

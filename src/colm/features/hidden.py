@@ -1,7 +1,8 @@
 """The cheap baseline feature: each example's final hidden state at its last real token.
 
 "Final" means after the final norm: the LM head's input. It is grabbed with a pre-hook on the LM
-head, which then stops the forward, so the LM head never runs.
+head, which then stops the forward, so the LM head never runs (on an FSDP2 model the forward
+completes, with the head on one position per row: see colm/features/sharded.py).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from .sharded import is_sharded
 from .structure import StopForward, model_device, model_inputs, output_embeddings
 
 
@@ -26,10 +28,15 @@ def final_hidden_states(model: nn.Module, inputs: Mapping[str, torch.Tensor]) ->
     """``[n, T, hidden]``: the LM head's input at every position, from one no-grad forward with
     ``use_cache=False`` that stops there (``inputs`` already on the model's device)."""
     store: dict[str, torch.Tensor] = {}
+    # FSDP2: a forward stopped by an exception would leave FSDP's root mid-forward, so on a
+    # sharded model the forward runs to the end, the LM head on one position per row only
+    complete = is_sharded(model)
 
-    def grab(module: nn.Module, args: tuple) -> None:
+    def grab(module: nn.Module, args: tuple):
         store["hidden"] = args[0]
-        raise StopForward
+        if not complete:
+            raise StopForward
+        return (args[0][:, :1],) + tuple(args[1:])  # [n, 1, h]: these logits are not used
 
     handle = output_embeddings(model).register_forward_pre_hook(grab)
     try:

@@ -54,6 +54,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .loss import mean_per_row, supervised_positions, token_nll
+from .sharded import GatheredTail, is_sharded, tail_fsdp_modules
 from .structure import (
     DecoderStack,
     StopForward,
@@ -151,6 +152,10 @@ class LastLayerReplay:
         self._kwargs: dict | None = None
         self._inputs: dict[str, torch.Tensor] | None = None
         self._labels: torch.Tensor | None = None
+        # FSDP2: the last block and the tail, gathered for the replays (see colm/features/sharded.py)
+        self._tail = GatheredTail(
+            tail_fsdp_modules(model, self.stack.path, self.stack.last_prefix) if is_sharded(model) else ()
+        )
 
     # --- capture -------------------------------------------------------------------------------
     @property
@@ -177,16 +182,20 @@ class LastLayerReplay:
 
         def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
             store["args"], store["kwargs"] = _detach(args, self.float32), _detach(kwargs, self.float32)
-            raise StopForward
+            if not self._tail.active:
+                raise StopForward
 
-        handle = self.stack.last.register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                self.model(**inputs, use_cache=False)
-        except StopForward:
-            pass
-        finally:
-            handle.remove()
+        if self._tail.active:
+            self._capture_sharded(inputs, grab)
+        else:
+            handle = self.stack.last.register_forward_pre_hook(grab, with_kwargs=True)
+            try:
+                with torch.no_grad():
+                    self.model(**inputs, use_cache=False)
+            except StopForward:
+                pass
+            finally:
+                handle.remove()
         if "args" not in store:
             raise RuntimeError("the last decoder layer was never called during the forward")
         if _contains_cache(store["args"]) or _contains_cache(store["kwargs"]):
@@ -198,10 +207,41 @@ class LastLayerReplay:
         self._inputs = inputs
         self._labels = labels.to(device) if labels is not None else None
 
+    def _capture_sharded(self, inputs: dict[str, torch.Tensor], grab) -> None:
+        """The FSDP2 capture: a complete forward (see colm/features/sharded.py), the grab hook
+        before FSDP's on the last layer, the LM head on one position per row only."""
+        self._tail.prepare()
+
+        def first_position(module: nn.Module, args: tuple) -> tuple:
+            return (args[0][:, :1],) + tuple(args[1:])  # [n, 1, h]: the logits are not used
+
+        handles = [
+            # prepend: the inputs exactly as the model passes them, before FSDP's own pre-hook
+            self.stack.last.register_forward_pre_hook(grab, with_kwargs=True, prepend=True),
+            self.head.register_forward_pre_hook(first_position),
+        ]
+        try:
+            with torch.no_grad():
+                self.model(**inputs, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def release(self) -> None:
-        """Drop the captured activations (and the float32 parameter copies)."""
+        """Drop the captured activations (and the float32 parameter copies); on an FSDP2 model,
+        reshard the last block."""
         self._args = self._kwargs = self._inputs = self._labels = None
         self._fp32_params = None
+        self._tail.release()
+
+    def current(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tensors the replay computes with for the parameter names of ``params``: the
+        parameters themselves, except on an FSDP2 model, where they are the full (gathered)
+        tensors of the last block rather than this rank's shards."""
+        if not self._tail.active:
+            return dict(params)
+        self._tail.gather()
+        return {name: self.model.get_parameter(name) for name in params}
 
     def _require_capture(self) -> None:
         if not self.captured:
@@ -350,11 +390,12 @@ class LastLayerReplay:
         if self.float32:
             if self._fp32_params is None:  # once per replay object: the weights do not change
                 self._fp32_params = {
-                    name: p.detach().float() for name, p in self._replayed.items() if p.dtype in HALF_DTYPES
+                    name: p.detach().float()
+                    for name, p in self.current(self._replayed).items() if p.dtype in HALF_DTYPES
                 }
             overrides = {**self._fp32_params, **(overrides or {})}
         params = self.translate(overrides or {})
-        with self._only_last_layer():
+        with self._tail.suspended(), self._only_last_layer():
             return functional_call(
                 self.model, params, args=(), kwargs={**self._inputs, "use_cache": False},
                 strict=False,

@@ -125,6 +125,7 @@ def zo_coefficients(
         replay.capture(batch)
     if targets is None:
         targets = find_target_parameters(replay.model, config.target_modules)
+    targets = replay.current(targets)  # full tensors on an FSDP2 model, not this rank's shards
     numel = sum(p.numel() for p in targets.values())
     device = next(iter(targets.values())).device
     eps = float(config.zo_eps)

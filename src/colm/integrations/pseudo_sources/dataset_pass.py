@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from colm import phases
 from colm import distributed
 
 from .embed import mean_supervised_hidden, supervised_positions
@@ -65,7 +66,7 @@ def embed_dataset(
     vectors: list[torch.Tensor] = []
     flags: list[torch.Tensor] = []
     indices: list[int] = []
-    for chunk in chunks:
+    for chunk in phases.track(chunks, "pseudo-sources: embedding the dataset", unit="chunk"):
         batch = collate([dict(_row(dataset, i)) for i in chunk])
         vectors.append(mean_supervised_hidden(model, batch))  # [c, hidden]
         flags.append(supervised_positions(batch["labels"]).any(dim=1).cpu())  # [c]
