@@ -109,9 +109,12 @@ def training_step_divides_loss(trainer: Any, num_items: torch.Tensor | int | Non
     # The rule of transformers 5.x's training_step, kept inline there: the class attribute
     # loss_is_scaled_for_ga decides when set; otherwise the loss counts as scaled when it was
     # normalized by num_items_in_batch (model accepts loss kwargs) or a compute_loss_func ran.
-    # (`loss_is_scaled_for_ga` is a recent attribute: a transformers without it has the rest of the rule.)
+    # `loss_is_scaled_for_ga` is a recent class attribute (absent in 5.17, say): a transformers
+    # whose Trainer lacks it has the rest of the rule only, whatever a subclass sets.
+    import transformers
+
     stated = getattr(trainer, "loss_is_scaled_for_ga", None)
-    if stated is not None:
+    if stated is not None and hasattr(transformers.Trainer, "loss_is_scaled_for_ga"):
         return not stated
     scaled = (trainer.model_accepts_loss_kwargs and num_items is not None) or trainer.compute_loss_func is not None
     return not scaled
