@@ -41,6 +41,7 @@ from colm.config import CoresetConfig
 from colm.features import gradient_features, per_example_nll
 from colm.files import truncate_jsonl
 from colm.integrations.launch import check_launch
+from colm.integrations.non_finite import check_finite
 from colm.integrations.packing import check_one_row_per_example, check_unpacked
 from colm.integrations.pool_size import check_training_pool, pool_size
 from colm.integrations.pseudo_sources import PseudoSources
@@ -441,6 +442,13 @@ class CoresetTrainerMixin:
             self._coreset_logs.clear()
             self._coreset_log_count = 0
         super().log(logs, *args, **kwargs)
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args: Any, **kwargs: Any) -> None:
+        # Only where the Trainer reads these numbers anyway (a log) or is about to save: no
+        # per-step sync, and no checkpoint of NaN weights (colm.integrations.non_finite).
+        if self.control.should_log or self.control.should_save:
+            check_finite(self.state.global_step, tr_loss, grad_norm)
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _save_rng_state(self, output_dir: str) -> None:
