@@ -1,0 +1,100 @@
+"""Step time of CoresetTrainer with and without the non-finite check (issue 20), in one run.
+
+The check reads the loss and gradient norm the Trainer already has, at log and save steps only.
+Here it runs at *every* step (logging_steps=1, the worst case) and, for comparison, at the
+default cadence (logging_steps=10); "off" replaces it with a no-op. Arms alternate (ABAB...) so
+a change in machine load hits both.
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_reliability_checks.py \
+        --out benchmarks/results/reliability_checks.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorForSeq2Seq, TrainerCallback, TrainingArguments
+from transformers.utils import logging as hf_logging
+
+import colm.integrations.trainer as trainer_module
+from colm import CoresetConfig, CoresetTrainer
+from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
+from colm.models.default import default_model, default_tokenizer
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def on_train_begin(self, *a, **k):
+        self.ends.append(time.perf_counter())
+
+    def on_step_end(self, *a, **k):
+        self.ends.append(time.perf_counter())
+
+
+def run_arm(check: bool, data, tokenizer, args) -> list[float]:
+    real = trainer_module.check_finite
+    if not check:
+        trainer_module.check_finite = lambda *a, **k: None
+    try:
+        model = default_model(tokenizer, size=args.size, seed=0)
+        timer = StepTimer()
+        with tempfile.TemporaryDirectory() as out:
+            targs = TrainingArguments(
+                output_dir=out, per_device_train_batch_size=args.batch, max_steps=args.steps,
+                learning_rate=1e-3, logging_steps=args.logging_steps, save_strategy="no", report_to=[],
+                use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=0, dataloader_num_workers=0,
+            )
+            trainer = CoresetTrainer(
+                model=model, args=targs, train_dataset=data, processing_class=tokenizer,
+                data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+                coreset_config=CoresetConfig(pool_factor=2), callbacks=[timer],
+            )
+            trainer.train()
+    finally:
+        trainer_module.check_finite = real
+    steps = [b - a for a, b in zip(timer.ends, timer.ends[1:])]
+    return steps[2:]  # the first steps warm up
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="tiny")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    hf_logging.set_verbosity_error()
+    tokenizer = default_tokenizer()
+    raw = load_mixture(default_mixture_dir(), split="train", max_examples_per_source=64, seed=0)
+    data, _ = tokenize_mixture(raw, tokenizer, max_length=args.max_length)
+    results = {}
+    for logging_steps in (1, 10):
+        args.logging_steps = logging_steps
+        times: dict[str, list[float]] = {"on": [], "off": []}
+        for _ in range(args.repeats):
+            for arm in ("off", "on"):
+                times[arm] += run_arm(arm == "on", data, tokenizer, args)
+        med = {arm: statistics.median(t) for arm, t in times.items()}
+        results[f"logging_steps={logging_steps}"] = {
+            "median_step_s": med, "n_steps": {a: len(t) for a, t in times.items()},
+            "on_over_off": med["on"] / med["off"],
+        }
+        print(f"logging_steps={logging_steps}: off {med['off']:.4f} s/step, on {med['on']:.4f} s/step, "
+              f"on/off {med['on'] / med['off']:.4f}", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "out"},
+                                        "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
