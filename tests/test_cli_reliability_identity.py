@@ -103,6 +103,15 @@ def test_an_allowed_change_is_recorded_with_its_step_in_the_report(four_steps, g
     assert json.loads((out / "report.json").read_text())["changed_settings"][0]["step"] == 4
 
 
+def test_an_allowed_model_size_change_that_cannot_load_is_one_line(four_steps, good, tmp_path, capsys):
+    out = copy_of(four_steps, tmp_path)
+    code, _, err = run_cli(capsys, "train", "--output-dir", out, "--data", good, *R, "--max-steps", "6",
+                           "--resume-from-checkpoint", "true", "--model-size", "small",
+                           "--allow-changed-settings", "model_size")
+    assert_usage_error(code, err, "--resume-from-checkpoint", "in the checkpoint but", "--model-size")
+    assert len(err) < 600  # not torch's page of size mismatches
+
+
 def test_an_unknown_allowed_setting_is_a_usage_error(four_steps, good, tmp_path, capsys):
     out = copy_of(four_steps, tmp_path)
     code, _, err = run_cli(capsys, "train", "--output-dir", out, "--data", good, *R, "--max-steps", "6",

@@ -289,7 +289,7 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
 def _run_training(trainer: Any, out: Path, run_dir: Any) -> Any:
     """trainer.train(), with the failures that are not colm's bugs told as what they are."""
     from colm.cli.errors import RunFailed
-    from colm.cli.modeling import _first_size_mismatch
+    from colm.cli.modeling import _SIZE_MISMATCH
     from colm.cli.write_faults import failed_save
     from colm.integrations.checkpoints import CheckpointError, latest_complete_checkpoint
     from colm.integrations.non_finite import NonFiniteTrainingError
@@ -303,11 +303,13 @@ def _run_training(trainer: Any, out: Path, run_dir: Any) -> Any:
         kept = f"the last good checkpoint is {good.path}" if good is not None else "no checkpoint was saved"
         raise RunFailed(f"{err}; {kept}") from None
     except Exception as err:
-        mismatch = _first_size_mismatch(str(err)) if isinstance(err, RuntimeError) else None
+        mismatch = _SIZE_MISMATCH.search(str(err)) if isinstance(err, RuntimeError) else None
         if mismatch is not None and run_dir.resume_from is not None:
+            name, saved, current = mismatch.groups()
             raise UsageError(
                 f"--resume-from-checkpoint {run_dir.resume_from}: its weights do not fit this model "
-                f"({mismatch}): it was trained with another --model or --model-size") from None
+                f"({name} is {saved} in the checkpoint but {current} in the model): it was trained "
+                "with another --model or --model-size") from None
         fault = failed_save(out, err, run_dir.resume_step)
         if fault is not None:
             raise fault from err
