@@ -3,7 +3,9 @@
 The check reads the loss and gradient norm the Trainer already has, at log and save steps only.
 Here it runs at *every* step (logging_steps=1, the worst case) and, for comparison, at the
 default cadence (logging_steps=10); "off" replaces it with a no-op. Arms alternate (ABAB...) so
-a change in machine load hits both.
+a change in machine load hits both. The check's own time per call is measured too: on a busy
+shared CPU the step times of the two arms differ by more than the check could cost, and the
+per-call time divided by the step time bounds what it adds.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_reliability_checks.py \
         --out benchmarks/results/reliability_checks.json
@@ -56,11 +58,26 @@ def run_arm(check: bool, data, tokenizer, args) -> list[float]:
                 data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
                 coreset_config=CoresetConfig(pool_factor=2), callbacks=[timer],
             )
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
             trainer.train()
     finally:
         trainer_module.check_finite = real
     steps = [b - a for a, b in zip(timer.ends, timer.ends[1:])]
     return steps[2:]  # the first steps warm up
+
+
+def check_cost_s(calls: int = 20000) -> float:
+    """Seconds per call of the check itself on 0-d tensors of the training device: an upper
+    bound on what it adds to a step where it runs (once per log or save step, never more)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loss, norm = torch.tensor(7.5, device=device), torch.tensor(1.25, device=device)
+    real = trainer_module.check_finite
+    start = time.perf_counter()
+    for step in range(calls):
+        real(step, loss, norm)
+    return (time.perf_counter() - start) / calls
 
 
 def main() -> None:
@@ -71,7 +88,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--check-only", action="store_true", help="only time the check itself")
     args = ap.parse_args()
+    per_call = check_cost_s()
+    print(f"the check itself: {per_call * 1e6:.2f} us per call", flush=True)
+    if args.check_only:
+        return
     hf_logging.set_verbosity_error()
     tokenizer = default_tokenizer()
     raw = load_mixture(default_mixture_dir(), split="train", max_examples_per_source=64, seed=0)
@@ -85,6 +107,7 @@ def main() -> None:
                 times[arm] += run_arm(arm == "on", data, tokenizer, args)
         med = {arm: statistics.median(t) for arm, t in times.items()}
         results[f"logging_steps={logging_steps}"] = {
+            "check_s_per_call": per_call, "check_share_of_step_at_most": per_call / med["off"],
             "median_step_s": med, "n_steps": {a: len(t) for a, t in times.items()},
             "on_over_off": med["on"] / med["off"],
         }
