@@ -134,7 +134,8 @@ def test_identity_compares_every_coreset_config_field_generically():
 
 def test_a_diverging_run_fails_and_keeps_the_last_good_checkpoint(good, tmp_path, capsys):
     out = tmp_path / "nan"
-    code, _, err = run_cli(capsys, "train", "--output-dir", out, "--data", good, *R, "--max-steps", "6",
+    with_bar = R[: R.index("--disable-tqdm")]  # the progress bar must not end up after the error
+    code, _, err = run_cli(capsys, "train", "--output-dir", out, "--data", good, *with_bar, "--max-steps", "6",
                            "--save-steps", "1", "--logging-steps", "3", "--learning-rate", "1e30")
     assert code == 1, err
     line = err.strip().splitlines()[-1]

@@ -242,6 +242,8 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
         with PeakMemory() as mem:
             result = _run_training(trainer, out, run_dir)
     except BaseException:
+        if progress is not None:  # end the bar's line now, so the error gets a line of its own
+            progress.on_train_end(targs, None, None)
         if run_dir.resume_from is None and (trainer is None or trainer.state.global_step == 0):
             forget_failed_start(out)  # nothing trained: nothing may block the next run
         raise
