@@ -280,6 +280,24 @@ def test_a_full_disk_at_a_checkpoint_is_named_and_earlier_checkpoints_stay(good,
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
 
 
+def test_a_full_disk_at_the_final_model_is_named(good, tmp_path, capsys, monkeypatch):
+    import transformers.modeling_utils as modeling_utils
+    from safetensors import SafetensorError
+
+    real = modeling_utils.safe_save_file
+
+    def full_outside_checkpoints(tensors, filename, *args, **kwargs):
+        if "checkpoint-" not in str(filename):
+            raise SafetensorError("Error while serializing: IoError(...) (os error 28)")
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", full_outside_checkpoints)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--output-dir", out, "--data", good, *R, "--max-steps", "2")
+    assert code == 1, err
+    assert f"failed: saving the final model, {out}: no space left on device" in err.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("target, what", [("report.json", "writing report.json"),
                                           ("metrics.jsonl", "appending to metrics.jsonl")])
 def test_a_refused_write_of_the_report_or_metrics_is_named(good, tmp_path, capsys, monkeypatch, target, what):

@@ -249,7 +249,7 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
         raise
     wall = time.perf_counter() - started
     steps_this_call = trainer.state.global_step - (run_dir.resume_step or 0)
-    trainer.save_model()  # final model (or LoRA adapter) + tokenizer in the output dir root
+    _save_final_model(trainer, out)
 
     validation = None
     if prep.eval is not None:
@@ -316,6 +316,22 @@ def _run_training(trainer: Any, out: Path, run_dir: Any) -> Any:
         if fault is not None:
             raise fault from err
         raise
+
+
+def _save_final_model(trainer: Any, out: Path) -> None:
+    """The final model (or LoRA adapter) + tokenizer in the output dir root; a write the machine
+    refuses is named (safetensors reports a full disk in its own error type)."""
+    from colm.cli.write_faults import probe_reason
+    from colm.files import WriteError, os_reason
+
+    try:
+        trainer.save_model()
+    except Exception as err:
+        reason = os_reason(err) or probe_reason(out)
+        if reason is None:
+            raise
+        raise WriteError("saving the final model", out, f"{reason[0]}; the checkpoints are intact",
+                         reason[1]) from err
 
 
 def _without_steps(summary: dict[str, Any] | None) -> dict[str, Any] | None:
