@@ -11,9 +11,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from test_cli import assert_usage_error, run_cli, write_jsonl
-from test_cli import offline_env, one_torch_thread  # noqa: F401  (autouse fixtures, shared)
+from test_cli import (  # noqa: F401  (autouse fixtures, shared)
+    assert_usage_error,
+    offline_env,
+    one_torch_thread,
+    run_cli,
+    write_jsonl,
+)
 
 # The reproduction: a 44-row, 3-source file, the tiny default model.
 R = ["--max-length", "48", "--per-device-train-batch-size", "2", "--save-steps", "2", "--disable-tqdm", "true"]
@@ -144,9 +148,8 @@ def test_a_diverging_run_fails_and_keeps_the_last_good_checkpoint(good, tmp_path
     assert not (out / "report.json").exists() and not (out / "model.safetensors").exists()
     saved = sorted(p.name for p in out.glob("checkpoint-*"))
     assert saved and f"the last good checkpoint is {out / saved[-1]}" in line
-    from safetensors.torch import load_file
-
     import torch
+    from safetensors.torch import load_file
     weights = load_file(out / saved[-1] / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())  # no checkpoint of NaN weights
 
@@ -256,8 +259,8 @@ def test_the_final_loss_after_a_resume_equals_the_uninterrupted_runs(four_steps,
 @pytest.mark.parametrize("how", ["os_error", "safetensors_error"])
 def test_a_full_disk_at_a_checkpoint_is_named_and_earlier_checkpoints_stay(good, tmp_path, capsys,
                                                                            monkeypatch, how):
-    import transformers.modeling_utils as modeling_utils
     from safetensors import SafetensorError
+    from transformers import modeling_utils
 
     real = modeling_utils.safe_save_file
 
@@ -281,8 +284,8 @@ def test_a_full_disk_at_a_checkpoint_is_named_and_earlier_checkpoints_stay(good,
 
 
 def test_a_full_disk_at_the_final_model_is_named(good, tmp_path, capsys, monkeypatch):
-    import transformers.modeling_utils as modeling_utils
     from safetensors import SafetensorError
+    from transformers import modeling_utils
 
     real = modeling_utils.safe_save_file
 
@@ -301,7 +304,7 @@ def test_a_full_disk_at_the_final_model_is_named(good, tmp_path, capsys, monkeyp
 @pytest.mark.parametrize("target, what", [("report.json", "writing report.json"),
                                           ("metrics.jsonl", "appending to metrics.jsonl")])
 def test_a_refused_write_of_the_report_or_metrics_is_named(good, tmp_path, capsys, monkeypatch, target, what):
-    import colm.files as files
+    from colm import files
 
     real_replace, real_open = os.replace, open
 

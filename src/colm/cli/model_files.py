@@ -20,7 +20,7 @@ def weights_shapes(folder: Path) -> dict[str, list[int]]:
     shapes: dict[str, list[int]] = {}
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 - a safe_open handle, not a dict
                 shapes[name] = list(handle.get_slice(name).get_shape())
     return shapes
 

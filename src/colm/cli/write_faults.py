@@ -16,7 +16,10 @@ import shutil
 from pathlib import Path
 
 from colm.files import WriteError, os_reason
-from colm.integrations.checkpoints import incomplete_checkpoints, latest_complete_checkpoint
+from colm.integrations.checkpoints import (
+    incomplete_checkpoints,
+    latest_complete_checkpoint,
+)
 
 PROBE_BYTES = 1 << 20
 
@@ -54,10 +57,11 @@ def failed_save(out: Path, err: BaseException, resumed_at: int | None) -> WriteE
     reason = os_reason(err) or probe_reason(folder)
     good = latest_complete_checkpoint(out)
     if reason is None and good is not None:
-        free = shutil.disk_usage(folder).free
-        if free < _folder_bytes(Path(good.path)):
-            reason = (f"{os.strerror(errno.ENOSPC).lower()} ({free / 2**20:.1f} MiB free, a checkpoint "
-                      f"takes {_folder_bytes(Path(good.path)) / 2**20:.1f} MiB)", errno.ENOSPC)
+        free, needed = shutil.disk_usage(folder).free, _folder_bytes(Path(good.path))
+        if free < needed:
+            why = (f"{os.strerror(errno.ENOSPC).lower()} ({free / 2**20:.1f} MiB free, a checkpoint "
+                   f"takes {needed / 2**20:.1f} MiB)")
+            reason = (why, errno.ENOSPC)
     if reason is None:
         return None
     kept = (f"the earlier checkpoints are intact (latest: {Path(good.path).name}); fix it and resume "
