@@ -170,12 +170,69 @@ def test_damaged_entry_is_rebuilt(tmp_path, tokenizer, data, calls, damage):
     assert calls == []  # the rebuilt entry replaced the damaged one
 
 
-def test_unwritable_cache_warns_and_still_returns_the_data(tmp_path, tokenizer, data):
+def test_unwritable_cache_warns_and_still_returns_the_data(tmp_path, tokenizer, data, caplog):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.warns(UserWarning, match="could not cache the tokenized data"):
-        out, stats = tokenize_mixture(data, tokenizer, max_length=ML, cache_dir=blocker / "cache")
+    out, stats = tokenize_mixture(data, tokenizer, max_length=ML, cache_dir=blocker / "cache")
     assert stats["n_examples"] == len(out) > 0
+    (warning,) = [r.getMessage() for r in caplog.records if "not caching" in r.getMessage()]
+    assert "not a directory" in warning and str(blocker) in warning  # the OS's reason, where
+
+
+def _rewrite_entry(entry: Path, change) -> None:
+    """Rewrite an entry's record batches through `change(batch)`, keeping its schema (and so its
+    recorded key, row count and checksum): a well-formed file that holds something else."""
+    import pyarrow as pa
+
+    with pa.ipc.open_stream(entry.read_bytes()) as reader:
+        schema, batches = reader.schema, [change(b) for b in reader]
+    with pa.OSFile(str(entry), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+
+
+def _other_token_ids(batch):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    i = batch.schema.get_field_index("input_ids")
+    ids = batch.column(i)
+    field = batch.schema.field(i)
+    shifted = pa.ListArray.from_arrays(ids.offsets, pc.add(ids.flatten(), 1)).cast(field.type)
+    return batch.set_column(i, field, shifted)
+
+
+@pytest.mark.parametrize("tamper", ["other_token_ids", "another_key", "flipped_byte"])
+def test_an_entry_that_does_not_match_its_checksum_or_key_is_discarded_and_rebuilt(
+    tmp_path, tokenizer, data, calls, caplog, tamper
+):
+    first, stats = tokenize_mixture(data, tokenizer, max_length=ML, cache_dir=tmp_path)
+    (entry,) = entries(tmp_path)
+    if tamper == "other_token_ids":  # well-formed, same rows and metadata, other ids
+        _rewrite_entry(entry, _other_token_ids)
+        why = "does not match its checksum"
+    elif tamper == "another_key":  # a valid entry, stored under this data's name
+        other = datasets.Dataset.from_dict({"prompt": ["x y"], "response": ["z"], "source": ["s"]})
+        tokenize_mixture(other, tokenizer, max_length=ML, cache_dir=tmp_path)
+        (foreign,) = [p for p in entries(tmp_path) if p != entry]
+        os.replace(foreign, entry)
+        why = "stored for another key"
+    else:  # one byte of token data flipped in place: the file still parses
+        raw = bytearray(entry.read_bytes())
+        raw[len(raw) - 64] ^= 0xFF
+        entry.write_bytes(bytes(raw))
+        why = "does not match its checksum"
+    calls.clear()
+    caplog.clear()
+    again, again_stats = tokenize_mixture(data, tokenizer, max_length=ML, cache_dir=tmp_path)
+    assert calls, "a tampered entry is not a hit"
+    assert again.to_dict() == first.to_dict() and again_stats == stats
+    warned = [r.getMessage() for r in caplog.records if "discarding the cached" in r.getMessage()]
+    assert len(warned) == 1 and why in warned[0] and str(entry) in warned[0], warned
+    calls.clear()
+    caplog.clear()
+    tokenize_mixture(data, tokenizer, max_length=ML, cache_dir=tmp_path)
+    assert calls == [] and not caplog.records  # rebuilt once, then trusted
 
 
 def test_least_recently_used_entries_are_evicted(tmp_path, tokenizer, data):

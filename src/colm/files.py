@@ -1,12 +1,63 @@
-"""Files written so that a crash or Ctrl-C never leaves a half-written one."""
+"""Files written so that a crash or Ctrl-C never leaves a half-written one, and a write the
+machine refuses (disk full, no permission, read-only file system) says what, where and why."""
 from __future__ import annotations
 
+import errno as errno_codes
 import json
 import math
 import os
+import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+class WriteError(OSError):
+    """A write the machine refused: `<what>, <path>: <the OS's reason>` (one line)."""
+
+    def __init__(self, what: str, path: str | os.PathLike, reason: str, code: int | None = None) -> None:
+        super().__init__(f"{what}, {path}: {reason}")
+        self.what, self.path, self.reason, self.code = what, str(path), reason, code
+
+
+# Libraries that wrap an OS error in their own type keep only its text: "(os error 28)" (Rust's
+# std::io::Error, as safetensors reports it) or the C library's message.
+_OS_ERROR_NUMBER = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]")
+_WRITE_ERRNOS = (errno_codes.ENOSPC, errno_codes.EDQUOT, errno_codes.EROFS, errno_codes.EACCES,
+                 errno_codes.EPERM, errno_codes.EFBIG, errno_codes.EIO)
+
+
+def os_reason(err: BaseException) -> tuple[str, int | None] | None:
+    """(the OS's reason in lower case, errno) behind `err` or the errors it came from; None when
+    nothing in the chain is an OS error."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, WriteError):
+            return current.reason, current.code
+        if isinstance(current, OSError) and current.errno is not None:
+            return (current.strerror or os.strerror(current.errno)).lower(), current.errno
+        match = _OS_ERROR_NUMBER.search(str(current))
+        if match is not None:
+            code = int(match.group(1) or match.group(2))
+            if code in _WRITE_ERRNOS:
+                return os.strerror(code).lower(), code
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextmanager
+def writing(what: str, path: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError raised inside into a WriteError naming `what` and `path`."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as err:
+        reason, code = os_reason(err) or (str(err), None)
+        raise WriteError(what, path, reason, code) from err
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -15,17 +66,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     Readers see the old file or the new one, never a prefix of it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(f"writing {path.name}", path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
@@ -48,8 +100,9 @@ def finite_json(data: Any) -> Any:
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append one JSON line (flushed at once, so `tail -f` follows a running job)."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, default=str) + "\n")
+    with writing(f"appending to {Path(path).name}", path):
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:

@@ -24,6 +24,11 @@ class UsageError(ValueError):
     """Bad command-line usage or configuration; the message names the option, file or line."""
 
 
+class RunFailed(RuntimeError):
+    """The run could not do what was asked for a reason that is neither bad input nor a bug
+    (training diverged); printed as `failed: ...`, exit status 1."""
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the input is wrong", not "colm is broken".
 
@@ -36,13 +41,16 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 def is_environment_failure(err: BaseException) -> bool:
     """The machine, not colm: file system errors and running out of (GPU) memory."""
-    return isinstance(err, (OSError, MemoryError)) or type(err).__name__ == "OutOfMemoryError"
+    return (isinstance(err, (OSError, MemoryError, RunFailed))
+            or type(err).__name__ == "OutOfMemoryError")
 
 
 def one_line(err: BaseException) -> str:
     """The error's message on a single line (multi-line library messages are joined)."""
     text = str(err) or type(err).__name__
-    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        text = f"{err.filename}: {err.strerror.lower()}"  # "<path>: no space left on device"
+    elif isinstance(err, OSError) and err.filename and str(err.filename) not in text:
         text = f"{err.filename}: {text}"
     return " ".join(text.split())
 

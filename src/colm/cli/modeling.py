@@ -113,8 +113,13 @@ def load_checkpoint(checkpoint: str | os.PathLike) -> tuple[Any, Any, dict[str, 
     if has_model:
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path))
-        except (OSError, ValueError) as err:
-            raise UsageError(f"--checkpoint {checkpoint}: could not load the model ({err})") from None
+        except Exception as err:
+            from colm.cli.model_files import describe_load_failure
+
+            what = describe_load_failure(path, err)  # damaged weights, another model's config
+            if what is None and not isinstance(err, (OSError, ValueError)):
+                raise
+            raise UsageError(f"--checkpoint {checkpoint}: {what or f'could not load the model ({err})'}") from None
     else:
         model = _load_adapter(path, info)
     if tok_dir is not None:
@@ -131,6 +136,12 @@ def load_checkpoint(checkpoint: str | os.PathLike) -> tuple[Any, Any, dict[str, 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     check_vocabulary(model, tokenizer, f"--checkpoint {checkpoint}")
+    from colm.cli.model_files import first_non_finite
+
+    bad = first_non_finite(model)
+    if bad is not None:  # evaluating it would print a table of nan as a result
+        raise UsageError(f"--checkpoint {checkpoint}: its weights are not finite numbers ({bad} holds "
+                         "NaN or infinity): the run that saved them diverged")
     return model, tokenizer, info
 
 

@@ -25,7 +25,14 @@ from colm.cli.errors import UsageError
 from colm.cli.lock import OutputDirLock
 
 #: Files of a previous run that --overwrite-output-dir replaces (with its checkpoint folders).
-RUN_FILES = ("metrics.jsonl", "selections.jsonl", "report.json", "report.md", "colm_run.json")
+RUN_FILES = ("metrics.jsonl", "selections.jsonl", "report.json", "report.md", "colm_run.json",
+             "colm_identity.json")
+#: Files a run writes before its first step: alone in a folder, they are no run to protect (one
+#: killed before it trained anything).
+START_FILES = ("colm_run.json", "colm_identity.json")
+#: What to do with a folder that holds a run with nothing to resume from: the one instruction
+#: both a plain rerun and --resume-from-checkpoint give.
+START_OVER = "pass --overwrite-output-dir to start over (or choose another --output-dir)"
 #: An incomplete checkpoint-N passed over by a resume is renamed with this prefix: out of the
 #: Trainer's `checkpoint-*` rotation, which would otherwise count it as the newest checkpoint.
 MOVED_ASIDE = "incomplete-"
@@ -73,6 +80,11 @@ def _resolve(out: Path, overwrite: bool, resume: str | None, max_steps: int, num
         previous = previous_run(out)
         if previous and not overwrite:
             shown = ", ".join(previous[:4]) + (", ..." if len(previous) > 4 else "")
+            if latest_complete_checkpoint(out) is None:  # resuming would be refused too
+                raise UsageError(
+                    f"--output-dir {out} holds a run with no complete checkpoint to resume from "
+                    f"({shown}); {START_OVER}"
+                )
             raise UsageError(
                 f"--output-dir {out} already holds a run ({shown}); pass --overwrite-output-dir to "
                 "replace it, --resume-from-checkpoint true to continue it, or another --output-dir"
@@ -85,7 +97,7 @@ def _resolve(out: Path, overwrite: bool, resume: str | None, max_steps: int, num
             detail = f" ({'; '.join(why for _, why in bad)})" if bad else ""
             raise UsageError(
                 f"--resume-from-checkpoint {resume}: no complete checkpoint-N folder in {out} to "
-                f"resume from{detail}"
+                f"resume from{detail}; {START_OVER}"
             )
     else:
         try:
@@ -124,6 +136,8 @@ def previous_run(out: Path) -> list[str]:
     found = [name for name in RUN_FILES if (out / name).exists()]
     for pattern in ("checkpoint-*", MOVED_ASIDE + "checkpoint-*"):
         found += sorted(p.name for p in out.glob(pattern) if p.is_dir())
+    if set(found) <= set(START_FILES):
+        return []  # a run that ended before its first step left nothing worth keeping
     return found
 
 
@@ -134,6 +148,16 @@ def clear_previous_run(out: Path) -> None:
     for pattern in ("checkpoint-*", MOVED_ASIDE + "checkpoint-*"):
         for folder in out.glob(pattern):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def forget_failed_start(out: Path) -> None:
+    """Remove what a fresh run wrote when it failed before its first step (the run marker,
+    empty logs), so the next run into the folder is not refused for it. Never touches a folder
+    that has a checkpoint."""
+    if any(out.glob("checkpoint-*")):
+        return
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def finished_message(run: RunDir, max_steps: int, num_train_epochs: float) -> str:

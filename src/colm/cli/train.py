@@ -39,9 +39,11 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 
 def build_parser():
     """The HfArgumentParser of `colm train` (also used to render --help and docs)."""
+    from colm.cli.identity import RunArguments
+
     parser = cli_args.ColmArgumentParser.create(
         [cli_args.ModelArguments, cli_args.DataArguments, cli_args.SelectionArguments,
-         cli_args.training_arguments_class()],
+         RunArguments, cli_args.training_arguments_class()],
         prog="colm train", description=DESCRIPTION,
         usage="colm train [--config FILE.yaml] [options]   (all options below; flags override the YAML)",
     )
@@ -51,16 +53,24 @@ def build_parser():
 
 
 def parse(argv: Sequence[str]):
-    """(ModelArguments, DataArguments, SelectionArguments, TrainingArguments, CoresetConfig|None)."""
+    """(ModelArguments, DataArguments, SelectionArguments, TrainingArguments, CoresetConfig|None,
+    RunArguments)."""
     parser = build_parser()
-    model_args, data_args, sel_args, targs = cli_args.parse_command(parser, argv, 4)
+    model_args, data_args, sel_args, run_args, targs = cli_args.parse_command(parser, argv, 5)
     # The subclass only gave --help its section title; Trainer pickles its args into every
     # checkpoint (training_args.bin), so hand it the plain class (same fields and layout).
     from transformers import TrainingArguments
 
     targs.__class__ = TrainingArguments
     coreset = cli_args.to_coreset_config(sel_args, targs)
-    return model_args, data_args, sel_args, targs, coreset
+    return model_args, data_args, sel_args, targs, coreset, run_args
+
+
+def check_seeds(targs: Any) -> None:
+    """The seeds numpy and torch accept (a negative one failed inside the Trainer, as a bug)."""
+    for flag, value in (("--seed", targs.seed), ("--data-seed", targs.data_seed)):
+        if value is not None and not 0 <= value < 2**32:
+            raise UsageError(f"{flag}: {value} is not a seed; expected a whole number from 0 to 2**32 - 1")
 
 
 def check_pool(coreset: Any, n_examples: int, targs: Any) -> None:
@@ -148,11 +158,12 @@ def make_trainer(
 
 
 def run(argv: Sequence[str]) -> int:
-    model_args, data_args, _sel, targs, coreset = parse(argv)
+    model_args, data_args, _sel, targs, coreset, run_args = parse(argv)
     from colm import phases
 
     phases.enable(not targs.disable_tqdm)  # GGUF, tokenization, embedding pass, evaluation bars
     check_train_settings(model_args, data_args, targs)
+    check_seeds(targs)
     check_pseudo_sources(coreset, targs)
     from colm.cli import rundir
 
@@ -166,13 +177,13 @@ def run(argv: Sequence[str]) -> int:
         if run_dir.finished is not None:
             print(rundir.finished_message(run_dir, targs.max_steps, targs.num_train_epochs))
             return 0
-        return _train(argv, model_args, data_args, targs, coreset, run_dir)
+        return _train(argv, model_args, data_args, targs, coreset, run_dir, run_args)
 
 
-def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, coreset: Any, run_dir: Any) -> int:
+def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, coreset: Any, run_dir: Any,
+           run_args: Any) -> int:
     from transformers.trainer_utils import IntervalStrategy
 
-    from colm.integrations.checkpoints import CheckpointError
     from colm.cli import dataprep, modeling
     from colm.evaluation import per_source_loss
     from colm.cli.memory import PeakMemory
@@ -180,7 +191,9 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     from colm.cli.report import (
         selection_summary, text_table, train_markdown, whole_run_train_loss, write_report,
     )
-    from colm.cli.rundir import clear_previous_run
+    from colm.cli import identity as run_identity
+    from colm.cli.rundir import clear_previous_run, forget_failed_start
+    from colm.cli.save_logging import LogAtEverySave
     from colm.files import atomic_write_json, truncate_jsonl
 
     out = run_dir.path
@@ -198,6 +211,12 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
         eval_every = max(1, int(steps * targs.max_steps) if 0 < steps < 1 and targs.max_steps > 0 else int(steps))
     # colm evaluates per source itself; the Trainer's own loop has no eval dataset to run.
     targs.eval_strategy = IntervalStrategy.NO
+    identity = run_identity.run_identity(model_args, data_args, targs, coreset, prep.train_raw, tokenizer)
+    if run_dir.resume_from is None:
+        identity_record: dict[str, Any] = {"identity": identity, "changes": []}
+    else:  # refused here, before anything is written, when the run's settings changed
+        identity_record = run_identity.check_resume(
+            Path(run_dir.resume_from).parent, identity, run_args.allow_changed_settings, run_dir.resume_step)
 
     # ---- from here on the output dir is written
     if run_dir.resume_from is None:
@@ -205,12 +224,13 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     else:
         truncate_jsonl(out / "metrics.jsonl", run_dir.resume_step)
     atomic_write_json(out / modeling.RUN_FILE, modeling.run_info(model_args, data_args, targs.seed))
+    atomic_write_json(out / run_identity.IDENTITY_FILE, identity_record)
 
     metrics = MetricsFile(out / "metrics.jsonl")
     timer = StepTimer()
     pad_id = tokenizer.pad_token_id
     batch = max(8, targs.per_device_eval_batch_size)
-    callbacks: list[Any] = [timer, metrics]
+    callbacks: list[Any] = [timer, metrics, LogAtEverySave()]
     progress = None if targs.disable_tqdm else ProgressBar("colm train")
     reporter = BackendReporter()  # validation to every --report-to backend, as eval/* tags
     if eval_every:
@@ -219,17 +239,22 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
             every=eval_every, metrics=metrics, timer=timer,
             on_result=progress.show_eval if progress is not None else None, report=reporter,
         ))
-    trainer = make_trainer(model, tokenizer, prep.train, targs, coreset, callbacks=callbacks, progress=progress)
-    reporter.trainer = trainer
-    started = time.perf_counter()
-    with PeakMemory() as mem:
-        try:
-            result = trainer.train(resume_from_checkpoint=run_dir.resume_from)
-        except CheckpointError as err:  # e.g. a checkpoint without colm's selector state
-            raise UsageError(f"--resume-from-checkpoint: {err}") from None
+    trainer = None
+    try:
+        trainer = make_trainer(model, tokenizer, prep.train, targs, coreset, callbacks=callbacks, progress=progress)
+        reporter.trainer = trainer
+        started = time.perf_counter()
+        with PeakMemory() as mem:
+            result = _run_training(trainer, out, run_dir)
+    except BaseException:
+        if progress is not None:  # end the bar's line now, so the error gets a line of its own
+            progress.on_train_end(targs, None, None)
+        if run_dir.resume_from is None and (trainer is None or trainer.state.global_step == 0):
+            forget_failed_start(out)  # nothing trained: nothing may block the next run
+        raise
     wall = time.perf_counter() - started
     steps_this_call = trainer.state.global_step - (run_dir.resume_step or 0)
-    trainer.save_model()  # final model (or LoRA adapter) + tokenizer in the output dir root
+    _save_final_model(trainer, out)
 
     validation = None
     if prep.eval is not None:
@@ -244,6 +269,9 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
         "train_loss": whole_run_train_loss(out / "metrics.jsonl", run_dir.resume_step,
                                            result.training_loss, steps_this_call),
         "resumed_from": run_dir.resume_from,
+        # What defines the run, and every setting a resume changed (with its step).
+        "identity": identity_record["identity"],
+        "changed_settings": identity_record["changes"],
         "train_wall_s": wall,
         "config": {
             "model": dataclasses.asdict(model_args),
@@ -259,9 +287,55 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
         "time": timer.summary(),
         "memory": {"peak_bytes": mem.peak_bytes, "kind": mem.kind, "description": mem.description},
     }
-    write_report(out, report, train_markdown(report))
+    write_report(out, report, train_markdown(report) + run_identity.changes_markdown(report["changed_settings"]))
     _print_summary(report, text_table)
     return 0
+
+
+def _run_training(trainer: Any, out: Path, run_dir: Any) -> Any:
+    """trainer.train(), with the failures that are not colm's bugs told as what they are."""
+    from colm.cli.errors import RunFailed
+    from colm.cli.modeling import _SIZE_MISMATCH
+    from colm.cli.write_faults import failed_save
+    from colm.integrations.checkpoints import CheckpointError, latest_complete_checkpoint
+    from colm.integrations.non_finite import NonFiniteTrainingError
+
+    try:
+        return trainer.train(resume_from_checkpoint=run_dir.resume_from)
+    except CheckpointError as err:  # e.g. a checkpoint without colm's selector state
+        raise UsageError(f"--resume-from-checkpoint: {err}") from None
+    except NonFiniteTrainingError as err:
+        good = latest_complete_checkpoint(out)
+        kept = f"the last good checkpoint is {good.path}" if good is not None else "no checkpoint was saved"
+        raise RunFailed(f"{err}; {kept}") from None
+    except Exception as err:
+        mismatch = _SIZE_MISMATCH.search(str(err)) if isinstance(err, RuntimeError) else None
+        if mismatch is not None and run_dir.resume_from is not None:
+            name, saved, current = mismatch.groups()
+            raise UsageError(
+                f"--resume-from-checkpoint {run_dir.resume_from}: its weights do not fit this model "
+                f"({name} is {saved} in the checkpoint but {current} in the model): it was trained "
+                "with another --model or --model-size") from None
+        fault = failed_save(out, err, run_dir.resume_step)
+        if fault is not None:
+            raise fault from err
+        raise
+
+
+def _save_final_model(trainer: Any, out: Path) -> None:
+    """The final model (or LoRA adapter) + tokenizer in the output dir root; a write the machine
+    refuses is named (safetensors reports a full disk in its own error type)."""
+    from colm.cli.write_faults import probe_reason
+    from colm.files import WriteError, os_reason
+
+    try:
+        trainer.save_model()
+    except Exception as err:
+        reason = os_reason(err) or probe_reason(out)
+        if reason is None:
+            raise
+        raise WriteError("saving the final model", out, f"{reason[0]}; the checkpoints are intact",
+                         reason[1]) from err
 
 
 def _without_steps(summary: dict[str, Any] | None) -> dict[str, Any] | None:

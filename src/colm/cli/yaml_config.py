@@ -5,6 +5,12 @@ Every error names the file and line: YAML that does not parse, a top level that 
 mapping, an unknown key (with the closest known option), an option given twice (a duplicate key,
 `max_steps` and `max-steps`, or the same field at the top level and under `coreset:`), a `null`
 for an option that has no "unset" value, and a value the option does not accept.
+
+The file is read with limits, since a config is small and a YAML file can make a parser do
+unbounded work: at most MAX_BYTES, MAX_VALUES values once aliases are expanded (a few hundred
+bytes of nested aliases otherwise expand to gigabytes), MAX_DEPTH levels of nesting, and only
+the tags of plain values (no `!!python/...`, which the safe loader refuses anyway, now as bad
+input rather than a crash).
 """
 from __future__ import annotations
 
@@ -22,6 +28,13 @@ from colm.config import CoresetConfig
 
 #: Mappings whose keys are CoresetConfig field names.
 SELECTION_SECTIONS = ("coreset", "selection")
+#: Limits on what a config file may hold (far above any real config: the options number ~150).
+MAX_BYTES = 1 << 20
+MAX_VALUES = 10_000
+MAX_DEPTH = 16
+#: Tags of plain YAML values; anything else (python objects, custom `!tags`) is refused.
+SAFE_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in (
+    "str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp"))
 #: Options where `null` is a documented value that the parser spells differently.
 NULL_TOKENS = {"topk_dims": "none"}
 
@@ -41,6 +54,8 @@ def load_yaml_options(
     file = Path(path).expanduser()
     if not file.is_file():
         raise UsageError(f"{path}: config file not found")
+    if file.stat().st_size > MAX_BYTES:
+        raise UsageError(f"{path}: {file.stat().st_size} bytes; a config file may hold at most {MAX_BYTES}")
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -54,6 +69,7 @@ def load_yaml_options(
         raise UsageError(f"{where}: invalid YAML: {' '.join(str(problem).split())}") from None
     if root is None:
         return []
+    check_limits(root, path)
     if not isinstance(root, yaml.MappingNode):
         raise UsageError(f"{path}:{root.start_mark.line + 1}: expected a mapping of option: value")
     dests = _dest_actions(parser)
@@ -90,6 +106,32 @@ def load_yaml_options(
             raise UsageError(f"{path}:{line}: {key}: {str(err).split(' (see ')[0]}") from None
         tokens += mine
     return tokens
+
+
+def check_limits(root: Any, path: str) -> None:
+    """Refuse a node graph beyond MAX_VALUES (aliases counted every time they are used),
+    MAX_DEPTH, or with a tag outside SAFE_TAGS, naming the line where the limit is crossed."""
+    import yaml
+
+    stack = [(root, 1)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        line = node.start_mark.line + 1
+        seen += 1
+        if seen > MAX_VALUES:
+            raise UsageError(f"{path}:{line}: more than {MAX_VALUES} values once its aliases are "
+                             "expanded; a config file needs far fewer (is an alias nested in itself?)")
+        if depth > MAX_DEPTH:
+            raise UsageError(f"{path}:{line}: nested more than {MAX_DEPTH} levels deep")
+        if node.tag not in SAFE_TAGS:
+            raise UsageError(f"{path}:{line}: the YAML tag {node.tag!r} is not allowed; a config "
+                             "holds plain values (text, numbers, true/false, lists and mappings)")
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack += [(key, depth + 1), (value, depth + 1)]
 
 
 def _entries(root: Any, path: str, renamed: dict[str, str]) -> Iterator[tuple[str, str, str | None, Any, int]]:

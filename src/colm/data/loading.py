@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import pyarrow as pa
 from colm.columns import SOURCE
 from colm.data.errors import DataError
 from colm.data.hub import datasets_offline, hub_offline, looks_like_local_path
-from colm.data.mixture import is_jsonl, source_of, split_files
+from colm.data.mixture import is_jsonl, source_of, split_files, split_of
 from colm.data.sources import count_sources
 
 MixtureSpec = Union[str, os.PathLike, datasets.Dataset, datasets.DatasetDict]
@@ -153,7 +154,9 @@ def _from_path_or_id(spec: str, fields: Fields, split: str | None) -> dict[str, 
             except Exception as err:  # corrupt or foreign folder: say which one
                 raise DataError(f"{path}: could not load the saved dataset: {err}") from err
             return _from_dataset(loaded, fields, split, default_source=path.name)
-        return _read_files(split_files(split, path), fields)
+        files = split_files(split, path)
+        check_no_duplicates(files)
+        return _read_files(files, fields)
     if looks_like_local_path(spec):
         raise DataError(f"{spec}: no such file or folder")
     return _from_dataset(_load_hub(spec, split), fields, split, default_source=spec.split("/")[-1])
@@ -178,6 +181,49 @@ def _load_hub(name: str, split: str | None) -> datasets.Dataset | datasets.Datas
 
 
 # ---------------------------------------------------------------- JSON Lines
+
+
+def check_no_duplicates(files: Sequence[Path]) -> None:
+    """Refuse two files that hold one source's split (`a.train.jsonl` and `a.train.jsonl.gz`,
+    or one file under two names): both would be loaded, every example twice."""
+    seen: dict[Any, Path] = {}
+    for path in files:
+        stat = path.stat()
+        for key in (("name", source_of(path), split_of(path)), ("file", stat.st_dev, stat.st_ino)):
+            first = seen.setdefault(key, path)
+            if first is not path:
+                split = split_of(path)
+                what = (f"both source {source_of(path)!r}" + (f", split {split!r}" if split else "")
+                        if key[0] == "name" else "the same file")
+                raise DataError(
+                    f"{first} and {path} are {what}: its examples would be loaded twice; keep one "
+                    "of them (or rename one if they are different sources)"
+                )
+
+
+# A JSON escape of a UTF-16 surrogate (U+D800-U+DFFF); a well-formed pair decodes to one
+# character, a lone one stays a surrogate, which is not text and cannot be stored or tokenized.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any, name: str) -> tuple[str, int] | None:
+    """(field, character index) of the first string in `value` holding a lone surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return name, err.start
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _lone_surrogate(item, f"{name}.{key}" if name else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _lone_surrogate(item, f"{name}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def _open_lines(path: Path) -> Iterator[bytes]:
@@ -221,6 +267,15 @@ def _parse_line(raw: bytes, path: Path, line_no: int) -> dict[str, Any]:
         raise DataError(
             f"{path}:{line_no}: expected a JSON object per line, got {type(record).__name__}"
         )
+    if b"\\u" in raw and _SURROGATE_ESCAPE.search(raw):  # rare: only then look at every string
+        found = _lone_surrogate(record, "")
+        if found is not None:
+            field, at = found
+            raise DataError(
+                f"{path}:{line_no}: field {field!r} holds a lone UTF-16 surrogate escape at "
+                f"character {at} (\\ud800-\\udfff without its pair), which is not text; fix or "
+                "drop the escape"
+            )
     return record
 
 

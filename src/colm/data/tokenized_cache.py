@@ -15,23 +15,30 @@ the tokenization stats in its schema metadata. The key hashes:
 
 Entries are written to a temporary file, flushed to disk, then renamed into place: a reader
 sees a whole entry or none, and a killed writer leaves only a temporary file that is never
-read (and is removed a day later). An entry that fails to load is rebuilt. At most
-`MAX_ENTRIES` entries are kept, least recently used first out.
+read (and is removed a day later). At most `MAX_ENTRIES` entries are kept, least recently used
+first out.
+
+An entry is not trusted: it records its key and a checksum of its content (every Arrow buffer
+of every column), and a load checks both. A file whose content was changed (other token ids in a
+well-formed file), cut short or damaged, or stored under another key, is discarded with one
+warning and rebuilt, instead of training on it or failing mid-run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import datasets
 import pyarrow as pa
 
+# A logger, not warnings: the CLI silences library UserWarnings, and this one must be seen.
+logger = logging.getLogger(__name__)
 #: Entries kept; the least recently used beyond this are deleted after each write.
 MAX_ENTRIES = 16
 #: Age after which a leftover temporary file (from a killed writer) is deleted.
@@ -108,6 +115,30 @@ def encoding_digest() -> str:
     return digest.hexdigest()
 
 
+def content_digest(table: pa.Table) -> str:
+    """Digest of every buffer of every column of a table read from an entry (zero-copy: the
+    memory-mapped file is read once)."""
+    digest = hashlib.sha256()
+    for column in table.columns:
+        for chunk in column.chunks:
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    digest.update(buffer)
+    return digest.hexdigest()
+
+
+def _as_stored(table: pa.Table) -> pa.Table:
+    """The table as a reader of the entry will see it: through the IPC stream format."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return pa.ipc.open_stream(sink.getvalue()).read_all()
+
+
+class _Untrusted(ValueError):
+    """An entry that must not be used; the message says why (for the one warning)."""
+
+
 def entry_path(cache_dir: str | os.PathLike, key: str) -> Path:
     return Path(cache_dir).expanduser() / f"{_PREFIX}{key}{_SUFFIX}"
 
@@ -119,11 +150,19 @@ def load(cache_dir: str | os.PathLike, key: str) -> tuple[datasets.Dataset, dict
         return None
     try:
         with pa.memory_map(str(path)) as source:
-            meta = json.loads(pa.ipc.open_stream(source).schema.metadata[_META])
+            stored = pa.ipc.open_stream(source)
+            meta = json.loads(stored.schema.metadata[_META])
+            table = stored.read_all()
+        if meta.get("key") != key:
+            raise _Untrusted(f"it was stored for another key ({meta.get('key')})")
+        if table.num_rows != meta["n_rows"]:  # cut short at a record-batch boundary
+            raise _Untrusted(f"{table.num_rows} rows instead of {meta['n_rows']}")
+        if content_digest(table) != meta.get("checksum"):
+            raise _Untrusted("its content does not match its checksum")
         dataset = datasets.Dataset.from_file(str(path))
-        if len(dataset) != meta["n_rows"]:  # cut short at a record-batch boundary
-            raise ValueError(f"{len(dataset)} rows instead of {meta['n_rows']}")
-    except Exception:  # damaged by hand or a foreign writer: the caller rebuilds and replaces it
+    except Exception as err:  # damaged, edited or foreign: the caller rebuilds and replaces it
+        why = str(err) if isinstance(err, _Untrusted) else f"unreadable ({type(err).__name__})"
+        logger.warning("colm: discarding the cached tokenized data %s: %s; rebuilding it", path, why)
         return None
     try:
         os.utime(path)  # last use, for eviction
@@ -137,7 +176,9 @@ def store(
 ) -> Path | None:
     """Write an entry atomically; on a disk error (read-only, full) warn and return None."""
     path = entry_path(cache_dir, key)
-    meta = {_META: json.dumps({"n_rows": table.num_rows, "stats": stats}).encode()}
+    checksum = content_digest(_as_stored(table.replace_schema_metadata(None)))
+    record = {"key": key, "checksum": checksum, "n_rows": table.num_rows, "stats": stats}
+    meta = {_META: json.dumps(record).encode()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     tmp = None
     try:
@@ -152,7 +193,11 @@ def store(
         os.replace(tmp, path)
         tmp = None
     except OSError as err:
-        warnings.warn(f"colm: could not cache the tokenized data at {path}: {err}", stacklevel=3)
+        from colm.files import os_reason
+
+        reason = (os_reason(err) or (str(err), None))[0]
+        logger.warning("colm: not caching the tokenized data (training goes on without it): "
+                       "writing %s: %s", path, reason)
         return None
     finally:
         if tmp is not None:

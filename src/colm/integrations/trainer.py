@@ -48,6 +48,7 @@ from colm.data.sources import SINGLE_SOURCE, count_sources, source_labels
 from colm.features import gradient_features, per_example_nll
 from colm.files import truncate_jsonl
 from colm.integrations.launch import check_launch
+from colm.integrations.non_finite import check_finite
 from colm.integrations.precision import warn_slow_half_precision
 from colm.integrations.sharding import check_sharding
 from colm.integrations.packing import check_one_row_per_example, check_unpacked
@@ -482,6 +483,13 @@ class CoresetTrainerMixin(PrivateOverrides):
             self._coreset_logs.clear()
             self._coreset_log_count = 0
         super().log(logs, *args, **kwargs)
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args: Any, **kwargs: Any) -> None:
+        # Only where the Trainer reads these numbers anyway (a log) or is about to save: no
+        # per-step sync, and no checkpoint of NaN weights (colm.integrations.non_finite).
+        if self.control.should_log or self.control.should_save:
+            check_finite(self.state.global_step, tr_loss, grad_norm)
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _save_coreset_state(self, output_dir: str) -> None:
