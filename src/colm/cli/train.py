@@ -126,8 +126,10 @@ def pseudo_sources_report(trainer: Any, train_dataset: Any) -> dict[str, Any] | 
 def make_trainer(
     model: Any, tokenizer: Any, train_dataset: Any, targs: Any, coreset: Any, *,
     callbacks: Sequence[Any] = (), log_selections: bool = True, progress: Any = None,
+    train_sampler: Any = None,
 ):
-    """A CoresetTrainer whose progress display is colm's (or none)."""
+    """A CoresetTrainer whose progress display is colm's (or none); `train_sampler` replaces the
+    Trainer's random order (the re-weighting control of `colm compare`)."""
     from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -137,7 +139,7 @@ def make_trainer(
         model=model, args=targs, train_dataset=train_dataset, processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         coreset_config=coreset, log_selections=log_selections and coreset is not None,
-        callbacks=list(callbacks),
+        callbacks=list(callbacks), train_sampler=train_sampler,
     )
     # transformers' bar (or its raw-dict printer) would duplicate ours.
     trainer.remove_callback(ProgressCallback)

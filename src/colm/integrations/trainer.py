@@ -117,6 +117,8 @@ class CoresetTrainerMixin:
         coreset_config: the selection settings; None or `pool_factor=1` trains like the base.
         log_selections: also write every step's selected example ids to
             `<output_dir>/selections.jsonl` (main process only).
+        train_sampler: a sampler of training row indices to use instead of the Trainer's random
+            one (e.g. `colm.integrations.reweighted.SourceReweightedSampler`).
         source_sizes: examples per source in the whole training set ({source: count}; only the
             ratios matter). Default: counted from train_dataset; required when train_dataset is
             a stream (an IterableDataset or any iterable without len()).
@@ -143,6 +145,7 @@ class CoresetTrainerMixin:
         coreset_config: CoresetConfig | None = None,
         log_selections: bool = False,
         source_sizes: dict[str, int] | None = None,
+        train_sampler: Any = None,
         **kwargs: Any,
     ) -> None:
         config = coreset_config or CoresetConfig(pool_factor=1)
@@ -164,10 +167,14 @@ class CoresetTrainerMixin:
         check_launch(self.args, self.accelerator.num_processes)
         self.coreset_config = config
         self.source_sizes = source_sizes
+        # e.g. colm.integrations.reweighted.SourceReweightedSampler (the re-weighting control)
+        self.train_sampler = train_sampler
         self.log_selections = log_selections
         self._warned_unsupervised = False
         self._coreset_logs: dict[str, float] = {}
         self._coreset_log_count = 0
+        #: Wall seconds spent scoring pools so far (colm compare's compute accounting reads it).
+        self.score_seconds = 0.0
         self.last_selection: Selection | None = None
         self.selector: CoresetSelector | None = None
         self.pseudo_sources: PseudoSources | None = None
@@ -215,6 +222,11 @@ class CoresetTrainerMixin:
             sampler_fn=lambda _: self._get_train_sampler(self.train_dataset),
             is_training=True,
         )
+
+    def _get_train_sampler(self, *args: Any, **kwargs: Any):
+        if self.train_sampler is not None:
+            return self.train_sampler
+        return super()._get_train_sampler(*args, **kwargs)
 
     def _get_collator_with_removed_columns(self, data_collator: Callable, description: str | None = None):
         # The pool loader hands out rows; `_collate` applies the user's collator (and the column
@@ -416,6 +428,7 @@ class CoresetTrainerMixin:
     ) -> None:
         stats = {f"coreset/{k}": float(v) for k, v in selection.stats.items()}
         stats["coreset/score_ms"] = score_ms
+        self.score_seconds += score_ms / 1e3
         for key, value in stats.items():
             self._coreset_logs[key] = self._coreset_logs.get(key, 0.0) + value
         self._coreset_log_count += 1
