@@ -148,6 +148,8 @@ class PeriodicEval(TrainerCallback):
         result = self.evaluate(model)
         record = {"step": step, "eval/loss_mean": result["mean"], "eval/loss_worst": result["worst"],
                   "eval/loss_overall": result["overall"],
+                  # natural: per-source loss weighted by the training rows' source shares
+                  **({"eval/loss_natural": result["natural"]} if "natural" in result else {}),
                   **{f"eval/loss/{s}": v for s, v in result["per_source"].items()}}
         self.history.append({"step": step, **result})
         if self.metrics is not None:

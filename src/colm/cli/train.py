@@ -173,7 +173,7 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
 
     from colm.integrations.checkpoints import CheckpointError
     from colm.cli import dataprep, modeling
-    from colm.evaluation import per_source_loss
+    from colm.evaluation import per_source_loss, with_natural
     from colm.cli.memory import PeakMemory
     from colm.cli.progress import MetricsFile, PeriodicEval, ProgressBar, StepTimer
     from colm.cli.report import (
@@ -210,10 +210,12 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     pad_id = tokenizer.pad_token_id
     batch = max(8, targs.per_device_eval_batch_size)
     callbacks: list[Any] = [timer, metrics]
+    train_rows = prep.train_stats["per_source"]  # the natural mixture's weights
     progress = None if targs.disable_tqdm else ProgressBar("colm train")
     if eval_every:
         callbacks.append(PeriodicEval(
-            (), lambda m: per_source_loss(m, prep.eval, pad_token_id=pad_id, batch_size=batch),
+            (), lambda m: with_natural(per_source_loss(m, prep.eval, pad_token_id=pad_id, batch_size=batch),
+                                       train_rows),
             every=eval_every, metrics=metrics, timer=timer,
             on_result=progress.show_eval if progress is not None else None,
         ))
@@ -230,8 +232,10 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
 
     validation = None
     if prep.eval is not None:
-        validation = per_source_loss(trainer.model, prep.eval, pad_token_id=pad_id, batch_size=batch)
-        metrics.write({"step": trainer.state.global_step, "eval/loss_mean": validation["mean"],
+        validation = with_natural(per_source_loss(trainer.model, prep.eval, pad_token_id=pad_id, batch_size=batch),
+                                  train_rows)
+        metrics.write({"step": trainer.state.global_step, "eval/loss_natural": validation["natural"],
+                       "eval/loss_mean": validation["mean"],
                        "eval/loss_worst": validation["worst"],
                        **{f"eval/loss/{s}": v for s, v in validation["per_source"].items()}})
     report = {
@@ -276,6 +280,7 @@ def _print_summary(report: dict[str, Any], text_table: Any) -> None:
     if val:
         rows = [[s, v] for s, v in val["per_source"].items()]
         print(text_table(["source", "validation loss"], rows))
-        print(f"mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} ({val['worst_source']})")
+        print(f"natural mixture {val['natural']:.4f} (sources weighted by their share of the training rows), "
+              f"mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} ({val['worst_source']})")
     print(f"report: {Path(report['output_dir']) / 'report.md'}")
     sys.stdout.flush()

@@ -105,8 +105,12 @@ def _sampler(arm: Arm, lab: Lab, seed: int) -> Any:
 
 
 def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | None = None,
-            evaluate: bool = True) -> dict[str, Any]:
-    """Train `arm` for `steps` optimizer steps from seed `seed`'s initialisation; one result row."""
+            evaluate: bool = True, callbacks: Sequence[Any] = (), log_selections: bool = False,
+            output_dir: str | None = None) -> dict[str, Any]:
+    """Train `arm` for `steps` optimizer steps from seed `seed`'s initialisation; one result row.
+
+    `callbacks` join the trainer's (e.g. periodic evaluations); `log_selections` writes the
+    pooled arm's selections.jsonl into `output_dir` (default <lab.output_dir>/arms/<arm>/seed<seed>)."""
     import torch
 
     from colm.cli.memory import PeakMemory
@@ -116,18 +120,22 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
     t0 = time.perf_counter()
     coreset = arm.coreset_config(lab.base_coreset, seed)
     sampler = _sampler(arm, lab, seed)
-    targs = lab.training_args(steps, arm.accumulation, seed, str(lab.output_dir / "arms" / arm.name / f"seed{seed}"))
+    targs = lab.training_args(steps, arm.accumulation, seed,
+                              output_dir or str(lab.output_dir / "arms" / arm.name / f"seed{seed}"))
     model = lab.new_model(seed)
     clock = StepClock()
     ticker = StepProgress(f"{arm.name} seed {seed}", steps, progress)
-    trainer = make_trainer(model, lab.tokenizer, lab.train, targs, coreset, callbacks=[clock, ticker],
-                           log_selections=False, train_sampler=sampler)
+    trainer = make_trainer(model, lab.tokenizer, lab.train, targs, coreset,
+                           callbacks=[clock, ticker, *callbacks], log_selections=log_selections,
+                           train_sampler=sampler)
     setup_s = time.perf_counter() - t0
     started = time.perf_counter()
     with PeakMemory() as mem:
         trainer.train()
     wall = time.perf_counter() - started
-    row: dict[str, Any] = {"arm": arm.name, "seed": seed, "steps": trainer.state.global_step}
+    row: dict[str, Any] = {"arm": arm.name, "seed": seed, "steps": trainer.state.global_step,
+                           "train_loss": trainer.state.log_history[-1].get("train_loss")
+                           if trainer.state.log_history else None}
     eval_s = 0.0
     if evaluate:
         t1 = time.perf_counter()
@@ -150,7 +158,7 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
         # Harness overhead: building the arm's trainer, sampler and progress, outside training.
         "harness_s": setup_s + ticker.own_s,
         # CPU: peak RSS growth over the arm's start (see colm.cli.memory); CUDA: max allocated growth.
-        "peak_mem_mib": mem.peak_bytes / 2**20, "mem_kind": mem.kind,
+        "peak_mem_mib": mem.peak_bytes / 2**20, "mem_kind": mem.kind, "mem_description": mem.description,
         "coreset": coreset.to_dict() if coreset else None, "sampler": arm.sampler,
     })
     return row
