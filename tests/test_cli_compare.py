@@ -141,3 +141,25 @@ def test_bad_compare_input_is_one_line_exit_2_and_no_folder(extra, needles, tmp_
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     assert not out.exists()
+
+
+def test_train_and_evaluate_report_the_natural_mixture_loss(tmp_path, capsys):
+    data = user_folder(tmp_path / "my_data")
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", "--data", data, *MICRO, "--output-dir", out)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    val, rows = report["validation"], report["data"]["train"]["per_source"]
+    assert rows == SIZES
+    total = sum(rows.values())
+    assert val["natural"] == pytest.approx(sum(rows[s] / total * v for s, v in val["per_source"].items()))
+    assert "natural mixture" in stdout and "share of the training rows" in stdout
+    assert "natural mixture" in (out / "report.md").read_text()
+    final = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["eval/loss_natural"] == pytest.approx(val["natural"])
+
+    code, stdout, err = run_cli(capsys, "evaluate", "--checkpoint", out, "--data", data)
+    assert code == 0, err
+    result = json.loads((out / "eval.json").read_text())
+    assert result["loss"]["natural"] == pytest.approx(val["natural"], abs=1e-5)
+    assert "natural mixture" in stdout

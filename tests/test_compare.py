@@ -207,3 +207,26 @@ def test_reweighted_sampler_refuses_unknown_sources_and_bad_weights():
         SourceReweightedSampler(["a", "b"], {"a": 0.5, "z": 0.5})
     with pytest.raises(ValueError, match="positive sum"):
         SourceReweightedSampler(["a", "b"], {"a": 0.0, "b": 0.0})
+
+
+def test_coreset_trainer_trains_on_the_rows_the_sampler_draws(tmp_path):
+    from colm import CoresetTrainer
+    from trainer_helpers import collator, mixture, tiny_llama, training_args
+
+    data = mixture({"big": 40, "small": 8})
+    proportions = stratified_proportions({"big": 40, "small": 8}, 2)
+    seen: list[list[int]] = []
+
+    class Recording(CoresetTrainer):
+        def compute_loss(self, model, inputs, *a, **k):
+            for ids, mask in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist()):
+                seen.append([t for t, m in zip(ids, mask) if m])
+            return super().compute_loss(model, inputs, *a, **k)
+
+    sampler = SourceReweightedSampler(data["source"], proportions, seed=5)
+    trainer = Recording(model=tiny_llama(), args=training_args(tmp_path, max_steps=3), train_dataset=data,
+                        data_collator=collator(), train_sampler=sampler)
+    trainer.train()
+    expected = list(SourceReweightedSampler(data["source"], proportions, seed=5))[: len(seen)]
+    assert len(seen) == 3 * 8
+    assert seen == [data[i]["input_ids"] for i in expected]
