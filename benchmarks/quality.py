@@ -181,8 +181,8 @@ def main() -> None:
     unknown = [n for n in names if n not in table]
     if unknown:
         ap.error(f"unknown arm(s) {unknown}; arms: {sorted(table)} or groups {sorted(GROUPS)}")
-    if args.budget == "compute" and args.baseline not in names:
-        ap.error(f"--baseline {args.baseline} is not among the arms {names}")
+    if args.baseline not in table:
+        ap.error(f"--baseline {args.baseline}: unknown arm; arms: {sorted(table)}")
     s = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "model_size": args.model_size}
     tokenizer = default_tokenizer()
     train, _ = tokenize_mixture(load_mixture(default_mixture_dir(), split="train"), tokenizer, max_length=args.max_length)

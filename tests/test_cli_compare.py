@@ -163,3 +163,22 @@ def test_train_and_evaluate_report_the_natural_mixture_loss(tmp_path, capsys):
     result = json.loads((out / "eval.json").read_text())
     assert result["loss"]["natural"] == pytest.approx(val["natural"], abs=1e-5)
     assert "natural mixture" in stdout
+
+
+def test_compute_budget_calibrates_the_scoring_arm_and_gives_it_the_steps_that_fit(tmp_path, capsys):
+    data = user_folder(tmp_path / "my_data")
+    out = tmp_path / "cmp"
+    code, stdout, err = run_cli(capsys, "compare", "--data", data, "--arms", "stratified,accumulate2,paper",
+                                "--seeds", "0", "--no-intervals", "--budget", "compute",
+                                "--max-steps", "4", *MICRO[2:], "--output-dir", out)
+    assert code == 0, err
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    ratio = next(x["ratio"] for x in lines if x["kind"] == "calibration" and x["arm"] == "paper")
+    assert ratio > 0
+    steps = {x["row"]["arm"]: x["row"]["steps"] for x in lines if x["kind"] == "run"}
+    # baseline: 4 steps x 4 rows = 16 training rows; accumulate2 8 rows per step; paper 4 + ratio x 8
+    assert steps["stratified"] == 4 and steps["accumulate2"] == 2
+    assert steps["paper"] == max(1, int(16 / (4 + ratio * 8) + 1e-9))
+    plan = json.loads((out / "report.json").read_text())["plan"]
+    assert all(p["units"] <= plan["stratified"]["units"] + 1e-9 for p in plan.values())
+    assert "calibrating the scoring cost" in stdout and "training-row equivalents" in (out / "report.md").read_text()
