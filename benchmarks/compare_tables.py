@@ -93,13 +93,19 @@ def main() -> None:
         print("\n## Equal compute (the control's 1,600 training rows), minus the stratified control\n")
         print(loss_table(pooled, CONTROL))
         result["compute"] = {"vs_stratified": summarize_arms(pooled, CONTROL)}
-    harness = [r["harness_s"] / r["wall_s"] for r in steps_runs + (compute_runs if args.compute else [])
-               if "harness_s" in r]
+    # Harness overhead: building each arm's config, sampler, model and trainer plus the progress
+    # display, over the arm's training wall time. A process's first run also pays one-time imports.
+    harness, later = [], []
+    for path in args.steps + args.compute:
+        rs = [r for r in json.loads(path.read_text())["runs"] if "harness_s" in r]
+        harness += [r["harness_s"] / r["wall_s"] for r in rs]
+        later += [r["harness_s"] / r["wall_s"] for r in rs[1:]]
     if harness:
-        result["harness_fraction"] = {"median": statistics.median(harness), "max": max(harness),
-                                      "n": len(harness), "first_in_process_included": True}
+        result["harness_fraction"] = {"median": statistics.median(harness), "max": max(harness), "n": len(harness),
+                                      "max_after_first_run_of_a_file": max(later) if later else None}
         print(f"\nharness overhead / training wall time over {len(harness)} runs: median "
-              f"{100 * statistics.median(harness):.2f}%, max {100 * max(harness):.2f}%")
+              f"{100 * statistics.median(harness):.2f}%, max {100 * max(harness):.2f}% (a file's first run, "
+              f"one-time imports included); max over the later runs {100 * max(later or [0]):.2f}%")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
 
