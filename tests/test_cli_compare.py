@@ -122,6 +122,10 @@ def test_an_interrupted_compare_resumes_to_the_same_numbers(tmp_path, capsys, mo
     # The same folder under other settings is refused, not mixed.
     code, _, err = run_cli(capsys, *argv[:-2], "--max-steps", "2", *MICRO[2:], "--output-dir", tmp_path / "cut")
     assert code == 2 and "other settings" in err and "max_steps" in err
+    code, stdout, err = run_cli(capsys, *argv[:-2], "--max-steps", "2", *MICRO[2:], "--output-dir",
+                                tmp_path / "cut", "--overwrite-output-dir")
+    assert code == 0, err
+    assert {r["steps"] for r in json.loads((tmp_path / "cut" / "report.json").read_text())["runs"]} == {2}
 
 
 @pytest.mark.parametrize("extra, needles", [

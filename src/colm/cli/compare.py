@@ -141,6 +141,8 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
         "learning_rate": targs.learning_rate, "train_rows": lab.train_rows,
     }
     # ---- from here on the output dir is written
+    if data_args.overwrite_output_dir:  # start over: the previous comparison's runs are dropped
+        (out / RESULTS_FILE).unlink(missing_ok=True)
     try:
         results = ResultsFile(out / RESULTS_FILE, settings)
     except ValueError as err:
