@@ -19,9 +19,21 @@ loss on a fixed validation subset, time per step and peak memory growth of the p
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --arms main,candidates \
         --seeds 0,1,2,3,4 --out benchmarks/results/quality_runs.json --summary benchmarks/results/quality.json
 
+  controls:           reweighted (no pool: a plain batch of b drawn with the stratified coreset's
+                      expected source mix; colm.integrations.reweighted)
+
+Every arm runs through colm compare's harness (colm.compare.run.run_arm), the same code
+`colm compare` runs. `--budget compute` gives --baseline --steps and every other arm the steps
+that fit its compute (colm.compare.budget; arms with a scoring pass are refused here, since
+their cost ratio needs `colm compare`'s calibration run).
+
 Results are appended arm by arm to the output JSON (re-running skips arms already there), so a
-long run can be interrupted and resumed. The table gives mean +- sd over seeds and, per seed,
-the paired difference of every arm minus the stratified control with a 95% t interval.
+long run can be interrupted and resumed. Rows carry the natural-mixture loss
+(val_loss_natural: per-source loss weighted by the training rows' source shares, recorded in
+settings.train_rows), the mean over sources and the worst source; rows of older files get the
+natural loss recomputed from their per-source losses. The table gives mean +- sd over seeds
+and, per seed, the paired difference of every arm minus --baseline with a 95% t interval, on
+all three; --summary files gain a "val_loss_natural" list per arm.
 """
 from __future__ import annotations
 
@@ -129,9 +141,12 @@ def markdown_table(runs: list[dict[str, Any]], baseline: str = CONTROL) -> str:
 
 
 def training_rows(max_length: int) -> dict[str, int]:
-    """Training rows per source of the shipped mixture (the natural-mixture weights)."""
-    raw = load_mixture(default_mixture_dir(), split="train")
-    return dict(sorted(Counter(map(str, raw["source"])).items()))
+    """Rows per source the arms train on (the natural-mixture weights): the shipped train split
+    after tokenizing at `max_length` (rows with no answer token left are dropped, e.g. ~970 of
+    math's at 128, so raw file counts would overweight those sources)."""
+    train, _ = tokenize_mixture(load_mixture(default_mixture_dir(), split="train"), default_tokenizer(),
+                                max_length=max_length)
+    return dict(sorted(Counter(map(str, train["source"])).items()))
 
 
 def main() -> None:
@@ -170,7 +185,9 @@ def main() -> None:
         args.summarize = True
     if args.summarize:
         data = json.loads(args.out.read_text())
-        runs = with_natural(data["runs"], data["settings"].get("train_rows") or training_rows(args.max_length))
+        runs = with_natural(data["runs"], data["settings"].get("train_rows")
+                            or training_rows(data["settings"].get("max_length", args.max_length)))
+        runs = [{"steps": data["settings"].get("steps"), **r} for r in runs]
         if args.summary:
             write_summary(runs, args.summary)
         print(markdown_table(runs, args.baseline))
