@@ -147,7 +147,7 @@ def run_job(arm: str, seed: int, args: argparse.Namespace, model_path: str) -> d
     from transformers.utils import logging as hf_logging
 
     from colm import CoresetConfig
-    from colm.evaluation import generation_exact_match, per_source_loss
+    from colm.evaluation import generation_exact_match, mixture_losses, per_source_loss
     from colm.cli.memory import PeakMemory
     from colm.cli.train import make_trainer
     from colm.data.templating import DEFAULT_TEMPLATE
@@ -193,7 +193,10 @@ def run_job(arm: str, seed: int, args: argparse.Namespace, model_path: str) -> d
     exact = generation_exact_match(trainer.model, tok, em, template=DEFAULT_TEMPLATE,
                                    max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch)
     return {
-        "arm": arm, "seed": seed, "val_loss_mean": loss["mean"], "val_loss_worst": loss["worst"],
+        # natural mixture: per-source loss weighted by the training rows' source shares
+        "arm": arm, "seed": seed,
+        "val_loss_natural": mixture_losses(loss["per_source"], _source_rows(train))["natural"],
+        "val_loss_mean": loss["mean"], "val_loss_worst": loss["worst"],
         "worst_source": loss["worst_source"], "val_loss_per_source": loss["per_source"],
         "em_mean": exact["mean"], "em_overall": exact["overall"], "em_per_source": exact["per_source"],
         "em_n": exact["n"], "step_s": statistics.median(gaps) if gaps else math.nan, "wall_s": wall,
@@ -201,6 +204,12 @@ def run_job(arm: str, seed: int, args: argparse.Namespace, model_path: str) -> d
         "coreset": coreset.to_dict() if coreset else None,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def _source_rows(dataset: Any) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(map(str, dataset["source"])))
 
 
 def _job(spec: tuple[str, int, argparse.Namespace, str]) -> dict[str, Any]:
@@ -224,15 +233,19 @@ def table(runs: list[dict[str, Any]]) -> str:
     def ms(values: list[float]) -> str:
         return f"{statistics.mean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
 
-    lines = ["| arm | seeds | val loss mean | − stratified | val loss worst | exact match (mean over sources) "
-             "| − stratified | s/step |", "|---|---:|---|---|---|---|---|---:|"]
+    lines = ["| arm | seeds | val loss natural mixture | − stratified | val loss mean over sources | − stratified "
+             "| val loss worst | exact match (mean over sources) | − stratified | s/step |",
+             "|---|---:|---|---|---|---|---|---|---|---:|"]
     for arm in ARMS:
         rs = [r for r in runs if r["arm"] == arm]
         if not rs:
             continue
         dl = "—" if arm == CONTROL else paired(runs, arm, "val_loss_mean")
         de = "—" if arm == CONTROL else paired(runs, arm, "em_mean")
-        lines.append(f"| {arm} | {len(rs)} | {ms([r['val_loss_mean'] for r in rs])} | {dl} | "
+        natural = [r["val_loss_natural"] for r in rs if "val_loss_natural" in r]
+        dn = "—" if arm == CONTROL or len(natural) < len(rs) else paired(runs, arm, "val_loss_natural")
+        lines.append(f"| {arm} | {len(rs)} | {ms(natural) if natural else '—'} | {dn} | "
+                     f"{ms([r['val_loss_mean'] for r in rs])} | {dl} | "
                      f"{ms([r['val_loss_worst'] for r in rs])} | {ms([r['em_mean'] for r in rs])} | {de} | "
                      f"{statistics.median(r['step_s'] for r in rs):.3f} |")
     return "\n".join(lines)

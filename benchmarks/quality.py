@@ -19,29 +19,40 @@ loss on a fixed validation subset, time per step and peak memory growth of the p
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --arms main,candidates \
         --seeds 0,1,2,3,4 --out benchmarks/results/quality_runs.json --summary benchmarks/results/quality.json
 
+  controls:           reweighted (no pool: a plain batch of b drawn with the stratified coreset's
+                      expected source mix; colm.integrations.reweighted)
+
+Every arm runs through colm compare's harness (colm.compare.run.run_arm), the same code
+`colm compare` runs. `--budget compute` gives --baseline --steps and every other arm the steps
+that fit its compute (colm.compare.budget; arms with a scoring pass are refused here, since
+their cost ratio needs `colm compare`'s calibration run).
+
 Results are appended arm by arm to the output JSON (re-running skips arms already there), so a
-long run can be interrupted and resumed. The table gives mean +- sd over seeds and, per seed,
-the paired difference of every arm minus the stratified control with a 95% t interval.
+long run can be interrupted and resumed. Rows carry the natural-mixture loss
+(val_loss_natural: per-source loss weighted by the training rows' source shares, recorded in
+settings.train_rows), the mean over sources and the worst source; rows of older files get the
+natural loss recomputed from their per-source losses. The table gives mean +- sd over seeds
+and, per seed, the paired difference of every arm minus --baseline with a 95% t interval, on
+all three; --summary files gain a "val_loss_natural" list per arm.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
-from scipy import stats as sstats
 from transformers import TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from colm import CoresetConfig
-from colm.evaluation import per_source_loss
-from colm.cli.memory import PeakMemory
-from colm.cli.train import make_trainer
+from colm.compare.arms import PRESETS, Arm
+from colm.compare.report import loss_table
+from colm.compare.run import Lab, plan_steps, run_arm
+from colm.evaluation import mixture_losses
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
 from colm.models.default import default_model, default_tokenizer
 
@@ -71,105 +82,71 @@ ABLATIONS: dict[str, tuple[int, dict[str, Any] | None]] = {
     "exact": (1, {**PAPER, "feature": "exact"}),
     "weighted": (1, {**PAPER, "weighted": True}),
 }
-GROUPS = {"main": MAIN_ARMS, "candidates": CANDIDATES, "ablations": ABLATIONS}
+#: Arms without a (ga, overrides) row: the re-weighting control (a plain batch of b drawn with the
+#: stratified coreset's expected source mix, no pool).
+CONTROLS: dict[str, Arm] = {"reweighted": PRESETS["reweighted"]}
+GROUPS = {"main": MAIN_ARMS, "candidates": CANDIDATES, "ablations": ABLATIONS, "controls": CONTROLS}
+TABLE = {**MAIN_ARMS, **CANDIDATES, **ABLATIONS}
 CONTROL = "stratified_b_of_2b"
 
 
-class StepClock:
-    """Median wall time between optimizer steps (a transformers callback)."""
-
-    def __init__(self) -> None:
-        self.marks: list[float] = []
-
-    def __getattr__(self, name):  # every other callback event is a no-op
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
-
-    def on_step_end(self, *a, **k):
-        self.marks.append(time.perf_counter())
-
-    def median(self) -> float:
-        gaps = [b - a for a, b in zip(self.marks, self.marks[1:])]
-        return statistics.median(gaps) if gaps else float("nan")
+def lab_arm(name: str) -> Arm:
+    """The library arm of a quality.py arm name (see the tables above)."""
+    if name in CONTROLS:
+        return CONTROLS[name]
+    ga, overrides = TABLE[name]
+    return Arm(name, accumulation=ga, coreset=overrides)
 
 
-def run_arm(name, ga, overrides, seed, s, tokenizer, train, evald, on_trainer=None) -> dict[str, Any]:
-    """Train one arm and evaluate it. ``on_trainer(trainer)``, when given, is called once the
-    trainer is built (e.g. to add callbacks) and returns a function whose dict joins the result."""
-    coreset = None if overrides is None else CoresetConfig(pool_factor=2, seed=seed, **overrides)
-    targs = TrainingArguments(
-        output_dir=f"/tmp/colm_quality/{name}_{seed}", per_device_train_batch_size=s["batch"],
-        gradient_accumulation_steps=ga, max_steps=s["steps"], learning_rate=s["lr"],
-        lr_scheduler_type="cosine", warmup_steps=max(1, s["steps"] // 10), logging_steps=10**6,
-        save_strategy="no", report_to=[], seed=seed, data_seed=seed, disable_tqdm=True,
-        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-    )
-    model = default_model(tokenizer, size=s["model_size"], seed=seed)
-    clock = StepClock()
-    trainer = make_trainer(model, tokenizer, train, targs, coreset, callbacks=[clock], log_selections=False)
-    extra = on_trainer(trainer) if on_trainer is not None else None
-    started = time.perf_counter()
-    with PeakMemory() as mem:
-        trainer.train()
-    wall = time.perf_counter() - started
-    with torch.no_grad():
-        val = per_source_loss(model, evald, pad_token_id=tokenizer.pad_token_id)
-    return {
-        **(extra() if extra is not None else {}),
-        "arm": name, "seed": seed, "val_loss_mean": val["mean"], "val_loss_worst": val["worst"],
-        "worst_source": val["worst_source"], "per_source": val["per_source"],
-        "step_s": clock.median(), "wall_s": wall,
-        # CPU: peak RSS growth over the arm's start (see colm.cli.memory); CUDA: max allocated.
-        "peak_mem_mib": mem.peak_bytes / 2**20, "mem_kind": mem.kind,
-        "coreset": coreset.to_dict() if coreset else None,
-    }
+def make_lab(s: dict[str, Any], tokenizer, train, evald) -> Lab:
+    """The tiny lab: embedded model seeded per seed, cosine schedule, warm-up a tenth of the steps."""
+
+    def training_args(steps: int, ga: int, seed: int, out: str) -> TrainingArguments:
+        return TrainingArguments(
+            output_dir=out, per_device_train_batch_size=s["batch"],
+            gradient_accumulation_steps=ga, max_steps=steps, learning_rate=s["lr"],
+            lr_scheduler_type="cosine", warmup_steps=max(1, steps // 10), logging_steps=10**6,
+            save_strategy="no", report_to=[], seed=seed, data_seed=seed, disable_tqdm=True,
+            dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        )
+
+    return Lab(tokenizer=tokenizer, train=train, evald=evald,
+               new_model=lambda seed: default_model(tokenizer, size=s["model_size"], seed=seed),
+               training_args=training_args, base_coreset=CoresetConfig(pool_factor=2),
+               batch=s["batch"], output_dir=Path("/tmp/colm_quality"))
+
+
+def with_natural(runs: list[dict[str, Any]], train_rows: dict[str, int]) -> list[dict[str, Any]]:
+    """Rows with the natural-mixture loss, recomputed from their per-source losses where a row
+    predates it (weights: the training rows per source, `train_rows`)."""
+    return [r if "val_loss_natural" in r else
+            {**r, "val_loss_natural": mixture_losses(r["per_source"], train_rows)["natural"]} for r in runs]
 
 
 def write_summary(runs: list[dict[str, Any]], path: Path) -> None:
     """The machine-readable summary: per arm, one value per seed (in seed order)."""
+    keys = ("val_loss_natural", "val_loss_mean", "val_loss_worst")
     summary: dict[str, dict[str, list[float]]] = {}
     for r in sorted(runs, key=lambda r: r["seed"]):
-        arm = summary.setdefault(r["arm"], {"val_loss_mean": [], "val_loss_worst": []})
-        arm["val_loss_mean"].append(r["val_loss_mean"])
-        arm["val_loss_worst"].append(r["val_loss_worst"])
+        arm = summary.setdefault(r["arm"], {k: [] for k in keys})
+        for k in keys:
+            arm[k].append(r[k])
     path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def _mean_sd(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.3f}" if values else "—"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+def markdown_table(runs: list[dict[str, Any]], baseline: str = CONTROL) -> str:
+    """Mean ± sd over seeds per arm, and each arm minus `baseline`, paired by seed, on the
+    natural-mixture loss, the mean over sources and the worst source."""
+    return loss_table(runs, baseline)
 
 
-def paired(runs: list[dict[str, Any]], arm: str, base: str, key: str) -> dict[str, float] | None:
-    """Per-seed differences arm - base on ``key``: mean, sd, 95% t interval, n."""
-    by_seed = {(r["arm"], r["seed"]): r[key] for r in runs}
-    diffs = [by_seed[(arm, s)] - by_seed[(base, s)] for (a, s) in by_seed if a == arm and (base, s) in by_seed]
-    if len(diffs) < 2:
-        return None
-    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-    half = float(sstats.t.ppf(0.975, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
-    return {"mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half, "n": len(diffs)}
-
-
-def markdown_table(runs: list[dict[str, Any]]) -> str:
-    """Mean ± sd over seeds per arm, and each arm minus the stratified control, paired by seed."""
-    arms: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        arms.setdefault(r["arm"], []).append(r)
-    lines = ["| arm | seeds | val loss, mean over sources | minus stratified (paired, 95% CI) "
-             "| val loss, worst source | minus stratified (paired, 95% CI) | s / step (median) |",
-             "|---|---:|---|---|---|---|---:|"]
-    for arm, rs in arms.items():
-        cells = []
-        for key in ("val_loss_mean", "val_loss_worst"):
-            d = paired(runs, arm, CONTROL, key) if arm != CONTROL else None
-            cells.append(_mean_sd([r[key] for r in rs]))
-            cells.append("—" if d is None else f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]")
-        lines.append(f"| {arm} | {len(rs)} | " + " | ".join(cells)
-                     + f" | {statistics.median(r['step_s'] for r in rs):.3f} |")
-    return "\n".join(lines)
+def training_rows(max_length: int) -> dict[str, int]:
+    """Rows per source the arms train on (the natural-mixture weights): the shipped train split
+    after tokenizing at `max_length` (rows with no answer token left are dropped, e.g. ~970 of
+    math's at 128, so raw file counts would overweight those sources)."""
+    train, _ = tokenize_mixture(load_mixture(default_mixture_dir(), split="train"), default_tokenizer(),
+                                max_length=max_length)
+    return dict(sorted(Counter(map(str, train["source"])).items()))
 
 
 def main() -> None:
@@ -182,6 +159,10 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--model-size", default="tiny")
     ap.add_argument("--eval-per-source", type=int, default=32)
+    ap.add_argument("--budget", choices=["steps", "compute"], default="steps",
+                    help="steps: every arm --steps; compute: --baseline gets --steps, every other arm "
+                         "the steps that fit its compute (training rows; see colm.compare.budget)")
+    ap.add_argument("--baseline", default=CONTROL, help="the arm differences are paired against")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--summary", type=Path, default=None,
                     help='also write {arm: {"val_loss_mean": [per seed], "val_loss_worst": [per seed]}} here')
@@ -203,17 +184,22 @@ def main() -> None:
         args.out.write_text(json.dumps(base, indent=1, default=str))
         args.summarize = True
     if args.summarize:
-        runs = json.loads(args.out.read_text())["runs"]
+        data = json.loads(args.out.read_text())
+        runs = with_natural(data["runs"], data["settings"].get("train_rows")
+                            or training_rows(data["settings"].get("max_length", args.max_length)))
+        runs = [{"steps": data["settings"].get("steps"), **r} for r in runs]
         if args.summary:
             write_summary(runs, args.summary)
-        print(markdown_table(runs))
+        print(markdown_table(runs, args.baseline))
         return
 
-    table = {**MAIN_ARMS, **CANDIDATES, **ABLATIONS}
+    table = {**TABLE, **CONTROLS}
     names = [n for part in args.arms.split(",") for n in (GROUPS[part] if part in GROUPS else [part])]
     unknown = [n for n in names if n not in table]
     if unknown:
         ap.error(f"unknown arm(s) {unknown}; arms: {sorted(table)} or groups {sorted(GROUPS)}")
+    if args.baseline not in table:
+        ap.error(f"--baseline {args.baseline}: unknown arm; arms: {sorted(table)}")
     s = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "model_size": args.model_size}
     tokenizer = default_tokenizer()
     train, _ = tokenize_mixture(load_mixture(default_mixture_dir(), split="train"), tokenizer, max_length=args.max_length)
@@ -221,25 +207,40 @@ def main() -> None:
         load_mixture(default_mixture_dir(), split="validation", max_examples_per_source=args.eval_per_source, seed=0),
         tokenizer, max_length=args.max_length,
     )
+    lab = make_lab(s, tokenizer, train, evald)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {"settings": {}, "runs": []}
-    results["settings"] = {**vars(args), "out": str(args.out), "torch": torch.__version__,
-                           "threads": torch.get_num_threads()}
+    results["settings"] = {**results["settings"], **vars(args), "out": str(args.out),
+                           "torch": torch.__version__, "threads": torch.get_num_threads(),
+                           "train_rows": lab.train_rows}
+    arms = [lab_arm(n) for n in names]
+    # Compute budget: the baseline's steps, every other arm the steps its compute buys (no arm
+    # here scores the pool except colm_b_of_2b-like arms, whose ratio would need a calibration).
+    if args.budget == "compute" and any(arm_cost_scores(a, lab) for a in arms):
+        ap.error("--budget compute with a scoring arm: use `colm compare`, which calibrates the cost ratio")
+    plan = plan_steps(arms, lab_arm(args.baseline) if args.budget == "compute" else arms[0], lab,
+                      args.steps, args.budget, {})
     done = {(r["arm"], r["seed"]) for r in results["runs"]}
     for seed in [int(x) for x in args.seeds.split(",")]:
-        for name in names:
-            if (name, seed) in done:
+        for arm in arms:
+            if (arm.name, seed) in done:
                 continue
-            ga, overrides = table[name]
-            row = run_arm(name, ga, overrides, seed, s, tokenizer, train, evald)
-            row["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            row = run_arm(arm, seed, lab, plan[arm.name]["steps"])
+            row.update(budget=args.budget, units=plan[arm.name]["units"],
+                       date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
             print(json.dumps({k: v for k, v in row.items() if k not in ("per_source", "coreset")}), flush=True)
             results["runs"].append(row)
             tmp = args.out.with_suffix(".tmp")
             tmp.write_text(json.dumps(results, indent=1, default=str))
             tmp.replace(args.out)
+    runs = with_natural(results["runs"], lab.train_rows)
     if args.summary:
-        write_summary(results["runs"], args.summary)
-    print(markdown_table(results["runs"]))
+        write_summary(runs, args.summary)
+    print(markdown_table(runs, args.baseline))
+
+
+def arm_cost_scores(arm: Arm, lab: Lab) -> bool:
+    cfg = arm.coreset_config(lab.base_coreset, 0)
+    return bool(cfg and cfg.needs_features)
 
 
 if __name__ == "__main__":

@@ -44,5 +44,7 @@ def test_toy_run_writes_every_arm_and_the_parts_round_trip(tmp_path, monkeypatch
     assert sorted(r["arm"] for r in runs) == sorted(script.ARMS)
     for r in runs:
         assert r["val_loss_mean"] > 0 and 0.0 <= r["em_mean"] <= 1.0
+        per = r["val_loss_per_source"]  # the natural mixture lies between the best and worst source
+        assert min(per.values()) <= r["val_loss_natural"] <= max(per.values())
         assert set(r["em_n"]) == {"gsm8k", "svamp", "numglue_1"} and all(n == 2 for n in r["em_n"].values())
     assert "stratified_b_of_2b" in script.table(runs)

@@ -3,14 +3,16 @@
 The loss is the token-level mean NLL over supervised tokens (labels != -100) of each source, the
 same quantity the Trainer minimises, so a source's number does not depend on how its examples
 were batched. The mean over sources weighs every source equally: on an imbalanced mixture that is
-what tells whether rare sources are learned, and the worst source is reported with it.
+what tells whether rare sources are learned, and the worst source is reported with it. The
+*natural-mixture* loss weighs each source by its share of the training rows instead: the loss a
+large random batch of the training data estimates (`mixture_losses`), reported next to the mean.
 """
 from __future__ import annotations
 
 import math
 import re
 from collections import defaultdict
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -73,6 +75,48 @@ def summarize(per_source: dict[str, float]) -> dict[str, Any]:
         "worst": per_source[worst],
         "worst_source": worst,
     }
+
+
+def mixture_losses(per_source: Mapping[str, float], train_rows: Mapping[str, int]) -> dict[str, Any]:
+    """The natural-mixture loss, the mean over sources and the worst source of per-source losses.
+
+    Args:
+        per_source: {source: validation loss}.
+        train_rows: {source: training rows}; each evaluated source is weighted by its share of
+            the training rows of the evaluated sources (a source with no training rows weighs 0).
+
+    Returns {"natural", "mean", "worst", "worst_source", "weights": {source: training share},
+    "natural_coverage": share of all training rows whose source was evaluated}.
+
+    Raises:
+        ValueError: no evaluated source has a training row (the natural mixture is undefined),
+            or a negative row count.
+    """
+    if any(int(n) < 0 for n in train_rows.values()):
+        raise ValueError(f"training row counts must be >= 0, got {dict(train_rows)}")
+    rows = {s: int(train_rows.get(s, 0)) for s in per_source}
+    evaluated, total = sum(rows.values()), sum(int(n) for n in train_rows.values())
+    if per_source and evaluated == 0:
+        raise ValueError(
+            f"no evaluated source {sorted(per_source)} has training rows (training sources: "
+            f"{sorted(train_rows)}): the natural-mixture loss is undefined"
+        )
+    base = summarize(dict(per_source))
+    weights = {s: rows[s] / evaluated for s in per_source} if per_source else {}
+    natural = sum(weights[s] * v for s, v in per_source.items()) if per_source else math.nan
+    return {
+        "natural": natural, "mean": base["mean"], "worst": base["worst"],
+        "worst_source": base["worst_source"], "weights": weights,
+        "natural_coverage": evaluated / total if total else math.nan,
+    }
+
+
+def with_natural(result: dict[str, Any], train_rows: Mapping[str, int]) -> dict[str, Any]:
+    """A `per_source_loss` result plus "natural" (the natural-mixture loss) and
+    "natural_weights" (each source's share of the training rows `train_rows`)."""
+    got = mixture_losses(result["per_source"], train_rows) if result["per_source"] else None
+    return result | {"natural": got["natural"] if got else math.nan,
+                     "natural_weights": got["weights"] if got else {}}
 
 
 # ---------------------------------------------------------------- generation

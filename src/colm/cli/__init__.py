@@ -1,4 +1,4 @@
-"""The `colm` command: `colm train`, `colm demo`, `colm evaluate`.
+"""The `colm` command: `colm train`, `colm compare`, `colm demo`, `colm evaluate`.
 
 Importing this package is cheap (no torch, transformers or datasets): each command module is
 imported only when that command runs, so `colm --help` answers at once.
@@ -12,6 +12,7 @@ from typing import Sequence
 
 COMMANDS = {
     "train": ("colm.cli.train", "fine-tune a model on a data mixture with CoLM selection"),
+    "compare": ("colm.cli.compare", "train several arms x seeds on your data; both losses with paired intervals"),
     "demo": ("colm.cli.demo", "random b, random 2b, colm's default and the paper's CoLM on the shipped mixture"),
     "evaluate": ("colm.cli.evaluate", "per-source validation loss (and exact match) of a checkpoint"),
 }

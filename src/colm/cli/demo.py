@@ -25,12 +25,12 @@ from typing import Any, Sequence
 
 from colm.cli.errors import OneLineArgumentParser, UsageError
 
+#: (name, label, colm.compare preset): the demo is `colm compare`'s harness on the embedded default.
 ARMS = (
-    ("random_b", "random b", dict(ga=1, coreset=None)),
-    ("random_2b", "random 2b", dict(ga=2, coreset=None)),
-    ("stratified_b_of_2b", "stratified b of 2b", dict(ga=1, coreset={})),  # the default config
-    ("paper_b_of_2b", "paper CoLM b of 2b",
-     dict(ga=1, coreset={"within_source": "facility_location", "feature": "zo", "zo_probes": 1})),
+    ("random_b", "random b", "plain"),
+    ("random_2b", "random 2b", "accumulate2"),
+    ("stratified_b_of_2b", "stratified b of 2b", "stratified"),  # the default config
+    ("paper_b_of_2b", "paper CoLM b of 2b", "paper"),
 )
 #: The arm whose selections the report and the share plot describe (colm's default).
 SELECTION_ARM = "stratified_b_of_2b"
@@ -112,7 +112,7 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
 
     from colm.selection.budget import small_sources
     from colm.cli.dataprep import data_cache_dir
-    from colm.config import CoresetConfig
+    from colm.compare.arms import PRESETS
     from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
     from colm.models.default import default_tokenizer
 
@@ -134,13 +134,13 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
           f"[{time.perf_counter() - t0:.0f} s to prepare]", flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
+    lab = _lab(s, tokenizer, train, evald, device, out, sizes)
     arms = []
-    for name, label, spec in ARMS:
+    for name, label, preset in ARMS:
         arm_dir = out / name
         for stale in ("metrics.jsonl", "selections.jsonl"):
             (arm_dir / stale).unlink(missing_ok=True)
-        coreset = None if spec["coreset"] is None else CoresetConfig(pool_factor=2, seed=s["seed"], **spec["coreset"])
-        arms.append(_run_arm(name, label, spec["ga"], coreset, arm_dir, s, tokenizer, train, evald, device))
+        arms.append(_run_arm(name, label, PRESETS[preset], arm_dir, s, lab))
 
     from colm.cli.report import selection_summary
 
@@ -160,51 +160,61 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
     return 0
 
 
-def _run_arm(name, label, ga, coreset, arm_dir, s, tokenizer, train, evald, device) -> dict[str, Any]:
+def _lab(s, tokenizer, train, evald, device, out, sizes):
     from transformers import TrainingArguments
 
-    from colm.evaluation import per_source_loss
-    from colm.cli.memory import PeakMemory
-    from colm.cli.progress import MetricsFile, PeriodicEval, StepTimer
-    from colm.cli.train import make_trainer
+    from colm.compare.run import Lab
+    from colm.config import CoresetConfig
     from colm.models.default import default_model
 
-    b, steps = s["batch_size"], s["steps"]
-    targs = TrainingArguments(
-        output_dir=str(arm_dir), per_device_train_batch_size=b, gradient_accumulation_steps=ga,
-        max_steps=steps, learning_rate=s["learning_rate"], lr_scheduler_type="cosine",
-        warmup_steps=max(1, steps // 10), logging_steps=max(1, steps // 20), save_strategy="no",
-        report_to=[], seed=s["seed"], data_seed=s["seed"], disable_tqdm=True,
-        dataloader_num_workers=0, use_cpu=device == "cpu",
-    )
-    model = default_model(tokenizer, size=s["model_size"], seed=s["seed"])  # same init in every arm
+    def training_args(steps: int, ga: int, seed: int, output_dir: str) -> TrainingArguments:
+        return TrainingArguments(
+            output_dir=output_dir, per_device_train_batch_size=s["batch_size"], gradient_accumulation_steps=ga,
+            max_steps=steps, learning_rate=s["learning_rate"], lr_scheduler_type="cosine",
+            warmup_steps=max(1, steps // 10), logging_steps=max(1, steps // 20), save_strategy="no",
+            report_to=[], seed=seed, data_seed=seed, disable_tqdm=True,
+            dataloader_num_workers=0, use_cpu=device == "cpu",
+        )
+
+    return Lab(tokenizer=tokenizer, train=train, evald=evald,
+               new_model=lambda seed: default_model(tokenizer, size=s["model_size"], seed=seed),  # same init per arm
+               training_args=training_args, base_coreset=CoresetConfig(pool_factor=2),
+               batch=s["batch_size"], output_dir=out, train_rows=dict(sizes))
+
+
+def _run_arm(name, label, arm, arm_dir, s, lab) -> dict[str, Any]:
+    from colm.cli.progress import MetricsFile, PeriodicEval, StepTimer
+    from colm.compare.run import run_arm
+    from colm.evaluation import per_source_loss, with_natural
+
+    steps = s["steps"]
     started = time.perf_counter()
     metrics = MetricsFile(arm_dir / "metrics.jsonl")
     timer = StepTimer()
 
     def progress(step: int, result: dict[str, Any]) -> None:
-        print(f"  [{label:>13}] step {step:>4}/{steps}  val loss mean {result['mean']:.3f}  "
-              f"worst {result['worst']:.3f} ({result['worst_source']})  "
+        print(f"  [{label:>13}] step {step:>4}/{steps}  val loss natural {result['natural']:.3f}  "
+              f"mean {result['mean']:.3f}  worst {result['worst']:.3f} ({result['worst_source']})  "
               f"{time.perf_counter() - started:5.0f} s", flush=True)
 
     evaluator = PeriodicEval(
         eval_schedule(steps, s["eval_points"]),
-        lambda m: per_source_loss(m, evald, pad_token_id=tokenizer.pad_token_id, batch_size=32),
+        lambda m: with_natural(per_source_loss(m, lab.evald, pad_token_id=lab.tokenizer.pad_token_id,
+                                               batch_size=32), lab.train_rows),
         metrics=metrics, timer=timer, on_result=progress,
     )
-    trainer = make_trainer(model, tokenizer, train, targs, coreset, callbacks=[timer, metrics, evaluator])
-    with PeakMemory() as mem:
-        result = trainer.train()
+    row = run_arm(arm, s["seed"], lab, steps, callbacks=[timer, metrics, evaluator],
+                  log_selections=arm.pooled, output_dir=str(arm_dir))
     timing = timer.summary()
-    print(f"  [{label:>13}] done: {timing['mean_s']:.3f} s/step, peak memory {mem.peak_bytes / 2**20:.0f} MiB "
-          f"({mem.kind})", flush=True)
+    print(f"  [{label:>13}] done: {timing['mean_s']:.3f} s/step, peak memory {row['peak_mem_mib']:.0f} MiB "
+          f"({row['mem_kind']})", flush=True)
     return {
-        "name": name, "label": label, "gradient_accumulation_steps": ga,
-        "coreset": coreset.to_dict() if coreset is not None else None,
+        "name": name, "label": label, "preset": arm.name,
+        "gradient_accumulation_steps": row["gradient_accumulation_steps"], "coreset": row["coreset"],
         "history": evaluator.history, "final": evaluator.history[-1],
-        "time": timing, "train_loss": result.training_loss,
-        "wall_s": time.perf_counter() - started,
-        "memory": {"peak_bytes": mem.peak_bytes, "kind": mem.kind, "description": mem.description},
+        "time": timing, "train_loss": row["train_loss"], "wall_s": time.perf_counter() - started,
+        "memory": {"peak_bytes": row["peak_mem_mib"] * 2**20, "kind": row["mem_kind"],
+                   "description": row["mem_description"]},
     }
 
 
@@ -212,13 +222,15 @@ def _summary_rows(arms: Sequence[dict[str, Any]]) -> list[list[Any]]:
     from colm.cli.report import mib
 
     return [
-        [a["label"], a["final"]["mean"], f"{a['final']['worst']:.4f} ({a['final']['worst_source']})",
+        [a["label"], a["final"]["natural"], a["final"]["mean"],
+         f"{a['final']['worst']:.4f} ({a['final']['worst_source']})",
          f"{a['time']['mean_s']:.3f}", mib(a["memory"]["peak_bytes"])]
         for a in arms
     ]
 
 
-SUMMARY_HEADERS = ["arm", "val loss (mean over sources)", "worst source", "s / step", "peak memory"]
+SUMMARY_HEADERS = ["arm", "val loss (natural mixture)", "val loss (mean over sources)", "worst source",
+                   "s / step", "peak memory"]
 
 
 def _per_source_rows(arms, sizes, small) -> list[list[Any]]:
@@ -266,7 +278,9 @@ def _write_outputs(out: Path, report, arms, selection, sizes, small) -> None:
         "location on zeroth-order gradient features (`within_source='facility_location'`, "
         "`feature='zo'`).", "",
         f"Validation: a fixed subset of up to {s['eval_per_source']} examples per source; loss = mean "
-        "token NLL of the answer; 'mean over sources' weighs every source equally.", "",
+        "token NLL of the answer. 'Natural mixture' weighs each source by its share of the training "
+        "rows (the loss a large random batch optimizes); 'mean over sources' weighs every source "
+        "equally. One seed: for intervals over seeds, run `colm compare` (see docs/cli.md).", "",
         table(SUMMARY_HEADERS, _summary_rows(arms)), "",
         f"Time per step: wall time per optimizer step (scoring and selection included, evaluation "
         f"excluded). Peak memory: {mem_kind}. All arms hold activations for b examples at a "

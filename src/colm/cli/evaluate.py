@@ -104,6 +104,7 @@ def run(argv: Sequence[str]) -> int:
         raw, tokenizer, max_length=max_length, template=template, cache_dir=data_cache_dir()
     )
     loss = per_source_loss(model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=ns.batch_size)
+    loss.update(natural_mixture(loss["per_source"], ckpt))
     result: dict[str, Any] = {"checkpoint": str(ckpt), "data": str(spec), "split": split,
                               "max_length": max_length, "use_chat_template": chat,
                               "data_stats": stats, "loss": loss}
@@ -127,6 +128,29 @@ def run(argv: Sequence[str]) -> int:
     print(f"results: {output}")
     sys.stdout.flush()
     return 0
+
+
+def natural_mixture(per_source: dict[str, float], ckpt: Path) -> dict[str, Any]:
+    """The natural-mixture loss (per-source loss weighted by the training rows' source shares),
+    with the training counts from the run's report.json (the checkpoint's folder or its parent);
+    {"natural": None, ...} when no such report names them."""
+    import json
+
+    from colm.evaluation import mixture_losses
+
+    for folder in (ckpt, ckpt.parent):
+        path = folder / "report.json"
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))["data"]["train"]["per_source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        try:
+            got = mixture_losses(per_source, rows)
+        except ValueError:  # none of the evaluated sources was trained on
+            break
+        return {"natural": got["natural"], "natural_weights": got["weights"], "train_rows": rows,
+                "train_rows_from": str(path)}
+    return {"natural": None, "natural_weights": None, "train_rows": None, "train_rows_from": None}
 
 
 def check_writable_file(path: Path, option: str) -> None:
@@ -187,7 +211,11 @@ def notes(loss, generation, stats, all_truncated, max_length) -> list[str]:
         lines.append(f"note: {sum(unscorable.values())} examples have no reference answer (empty, or "
                      "nothing after 'The answer is'): not scored for exact match")
     if loss["per_source"]:
-        line = f"loss: mean over sources {loss['mean']:.4f}, worst {loss['worst']:.4f} ({loss['worst_source']})"
+        natural = loss.get("natural")
+        line = (f"loss: natural mixture {natural:.4f} (sources weighted by their share of the training rows), "
+                if natural is not None else
+                "loss: natural mixture unknown (no colm train report.json with the training rows), ")
+        line += f"mean over sources {loss['mean']:.4f}, worst {loss['worst']:.4f} ({loss['worst_source']})"
     else:
         line = f"loss: none (no example has an answer token left at max length {max_length})"
     if generation:

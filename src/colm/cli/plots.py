@@ -26,16 +26,18 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def loss_curves(arms: Sequence[dict[str, Any]], path: Path) -> None:
-    """Validation loss vs optimizer step: mean over sources (solid) and worst source (dashed)."""
+    """Validation loss vs optimizer step: the natural mixture (solid, sources weighted by their
+    training-row share; when measured) and the mean over sources (dashed)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, arm in enumerate(arms):
         color = f"C{i}"
         steps = [h["step"] for h in arm["history"]]
-        ax.plot(steps, [h["mean"] for h in arm["history"]], "-o", color=color, ms=4,
+        if all("natural" in h for h in arm["history"]):
+            ax.plot(steps, [h["natural"] for h in arm["history"]], "-o", color=color, ms=4,
+                    label=f"{arm['label']}: natural mixture")
+        ax.plot(steps, [h["mean"] for h in arm["history"]], "--", color=color, alpha=0.7,
                 label=f"{arm['label']}: mean over sources")
-        ax.plot(steps, [h["worst"] for h in arm["history"]], "--", color=color, alpha=0.7,
-                label=f"{arm['label']}: worst source")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("validation loss (token NLL)")
     ax.set_title("Validation loss at equal optimizer steps")

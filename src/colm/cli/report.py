@@ -157,8 +157,12 @@ def train_markdown(report: dict[str, Any]) -> str:
         rows.append(row)
     lines += ["## Per source", "", table(headers, rows), ""]
     if val:
+        natural = val.get("natural")
         lines += [
-            f"Validation loss: mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} "
+            "Validation loss: "
+            + (f"natural mixture {natural:.4f} (each source weighted by its share of the training "
+               "rows: the loss a large random batch optimizes), " if natural is not None else "")
+            + f"mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} "
             f"({val['worst_source']}), token-weighted {val['overall']:.4f}.", "",
         ]
     lines += pseudo_sources_markdown(report.get("pseudo_sources"), shares)

@@ -136,8 +136,10 @@ def pseudo_sources_report(trainer: Any, train_dataset: Any) -> dict[str, Any] | 
 def make_trainer(
     model: Any, tokenizer: Any, train_dataset: Any, targs: Any, coreset: Any, *,
     callbacks: Sequence[Any] = (), log_selections: bool = True, progress: Any = None,
+    train_sampler: Any = None,
 ):
-    """A CoresetTrainer whose progress display is colm's (or none)."""
+    """A CoresetTrainer whose progress display is colm's (or none); `train_sampler` replaces the
+    Trainer's random order (the re-weighting control of `colm compare`)."""
     from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -147,7 +149,7 @@ def make_trainer(
         model=model, args=targs, train_dataset=train_dataset, processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         coreset_config=coreset, log_selections=log_selections and coreset is not None,
-        callbacks=list(callbacks),
+        callbacks=list(callbacks), train_sampler=train_sampler,
     )
     # transformers' bar (or its raw-dict printer) would duplicate ours.
     trainer.remove_callback(ProgressCallback)
@@ -185,7 +187,7 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     from transformers.trainer_utils import IntervalStrategy
 
     from colm.cli import dataprep, modeling
-    from colm.evaluation import per_source_loss
+    from colm.evaluation import per_source_loss, with_natural
     from colm.cli.memory import PeakMemory
     from colm.cli.progress import BackendReporter, MetricsFile, PeriodicEval, ProgressBar, StepTimer, eval_record
     from colm.cli.report import (
@@ -231,11 +233,13 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     pad_id = tokenizer.pad_token_id
     batch = max(8, targs.per_device_eval_batch_size)
     callbacks: list[Any] = [timer, metrics, LogAtEverySave()]
+    train_rows = prep.train_stats["per_source"]  # the natural mixture's weights
     progress = None if targs.disable_tqdm else ProgressBar("colm train")
     reporter = BackendReporter()  # validation to every --report-to backend, as eval/* tags
     if eval_every:
         callbacks.append(PeriodicEval(
-            (), lambda m: per_source_loss(m, prep.eval, pad_token_id=pad_id, batch_size=batch),
+            (), lambda m: with_natural(per_source_loss(m, prep.eval, pad_token_id=pad_id, batch_size=batch),
+                                       train_rows),
             every=eval_every, metrics=metrics, timer=timer,
             on_result=progress.show_eval if progress is not None else None, report=reporter,
         ))
@@ -258,7 +262,8 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
 
     validation = None
     if prep.eval is not None:
-        validation = per_source_loss(trainer.model, prep.eval, pad_token_id=pad_id, batch_size=batch)
+        validation = with_natural(per_source_loss(trainer.model, prep.eval, pad_token_id=pad_id, batch_size=batch),
+                                  train_rows)
         metrics.write(eval_record(trainer.state.global_step, validation))
         reporter(eval_record(trainer.state.global_step, validation))
     report = {
@@ -352,6 +357,7 @@ def _print_summary(report: dict[str, Any], text_table: Any) -> None:
     if val:
         rows = [[s, v] for s, v in val["per_source"].items()]
         print(text_table(["source", "validation loss"], rows))
-        print(f"mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} ({val['worst_source']})")
+        print(f"natural mixture {val['natural']:.4f} (sources weighted by their share of the training rows), "
+              f"mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} ({val['worst_source']})")
     print(f"report: {Path(report['output_dir']) / 'report.md'}")
     sys.stdout.flush()

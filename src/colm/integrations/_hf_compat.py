@@ -138,8 +138,17 @@ def keep_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class PrivateOverrides:
-    """The two private `transformers.Trainer` methods colm overrides, each handing over to a
-    colm method of the mixin. A base of `CoresetTrainerMixin`, so it sits ahead of the Trainer."""
+    """The three private `transformers.Trainer` methods colm overrides, each handing over to a
+    colm method or attribute of the mixin. A base of `CoresetTrainerMixin`, so it sits ahead of
+    the Trainer."""
+
+    def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
+        # Relies on: Trainer._get_dataloader / pool_dataloader taking the training sampler from
+        # here. A user's `train_sampler` (e.g. the re-weighting control) replaces the random one.
+        sampler = getattr(self, "train_sampler", None)
+        if sampler is not None:
+            return sampler
+        return super()._get_train_sampler(*args, **kwargs)  # type: ignore[misc]
 
     def _get_collator_with_removed_columns(self, data_collator: Callable, description: str | None = None) -> Callable:
         # Relies on: Trainer._get_dataloader asking this for the collate_fn of a dataset that is

@@ -135,6 +135,8 @@ class CoresetTrainerMixin(PrivateOverrides):
         coreset_config: the selection settings; None or `pool_factor=1` trains like the base.
         log_selections: also write every step's selected example ids to
             `<output_dir>/selections.jsonl` (main process only).
+        train_sampler: a sampler of training row indices to use instead of the Trainer's random
+            one (e.g. `colm.integrations.reweighted.SourceReweightedSampler`).
         source_sizes: examples per source in the whole training set ({source: count}; only the
             ratios matter). Default: counted from train_dataset, in order of first appearance
             (`colm.data.sources`; a given dict keeps its order, which breaks selection ties);
@@ -162,6 +164,7 @@ class CoresetTrainerMixin(PrivateOverrides):
         coreset_config: CoresetConfig | None = None,
         log_selections: bool = False,
         source_sizes: dict[str, int] | None = None,
+        train_sampler: Any = None,
         **kwargs: Any,
     ) -> None:
         config = coreset_config or CoresetConfig(pool_factor=1)
@@ -190,10 +193,14 @@ class CoresetTrainerMixin(PrivateOverrides):
         warn_slow_half_precision(self.args)  # e.g. SFTConfig's default bf16 on a CPU without it
         self.coreset_config = config
         self.source_sizes = source_sizes
+        # e.g. colm.integrations.reweighted.SourceReweightedSampler (the re-weighting control)
+        self.train_sampler = train_sampler
         self.log_selections = log_selections
         self._warned_unsupervised = False
         self._coreset_logs: dict[str, float] = {}
         self._coreset_log_count = 0
+        #: Wall seconds spent scoring pools so far (colm compare's compute accounting reads it).
+        self.score_seconds = 0.0
         self.last_selection: Selection | None = None
         self.selector: CoresetSelector | None = None
         self.pseudo_sources: PseudoSources | None = None
@@ -454,6 +461,7 @@ class CoresetTrainerMixin(PrivateOverrides):
         for name in self.selector.source_sizes:
             stats.setdefault(f"coreset/selected/{name}", 0.0)
         stats["coreset/score_ms"] = score_ms
+        self.score_seconds += score_ms / 1e3
         self._coreset_log_count += 1
         self._add_to_step_stats(stats)
         if self.log_selections and self.is_world_process_zero():

@@ -1,0 +1,172 @@
+"""`colm compare`: train several arms x seeds on the user's model and data, report both losses.
+
+Takes everything `colm train` takes (the same parser: model, data, selection options as the base
+CoresetConfig of every pooled arm, training options, --config YAML) plus --arms, --seeds,
+--baseline, --budget and --no-intervals. Every arm of a seed starts from the same
+initialisation and data order. Results go to <output-dir>/results.jsonl one arm x seed at a
+time (a rerun resumes), then report.md, report.json and compare.png.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from colm.cli.errors import UsageError
+
+DEFAULT_ARMS = "plain,accumulate2,reweighted,stratified"
+RESULTS_FILE = "results.jsonl"
+
+
+def build_parser():
+    """`colm train`'s parser plus the comparison's options."""
+    from colm.cli import train
+    from colm.compare.arms import PRESETS
+
+    parser = train.build_parser()
+    parser.prog = "colm compare"
+    parser.description = ("Train every --arms arm for every --seeds seed from the same initialisation "
+                          "and data order, evaluate per source, and write report.md with the "
+                          "natural-mixture loss, the mean over sources and the worst source: mean +- sd "
+                          "and the paired difference to --baseline with a 95% t interval.")
+    parser.usage = "colm compare [--config FILE.yaml] [--arms A,B] [--seeds 0,1,2] [colm train options]"
+    g = parser.add_argument_group("comparison")
+    g.add_argument("--arms", default=DEFAULT_ARMS,
+                   help=f"comma-separated arms: presets {', '.join(PRESETS)}, each optionally with "
+                        "CoresetConfig overrides PRESET:KEY=VALUE[:KEY=VALUE] (KEY=VALUE alone: on stratified)")
+    g.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (model init, data order, selection)")
+    g.add_argument("--baseline", default=None,
+                   help="the arm every difference is paired against (default: stratified if listed, else the first)")
+    g.add_argument("--budget", default="steps", choices=["steps", "compute"],
+                   help="steps: every arm --max-steps; compute: the baseline --max-steps, every other arm the "
+                        "steps whose compute (training rows + scoring rows x measured cost ratio) fits the same total")
+    g.add_argument("--no-intervals", action="store_true",
+                   help="report means only (allows a single seed: the interval needs >= 2 seeds)")
+    parser.set_defaults(output_dir="runs/compare", save_strategy="no")
+    return parser
+
+
+def parse(argv: Sequence[str]):
+    from transformers import TrainingArguments
+
+    from colm.cli import args as cli_args
+    from colm.compare.arms import ArmError, parse_arms
+
+    parser = build_parser()
+    model_args, data_args, sel_args, targs, extra = cli_args.parse_command(parser, argv, 5)
+    targs.__class__ = TrainingArguments
+    base = cli_args.to_coreset_config(sel_args, targs)
+    try:
+        arms = parse_arms(extra.arms)
+    except ArmError as err:
+        raise UsageError(str(err)) from None
+    try:
+        seeds = [int(s) for s in extra.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds: expected comma-separated integers, got {extra.seeds!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds: expected distinct comma-separated integers, got {extra.seeds!r}")
+    names = [a.name for a in arms]
+    baseline = extra.baseline or ("stratified" if "stratified" in names else names[0])
+    if baseline not in names:
+        raise UsageError(f"--baseline: {baseline!r} is not among the arms ({', '.join(names)}); add it to --arms")
+    intervals = not extra.no_intervals
+    if intervals and len(seeds) < 2:
+        raise UsageError(f"--seeds: the interval needs >= 2 seeds, got {len(seeds)} ({extra.seeds}); "
+                         "give two or more, or --no-intervals")
+    if targs.max_steps < 1:
+        raise UsageError(f"--max-steps: colm compare trains a fixed number of steps per arm; got {targs.max_steps}")
+    from colm.config import CoresetConfig
+
+    return model_args, data_args, targs, base or CoresetConfig(), arms, seeds, baseline, extra.budget, intervals
+
+
+def run(argv: Sequence[str]) -> int:
+    from colm.cli.settings import check_train_settings
+
+    model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals = parse(argv)
+    check_train_settings(model_args, data_args, targs)
+    for arm in arms:  # every arm's config is valid before anything loads
+        try:
+            arm.coreset_config(base, seeds[0])
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"--arms {arm.name}: {' '.join(str(err).split())}") from None
+    out = Path(targs.output_dir)
+    from colm.cli.lock import OutputDirLock
+
+    with OutputDirLock(out, "--output-dir", "colm compare", command="colm compare " + " ".join(argv)) as lock:
+        if lock.taken_over is not None:
+            print(lock.takeover_note(), flush=True)
+        return _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out)
+
+
+def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out: Path) -> int:
+    from colm.cli import dataprep, modeling
+    from colm.cli.train import check_pool, check_small_sources
+    from colm.compare import report
+    from colm.compare.run import Lab, ResultsFile, run_compare
+
+    # ---- load and check everything before writing anything
+    model, tokenizer = modeling.load(model_args, seed=seeds[0])
+    del model  # every arm x seed loads its own fresh copy
+    data_seed = targs.data_seed if targs.data_seed is not None else targs.seed
+    prep = dataprep.prepare(data_args, tokenizer, seed=data_seed, need_eval=True)
+    sources = list(prep.train_stats["per_source"])
+    for arm in arms:
+        cfg = arm.coreset_config(base, seeds[0])
+        check_small_sources(cfg, sources)
+        check_pool(cfg, len(prep.train), dataclasses.replace(
+            targs, gradient_accumulation_steps=targs.gradient_accumulation_steps * arm.accumulation))
+
+    def training_args(steps: int, accumulation: int, seed: int, output_dir: str):
+        return dataclasses.replace(
+            targs, output_dir=output_dir, max_steps=steps, seed=seed, data_seed=seed,
+            gradient_accumulation_steps=targs.gradient_accumulation_steps * accumulation,
+            save_strategy="no", disable_tqdm=True, logging_steps=max(targs.logging_steps, steps),
+        )
+
+    lab = Lab(
+        tokenizer=tokenizer, train=prep.train, evald=prep.eval,
+        new_model=lambda seed: modeling.load(model_args, seed=seed)[0],
+        training_args=training_args, base_coreset=base,
+        batch=targs.per_device_train_batch_size * targs.gradient_accumulation_steps * targs.world_size,
+        output_dir=out, eval_batch_size=max(8, targs.per_device_eval_batch_size),
+        train_rows=dict(prep.train_stats["per_source"]),
+    )
+    settings = {
+        "arms": [a.name for a in arms], "seeds": seeds, "baseline": baseline, "budget": budget,
+        "max_steps": targs.max_steps, "batch": lab.batch, "model": dataclasses.asdict(model_args),
+        "data": dataclasses.asdict(data_args), "coreset": base.to_dict(),
+        "learning_rate": targs.learning_rate, "train_rows": lab.train_rows,
+    }
+    # ---- from here on the output dir is written
+    if data_args.overwrite_output_dir:  # start over: the previous comparison's runs are dropped
+        (out / RESULTS_FILE).unlink(missing_ok=True)
+    try:
+        results = ResultsFile(out / RESULTS_FILE, settings)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if results.runs:
+        print(f"colm compare: resuming, {len(results.runs)} arm x seed run(s) already in {out / RESULTS_FILE}",
+              flush=True)
+    n = len(arms) * len(seeds)
+    print(f"colm compare: {len(arms)} arms x {len(seeds)} seeds ({n} runs), budget {budget}, baseline "
+          f"{baseline}; {len(prep.train)} training / {len(prep.eval)} validation rows", flush=True)
+
+    def finished(row: dict[str, Any]) -> None:
+        print(f"  [{row['arm']} seed {row['seed']}] done: {row['steps']} steps, natural {row['val_loss_natural']:.4f}, "
+              f"mean over sources {row['val_loss_mean']:.4f}, worst {row['val_loss_worst']:.4f}", flush=True)
+
+    plan = run_compare(arms, seeds, lab, steps=targs.max_steps, budget=budget, baseline=baseline,
+                       results=results, progress=sys.stdout, after_run=finished)
+    wanted = {(a.name, s) for a in arms for s in seeds}
+    runs = [r for r in results.runs if (r["arm"], r["seed"]) in wanted]
+    paths = report.write(out, runs=runs, plan=plan, baseline=baseline, budget=budget,
+                         settings={**settings, "command": "colm compare " + " ".join(argv)},
+                         intervals=intervals, harness=report.harness_overhead(runs))
+    print()
+    print(report.loss_table(runs, baseline, intervals=intervals))
+    print(f"\n{report.NATURAL_NOTE}.")
+    print("report: " + ", ".join(map(str, paths)))
+    return 0

@@ -1,0 +1,168 @@
+"""The comparison's report: per arm mean +- sd over seeds and the seed-paired difference to the
+baseline with a 95% t interval, on the natural-mixture loss, the mean over sources and the worst
+source; step time, peak memory and compute per arm. Markdown, JSON and one plot."""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from colm.compare.stats import IntervalError, mean_sd, paired_difference
+
+#: (result key, column title): the losses every table reports, the natural mixture first.
+LOSSES = (
+    ("val_loss_natural", "natural mixture"),
+    ("val_loss_mean", "mean over sources"),
+    ("val_loss_worst", "worst source"),
+)
+NATURAL_NOTE = ("natural mixture = per-source validation loss weighted by the source's share of the "
+                "training rows (what a large random batch optimizes); mean over sources = every "
+                "source weighted equally")
+
+
+def by_arm(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    arms: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        arms.setdefault(r["arm"], []).append(r)
+    return arms
+
+
+def summarize_arms(runs: Sequence[dict[str, Any]], baseline: str, *, intervals: bool = True) -> list[dict[str, Any]]:
+    """One dict per arm (in order of first appearance): seeds, steps, compute, step time, memory,
+    and per loss: mean, sd, and `paired` (arm - baseline; None for the baseline or without
+    intervals). Raises IntervalError when intervals are asked of < 2 paired seeds."""
+    arms = by_arm(runs)
+    base = {r["seed"]: r for r in arms.get(baseline, [])}
+    out = []
+    for name, rs in arms.items():
+        entry: dict[str, Any] = {
+            "arm": name, "seeds": sorted(r["seed"] for r in rs),
+            "steps": sorted({r.get("steps") for r in rs}, key=str),
+            "units": rs[0].get("units"),
+            "step_s": statistics.median(r["step_s"] for r in rs),
+            "wall_s": statistics.mean(r["wall_s"] for r in rs),
+            "peak_mem_mib": max(r["peak_mem_mib"] for r in rs), "mem_kind": rs[0].get("mem_kind"),
+            "losses": {},
+        }
+        for key, _ in LOSSES:
+            m, sd = mean_sd([r[key] for r in rs])
+            d = None
+            if intervals and name != baseline:
+                d = paired_difference({r["seed"]: r[key] for r in rs},
+                                      {s: r[key] for s, r in base.items()}).as_dict()
+            entry["losses"][key] = {"mean": m, "sd": sd, "paired": d}
+        out.append(entry)
+    return out
+
+
+def _cell(x: dict[str, Any]) -> str:
+    return f"{x['mean']:.3f}" if math.isnan(x["sd"]) else f"{x['mean']:.3f} ± {x['sd']:.3f}"
+
+
+def _diff(d: dict[str, Any] | None) -> str:
+    return "—" if d is None else f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
+
+def loss_table(runs: Sequence[dict[str, Any]], baseline: str, *, intervals: bool = True) -> str:
+    """Markdown: per arm and loss, mean ± sd and minus the baseline (paired, 95% t interval)."""
+    try:
+        arms = summarize_arms(runs, baseline, intervals=intervals)
+    except IntervalError:  # e.g. an arm run on a single seed so far: show it without intervals
+        arms = summarize_arms(runs, baseline, intervals=False)
+    head = ["arm", "seeds", "steps"]
+    for _, title in LOSSES:
+        head += [f"val loss, {title}", f"minus {baseline} (paired, 95% CI)"]
+    head += ["s / step (median)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|" + "---|---|" * len(LOSSES) + "---:|"]
+    for a in arms:
+        cells = [a["arm"], str(len(a["seeds"])), ",".join(map(str, a["steps"]))]
+        for key, _ in LOSSES:
+            cells += [_cell(a["losses"][key]), _diff(a["losses"][key]["paired"])]
+        cells.append(f"{a['step_s']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compute_table(plan: dict[str, dict[str, Any]]) -> str:
+    lines = ["| arm | steps | training rows / step | scoring rows / step | cost ratio | compute (training-row equivalents) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, p in plan.items():
+        lines.append(f"| {name} | {p['steps']} | {p['train_rows_per_step']} | {p['scoring_rows_per_step']} "
+                     f"| {p['ratio']:.3f} | {p['units']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(arms: list[dict[str, Any]], baseline: str, path: Path) -> None:
+    """Paired difference to the baseline (95% interval) per arm, one panel per loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    others = [a for a in arms if a["arm"] != baseline]
+    fig, axes = plt.subplots(1, len(LOSSES), figsize=(4 * len(LOSSES), 0.5 + 0.45 * max(1, len(others))), squeeze=False)
+    for ax, (key, title) in zip(axes[0], LOSSES):
+        for i, a in enumerate(others):
+            d = a["losses"][key]["paired"]
+            if d is not None:
+                ax.errorbar(d["mean"], i, xerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]], fmt="o", capsize=3)
+        ax.axvline(0, color="gray", lw=1)
+        ax.set_yticks(range(len(others)), [a["arm"] for a in others])
+        ax.set_title(f"{title}\nminus {baseline} (lower = better)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str, Any]], baseline: str,
+          budget: str, settings: dict[str, Any], intervals: bool, harness: dict[str, float]) -> list[Path]:
+    """report.md, report.json and compare.png into `out`; returns the paths written."""
+    from colm.files import atomic_write_json
+
+    arms = summarize_arms(runs, baseline, intervals=intervals)
+    png = out / "compare.png"
+    if intervals:
+        plot(arms, baseline, png)
+    budget_text = ("equal optimizer steps" if budget == "steps" else
+                   f"equal compute: {baseline} trains its steps, every other arm the whole steps whose "
+                   "compute fits the same total; compute = training rows + scoring-pass rows x their "
+                   "measured cost ratio (scoring time per row / training time per row, from a short "
+                   "calibration run of the arm), in training-row equivalents")
+    lines = [
+        "# colm compare", "",
+        f"Arms: {', '.join(plan)}; seeds: {', '.join(map(str, settings['seeds']))}; baseline: {baseline}; "
+        f"budget: {budget_text}. Every arm of a seed starts from the same initialisation and data order.", "",
+        f"Losses: {NATURAL_NOTE}. Differences are arm minus {baseline}, paired by seed, with a 95% "
+        "Student-t interval (negative = the arm is better).", "",
+        loss_table(runs, baseline, intervals=intervals), "",
+        "## Compute per arm", "", compute_table(plan), "",
+        "## Time and memory", "",
+        "| arm | s / step (median) | training wall s (mean) | peak memory MiB (max over seeds) |",
+        "|---|---:|---:|---:|",
+        *[f"| {a['arm']} | {a['step_s']:.3f} | {a['wall_s']:.1f} | {a['peak_mem_mib']:.0f} |" for a in arms], "",
+        f"Peak memory: {arms[0]['mem_kind'] if arms else '—'}. Harness overhead (building each arm's "
+        f"trainer and progress display, outside training): {harness['harness_s']:.2f} s over "
+        f"{harness['train_s']:.1f} s of training ({100 * harness['fraction']:.2f}%).", "",
+    ]
+    if intervals:
+        lines += [f"![paired differences]({png.name})", ""]
+    lines += ["Files: report.json (every number), results.jsonl (one line per arm x seed; a rerun "
+              "resumes from it).", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_json(out / "report.json", {
+        "settings": settings, "baseline": baseline, "budget": budget, "plan": plan,
+        "arms": arms, "harness": harness, "natural_note": NATURAL_NOTE, "runs": list(runs),
+    })
+    return [out / "report.md", out / "report.json"] + ([png] if intervals else [])
+
+
+def harness_overhead(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    harness = sum(r.get("harness_s", 0.0) for r in runs)
+    train = sum(r["wall_s"] for r in runs)
+    return {"harness_s": harness, "train_s": train, "fraction": harness / train if train else math.nan}
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=1, default=str)

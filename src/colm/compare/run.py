@@ -1,0 +1,267 @@
+"""Train one arm x seed from the seed's initialisation and data order, then evaluate it.
+
+`Lab` holds what every arm of a comparison shares (data, how to build a fresh model and the
+TrainingArguments); `run_arm` trains and evaluates one arm x seed and returns one result row;
+`run_compare` runs every arm x seed not yet in the results file, appending each row as it
+finishes, so an interrupted comparison resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence, TextIO
+
+from transformers import TrainerCallback
+
+from colm.compare.arms import Arm
+from colm.compare.budget import StepCost, measured_ratio, step_cost, steps_for_budget
+from colm.config import CoresetConfig
+
+#: Steps of the calibration run that measures a scoring arm's cost ratio (--budget compute).
+CALIBRATION_STEPS = 4
+
+
+@dataclass
+class Lab:
+    """What every arm x seed of one comparison shares.
+
+    new_model(seed): a fresh model, the same for every arm of a seed.
+    training_args(steps, accumulation, seed, output_dir): the run's TrainingArguments for one arm.
+    batch: rows per optimizer step before the arm's accumulation (per device x accumulation x world).
+    """
+
+    tokenizer: Any
+    train: Any
+    evald: Any
+    new_model: Callable[[int], Any]
+    training_args: Callable[[int, int, int, str], Any]
+    base_coreset: CoresetConfig
+    batch: int
+    output_dir: Path
+    eval_batch_size: int = 32
+    train_rows: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.train_rows:
+            self.train_rows = dict(sorted(Counter(map(str, self.train["source"])).items()))
+
+
+class StepClock(TrainerCallback):
+    """Wall time of every optimizer step (median reported: robust to a slow first step)."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if not self.marks:
+            self.marks.append(time.perf_counter())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.marks.append(time.perf_counter())
+
+    def median(self) -> float:
+        gaps = [b - a for a, b in zip(self.marks, self.marks[1:])]
+        return statistics.median(gaps) if gaps else float("nan")
+
+
+class StepProgress(TrainerCallback):
+    """Prints `arm, seed, step` about ten times per run; times itself (harness overhead)."""
+
+    def __init__(self, label: str, steps: int, out: TextIO | None) -> None:
+        self.label, self.steps, self.out = label, steps, out
+        self.every = max(1, steps // 10)
+        self.started = time.perf_counter()
+        self.own_s = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        t = time.perf_counter()
+        if self.out is not None and (state.global_step % self.every == 0 or state.global_step == self.steps):
+            print(f"  [{self.label}] step {state.global_step}/{self.steps}  {t - self.started:.0f} s",
+                  file=self.out, flush=True)
+        self.own_s += time.perf_counter() - t
+
+
+def arm_cost(arm: Arm, lab: Lab, seed: int = 0) -> StepCost:
+    """Rows one optimizer step of `arm` trains and scores."""
+    cfg = arm.coreset_config(lab.base_coreset, seed)
+    return step_cost(lab.batch, arm.accumulation, cfg.pool_factor if cfg else None,
+                     bool(cfg and cfg.needs_features))
+
+
+def _sampler(arm: Arm, lab: Lab, seed: int) -> Any:
+    if arm.sampler is None:
+        return None
+    from colm.integrations.reweighted import SourceReweightedSampler, stratified_proportions
+
+    cfg = arm.proportions_config(lab.base_coreset)
+    proportions = stratified_proportions(lab.train_rows, cfg.pool_factor, cfg.small_sources)
+    return SourceReweightedSampler(list(map(str, lab.train["source"])), proportions, seed=seed)
+
+
+def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | None = None,
+            evaluate: bool = True, callbacks: Sequence[Any] = (), log_selections: bool = False,
+            output_dir: str | None = None) -> dict[str, Any]:
+    """Train `arm` for `steps` optimizer steps from seed `seed`'s initialisation; one result row.
+
+    `callbacks` join the trainer's (e.g. periodic evaluations); `log_selections` writes the
+    pooled arm's selections.jsonl into `output_dir` (default <lab.output_dir>/arms/<arm>/seed<seed>)."""
+    import torch
+
+    from colm.cli.memory import PeakMemory
+    from colm.cli.train import make_trainer
+    from colm.evaluation import mixture_losses, per_source_loss
+
+    t0 = time.perf_counter()
+    coreset = arm.coreset_config(lab.base_coreset, seed)
+    sampler = _sampler(arm, lab, seed)
+    targs = lab.training_args(steps, arm.accumulation, seed,
+                              output_dir or str(lab.output_dir / "arms" / arm.name / f"seed{seed}"))
+    model = lab.new_model(seed)
+    clock = StepClock()
+    ticker = StepProgress(f"{arm.name} seed {seed}", steps, progress)
+    trainer = make_trainer(model, lab.tokenizer, lab.train, targs, coreset,
+                           callbacks=[clock, ticker, *callbacks], log_selections=log_selections,
+                           train_sampler=sampler)
+    setup_s = time.perf_counter() - t0
+    started = time.perf_counter()
+    with PeakMemory() as mem:
+        trainer.train()
+    wall = time.perf_counter() - started
+    row: dict[str, Any] = {"arm": arm.name, "seed": seed, "steps": trainer.state.global_step,
+                           "train_loss": trainer.state.log_history[-1].get("train_loss")
+                           if trainer.state.log_history else None}
+    eval_s = 0.0
+    if evaluate:
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            val = per_source_loss(model, lab.evald, pad_token_id=lab.tokenizer.pad_token_id,
+                                  batch_size=lab.eval_batch_size)
+        losses = mixture_losses(val["per_source"], lab.train_rows)
+        eval_s = time.perf_counter() - t1
+        row.update({
+            "val_loss_natural": losses["natural"], "val_loss_mean": val["mean"],
+            "val_loss_worst": val["worst"], "worst_source": val["worst_source"],
+            "per_source": val["per_source"],
+        })
+    cost = arm_cost(arm, lab, seed)
+    score_s = float(getattr(trainer, "score_seconds", 0.0))
+    row.update({
+        "gradient_accumulation_steps": targs.gradient_accumulation_steps,
+        "train_rows_per_step": cost.train_rows, "scoring_rows_per_step": cost.scoring_rows,
+        "score_s": score_s, "step_s": clock.median(), "wall_s": wall, "eval_s": eval_s,
+        # Harness overhead: building the arm's trainer, sampler and progress, outside training.
+        "harness_s": setup_s + ticker.own_s,
+        # CPU: peak RSS growth over the arm's start (see colm.cli.memory); CUDA: max allocated growth.
+        "peak_mem_mib": mem.peak_bytes / 2**20, "mem_kind": mem.kind, "mem_description": mem.description,
+        "coreset": coreset.to_dict() if coreset else None, "sampler": arm.sampler,
+    })
+    return row
+
+
+def calibrate_ratio(arm: Arm, lab: Lab, seed: int) -> float:
+    """The arm's scoring-row / training-row cost ratio, from a short run of the arm itself
+    (0 for an arm without a scoring pass; no run then)."""
+    cost = arm_cost(arm, lab, seed)
+    if cost.scoring_rows == 0:
+        return 0.0
+    row = run_arm(arm, seed, lab, CALIBRATION_STEPS, evaluate=False)
+    # Per-step means over the calibration run (its first step included: scoring and training alike).
+    return measured_ratio(row["wall_s"] / row["steps"], row["score_s"] / row["steps"], cost)
+
+
+class ResultsFile:
+    """JSON lines: a settings header, then one line per calibration and per arm x seed run.
+
+    A file written under other settings is refused (its rows would not compare)."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path = path
+        self.settings = json.loads(json.dumps(settings, default=str))
+        self.runs: list[dict[str, Any]] = []
+        self.ratios: dict[str, float] = {}
+        if path.is_file() and path.stat().st_size:
+            lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            head = lines[0] if lines else {}
+            if head.get("kind") != "settings":
+                raise ValueError(f"{path}: line 1 is not a colm compare settings header")
+            if head["settings"] != self.settings:
+                differ = sorted(k for k in set(head["settings"]) | set(self.settings)
+                                if head["settings"].get(k) != self.settings.get(k))
+                raise ValueError(f"{path}: written by a compare with other settings (they differ in "
+                                 f"{differ}); use another --output-dir or --overwrite-output-dir")
+            for line in lines[1:]:
+                if line.get("kind") == "run":
+                    self.runs.append(line["row"])
+                elif line.get("kind") == "calibration":
+                    self.ratios[line["arm"]] = line["ratio"]
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._append({"kind": "settings", "settings": self.settings})
+
+    def done(self, arm: str, seed: int) -> bool:
+        return any(r["arm"] == arm and r["seed"] == seed for r in self.runs)
+
+    def add_run(self, row: dict[str, Any]) -> None:
+        self.runs.append(row)
+        self._append({"kind": "run", "row": row})
+
+    def add_ratio(self, arm: str, ratio: float) -> None:
+        self.ratios[arm] = ratio
+        self._append({"kind": "calibration", "arm": arm, "ratio": ratio})
+
+    def _append(self, record: dict[str, Any]) -> None:
+        # One line per finished unit, flushed to disk: a kill loses at most the run in progress.
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def plan_steps(arms: Sequence[Arm], baseline: Arm, lab: Lab, steps: int, budget: str,
+               ratios: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Per arm: steps, cost per step (training-row equivalents), ratio and total compute.
+
+    budget "steps": every arm `steps`; "compute": the baseline `steps`, every other arm the steps
+    that fit the baseline's total (colm.compare.budget)."""
+    base_cost = arm_cost(baseline, lab)
+    base_units = steps * base_cost.units(ratios.get(baseline.name, 0.0))
+    plan = {}
+    for arm in arms:
+        cost, ratio = arm_cost(arm, lab), ratios.get(arm.name, 0.0)
+        n = steps if budget == "steps" or arm.name == baseline.name else steps_for_budget(base_units, cost, ratio)
+        plan[arm.name] = {"steps": n, "train_rows_per_step": cost.train_rows,
+                          "scoring_rows_per_step": cost.scoring_rows, "ratio": ratio,
+                          "units_per_step": cost.units(ratio), "units": n * cost.units(ratio)}
+    return plan
+
+
+def run_compare(arms: Sequence[Arm], seeds: Sequence[int], lab: Lab, *, steps: int, budget: str,
+                baseline: str, results: ResultsFile, progress: TextIO | None = sys.stderr,
+                after_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Run every arm x seed missing from `results`; returns the step plan (see plan_steps)."""
+    base = next(a for a in arms if a.name == baseline)
+    if budget == "compute":
+        for arm in arms:
+            if arm.name not in results.ratios and arm_cost(arm, lab).scoring_rows:
+                if progress is not None:
+                    print(f"  [{arm.name}] calibrating the scoring cost ({CALIBRATION_STEPS} steps)",
+                          file=progress, flush=True)
+                results.add_ratio(arm.name, calibrate_ratio(arm, lab, seeds[0]))
+    plan = plan_steps(arms, base, lab, steps, budget, results.ratios)
+    for seed in seeds:
+        for arm in arms:
+            if results.done(arm.name, seed):
+                continue
+            row = run_arm(arm, seed, lab, plan[arm.name]["steps"], progress=progress)
+            row.update(budget=budget, units=plan[arm.name]["units"], ratio=plan[arm.name]["ratio"],
+                       date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+            results.add_run(row)
+            if after_run is not None:
+                after_run(row)
+    return plan
