@@ -162,7 +162,7 @@ class CoresetTrainerMixin:
         # given): a launch where torch.distributed and the Trainer count different processes
         # would train diverging copies on duplicated pools, without any error.
         check_launch(self.args, self.accelerator.num_processes)
-        self.coreset_config = config
+        self.coreset_config = config.with_training_seed(self.args.seed)  # selection_seed None: the training seed
         self.source_sizes = source_sizes
         self.log_selections = log_selections
         self._warned_unsupervised = False
