@@ -173,8 +173,8 @@ class CoresetConfig:
     )})
 
     # The old names, as constructor arguments only (not fields: HfArgumentParser and to_dict
-    # never see them). The class attributes are deleted below the class, so reading
-    # `config.seed` fails loudly instead of returning a stale default.
+    # never see them). Read as attributes they are None (dataclasses.replace needs that);
+    # read selection_seed / feature_modules.
     seed: InitVar[int | None] = None
     target_modules: InitVar[Sequence[str] | str | None] = None
 
@@ -304,11 +304,6 @@ class CoresetConfig:
     def field_docs(cls) -> dict[str, str]:
         """Field name -> its documentation (the CLI's --help text)."""
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
-
-
-# The InitVar defaults would otherwise stay readable as class attributes (see above).
-del CoresetConfig.seed
-del CoresetConfig.target_modules
 
 
 def current_field_names(data: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -128,7 +128,7 @@ register(Method(
 ))
 register(Method(
     "random", False, f"{_HERE}.random:fill", "sample",
-    "`b_q` rows uniformly without replacement, seeded by (seed, step, source)",
+    "`b_q` rows uniformly without replacement, seeded by (selection_seed, step, source)",
 ))
 register(Method(
     "mean_match", True, f"{_HERE}.mean_match:fill", "sample",
