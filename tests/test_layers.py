@@ -54,7 +54,8 @@ def imports(path: Path) -> list[tuple[str, int, bool]]:
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - child.level + 1] + ([base] if base else []))
+                    parent = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    base = ".".join(parent + ([base] if base else []))
                 found.append((base, child.lineno, top))
                 # `from colm.x import y` may import the submodule colm.x.y
                 found.extend((f"{base}.{a.name}", child.lineno, top) for a in child.names

@@ -232,7 +232,8 @@ class CoresetConfig:
             raise bad("adam_normalize", "true or false")
         if self.adam_second_moment not in SECOND_MOMENTS:
             raise bad("adam_second_moment", f"one of {SECOND_MOMENTS}")
-        if not isinstance(self.adam_betas, list) or len(self.adam_betas) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in self.adam_betas):
+        betas = self.adam_betas
+        if not isinstance(betas, list) or len(betas) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in betas):
             raise bad("adam_betas", "two numbers in [0, 1)")
         if not (_is_number(self.adam_eps) and self.adam_eps > 0):
             raise bad("adam_eps", "a number > 0")

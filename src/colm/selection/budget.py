@@ -5,7 +5,7 @@ it is exact and deterministic.
 """
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence, Union
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -14,8 +14,8 @@ SourceKey = Hashable
 
 
 def small_sources(
-    rule: Union[str, Sequence[str]], source_sizes: Mapping[SourceKey, int]
-) -> frozenset:
+    rule: str | Sequence[str], source_sizes: Mapping[SourceKey, int]
+) -> frozenset[SourceKey]:
     """The keys of ``source_sizes`` whose pool examples are kept without selection.
 
     Args:

@@ -74,12 +74,12 @@ class AdamNormalizer:
         self.betas = (b1, b2)
         self.eps = float(eps)
         self.second_moment = second_moment
-        self.m: Optional[Tensor] = None  # [d] float32
-        self.v: Optional[Tensor] = None  # [d] float32
+        self.m: Tensor | None = None  # [d] float32
+        self.v: Tensor | None = None  # [d] float32
         self.step = 0  # t: number of updates folded into (m, v)
         # [d] the pool's mean g^2 of this step: stands in for v while the history is empty
         # (t = 0), and is folded into the shared v_hat with second_moment="pool"
-        self._pool_v: Optional[Tensor] = None
+        self._pool_v: Tensor | None = None
 
     @classmethod
     def from_config(cls, config: CoresetConfig) -> AdamNormalizer:
@@ -93,7 +93,7 @@ class AdamNormalizer:
         return self.step == 0 or self.second_moment == "pool"
 
     @property
-    def dim(self) -> Optional[int]:
+    def dim(self) -> int | None:
         """``d``, or None before the first call."""
         return None if self.m is None else self.m.numel()
 
@@ -209,9 +209,9 @@ class AdamNormalizer:
         history means nothing under other ones. A state saved before ``second_moment`` was
         stored keeps this normalizer's. ValueError (state unchanged) on a corrupt state."""
         m, v = state.get("m"), state.get("v")
-        if (m is None) != (v is None) or (m is not None and m.shape != v.shape):
+        if (m is None) != (v is None) or (m is not None and v is not None and m.shape != v.shape):
             raise ValueError("normalizer state has inconsistent m and v")
-        if m is not None:
+        if m is not None and v is not None:
             if m.dim() != 1 or not m.is_floating_point() or not v.is_floating_point():
                 raise ValueError("normalizer state: m and v must be 1-D floating tensors")
             if not (all_finite(m) and all_finite(v)) or bool((v < 0).any()):

@@ -28,8 +28,9 @@ coordinates in Python. On CPU, large float32 features go through the fused numba
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -72,7 +73,7 @@ class Selection:
     indices: Tensor
     weights: Tensor
     stats: dict[str, float] = field(default_factory=dict)
-    loss_weights: Optional[Tensor] = None
+    loss_weights: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.loss_weights is None:
@@ -112,7 +113,7 @@ class CoresetSelector:
             Its iteration order is the "source order" used to break ties.
     """
 
-    def __init__(self, config: CoresetConfig, source_sizes: Mapping[Union[str, int], int]) -> None:
+    def __init__(self, config: CoresetConfig, source_sizes: Mapping[Hashable, int]) -> None:
         if not isinstance(config, CoresetConfig):
             raise ValueError(f"config must be a CoresetConfig, got {type(config).__name__}")
         if not isinstance(source_sizes, Mapping) or len(source_sizes) == 0:
@@ -152,7 +153,7 @@ class CoresetSelector:
             f"source {value!r} is not in source_sizes (known sources: {sorted(self._by_name)})"
         )
 
-    def _source_ids(self, sources: Union[Sequence[Any], Tensor], n: Optional[int]) -> Tensor:
+    def _source_ids(self, sources: Sequence[Any] | Tensor, n: int | None) -> Tensor:
         """Map the pool's source labels to source indices: host LongTensor ``[n]`` (``n`` None:
         as many as there are labels)."""
         what = "features have {n} rows but sources has {m} entries"
@@ -173,12 +174,12 @@ class CoresetSelector:
         if n is not None and len(sources) != n:
             raise ValueError(what.format(n=n, m=len(sources)))
         # Labels are resolved once per distinct value; the per-example map runs in C.
-        table = {v: self._lookup(v) for v in dict.fromkeys(sources)}
-        return torch.tensor(list(map(table.__getitem__, sources)), dtype=torch.long)
+        ids = {v: self._lookup(v) for v in dict.fromkeys(sources)}
+        return torch.tensor(list(map(ids.__getitem__, sources)), dtype=torch.long)
 
     # --- the selection -------------------------------------------------------------------------
     def select(
-        self, features: Optional[Tensor], sources: Union[Sequence[Any], Tensor], budget: int
+        self, features: Tensor | None, sources: Sequence[Any] | Tensor, budget: int
     ) -> Selection:
         """Choose ``budget`` of the ``n`` pool examples.
 
@@ -249,7 +250,7 @@ class CoresetSelector:
         shares = split_budget(budget - kept.numel(), [counts[q] for q in large_q])
         return _Plan(counts, rows, present, large_q, shares, kept, n_small, overflow)
 
-    def _select(self, g: Optional[Tensor], ids: Tensor, budget: int) -> Selection:
+    def _select(self, g: Tensor | None, ids: Tensor, budget: int) -> Selection:
         device = g.device if g is not None else torch.device("cpu")
         ids_dev = ids.to(device)  # [n]
         uses_history = self.config.adam_normalize and self.config.needs_features and g is not None
@@ -268,6 +269,7 @@ class CoresetSelector:
         weight, loss_weight = weight.index_select(0, perm), loss_weight.index_select(0, perm)
         numbers = [objective]
         if g is not None:  # match error and the end of step 4: Adam history
+            assert pool_total is not None  # computed whenever there are features
             numbers.append(self._match_and_update(g, ids_dev, indices, loss_weight, pool_total, plan, uses_history))
         self.calls += 1
         stats = self._stats(plan, ids_dev.index_select(0, indices), numbers, with_features=g is not None)
@@ -282,7 +284,8 @@ class CoresetSelector:
         cfg = self.config
         method = get_method(cfg.within_source)
         parts = [_Part.uniform(plan.kept.to(device))]
-        parts += [_Part.uniform(plan.rows[q].to(device)) for q, b in zip(plan.large, plan.shares) if b == plan.counts[q]]
+        whole = [q for q, b in zip(plan.large, plan.shares) if b == plan.counts[q]]  # sources taken whole
+        parts += [_Part.uniform(plan.rows[q].to(device)) for q in whole]
         objective = torch.zeros((), dtype=torch.float64, device=device)
         features: list[Tensor | None] = list(blocks) if blocks is not None else [None] * len(choose)
         tasks = [
@@ -354,6 +357,7 @@ class CoresetSelector:
             if topk is not None:
                 # Sorted columns make the gather walk each row forward in memory (~4x faster on
                 # CPU than topk's arbitrary order); |mean| ranks like |sum| within a source.
+                assert source_sums is not None  # ranked whenever topk is set and sources choose
                 cols = passes.top_columns(source_sums[q].abs(), topk)  # [h], ascending
                 block = passes.gather(g, rows, cols)  # [n_q, h]
             else:
@@ -370,7 +374,7 @@ class CoresetSelector:
         n = g.shape[0]
         is_large_sel = (~self._is_small).to(g.device)[ids_dev.index_select(0, indices)]  # [budget]
         lin_w = [loss_weight / loss_weight.sum()]  # weighted mean of the trained coreset
-        sq_w: Optional[Tensor] = None
+        sq_w: Tensor | None = None
         update = update and plan.budget_large > 0
         if update:
             mean_w = is_large_sel.float() / plan.budget_large  # [budget]
@@ -382,6 +386,7 @@ class CoresetSelector:
         scale = torch.linalg.vector_norm(pool_mean)
         match_error = torch.where(scale > 0, diff / scale, diff)
         if update:
+            assert sq is not None  # asked for with sq_w
             self.normalizer.update_from_moments(lin[1], sq[0])  # ValueError (no change) on overflow
         return match_error
 
@@ -412,7 +417,7 @@ class _Part:
     loss_weights: Tensor  # [k]
 
     @classmethod
-    def uniform(cls, rows: Tensor) -> "_Part":
+    def uniform(cls, rows: Tensor) -> _Part:
         """Rows taken whole: each stands for itself."""
         return cls(rows, _ones(rows.numel(), rows.device), _ones(rows.numel(), rows.device))
 

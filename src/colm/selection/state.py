@@ -22,7 +22,7 @@ FORMAT = "colm-selector"
 FORMAT_VERSION = 1
 
 
-def save_selector_state(path: str | os.PathLike, config: dict[str, Any], state: dict[str, Any]) -> None:
+def save_selector_state(path: str | os.PathLike[str], config: dict[str, Any], state: dict[str, Any]) -> None:
     """Write ``CoresetSelector.state_dict()`` and the config dict to ``path`` atomically."""
     normalizer = dict(state["normalizer"])
     tensors = {}
@@ -37,10 +37,10 @@ def save_selector_state(path: str | os.PathLike, config: dict[str, Any], state: 
     save_tagged(path, tensors, meta, FORMAT, FORMAT_VERSION)
 
 
-def load_selector_state(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+def load_selector_state(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """``(config dict, CoresetSelector state dict)`` from ``path`` (this format or the legacy
-    pickle one); the config dict uses today's field names (``config.current_field_names``). Raises CheckpointError (a ValueError) naming the file when it is torn, foreign or
-    unreadable."""
+    pickle one); the config dict uses today's field names (``config.current_field_names``).
+    Raises CheckpointError (a ValueError) naming the file when it is torn, foreign or unreadable."""
     path = os.fspath(path)
     if path.endswith(".pt"):
         return _load_legacy(path)

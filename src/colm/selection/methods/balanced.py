@@ -4,9 +4,11 @@ the features (the cube method): the picks' mean matches the pool's in the direct
 rows differ most."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
-from typing import TYPE_CHECKING, Sequence
 
 from colm.selection.methods.task import Pick, SourceTask
 

@@ -1,9 +1,11 @@
 """Cluster sampling: facility-location clusters used as strata of a random sample."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
-from typing import TYPE_CHECKING, Sequence
 
 from colm.selection.methods.task import Pick, SourceTask
 

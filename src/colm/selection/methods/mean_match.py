@@ -2,9 +2,11 @@
 which is what a training step on the coreset (uniform weights) actually needs."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
-from typing import TYPE_CHECKING, Sequence
 
 from colm.selection.methods.task import Pick, SourceTask
 

@@ -3,9 +3,11 @@ norm, Horvitz-Thompson weights (unbiased for the pool sum, with less variance th
 when norms vary)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
-from typing import TYPE_CHECKING, Sequence
 
 from colm.selection.methods.task import Pick, SourceTask
 

@@ -8,10 +8,11 @@ source)``, so every rank of a distributed run makes the same picks.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from typing import TYPE_CHECKING, Sequence
 
 from colm.selection.methods.task import Pick, SourceTask
 
