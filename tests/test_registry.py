@@ -142,3 +142,17 @@ def test_cli_maps_a_config_error_to_its_option_by_field():
     sel = cli_args.SelectionArguments(zo_probes=0)
     with pytest.raises(UsageError, match=re.escape("--zo-probes: CoresetConfig.zo_probes = 0 is invalid")):
         cli_args.to_coreset_config(sel)
+
+
+def test_cli_selection_seed_defaults_to_seed_and_old_option_warns(tmp_path):
+    pytest.importorskip("transformers")
+    from colm.cli import train
+
+    base = ["--output-dir", str(tmp_path), "--seed", "5"]
+    *_, coreset = train.parse(base)
+    assert coreset.selection_seed == 5  # the training seed, written into the run's config
+    *_, coreset = train.parse(base + ["--selection-seed", "2"])
+    assert coreset.selection_seed == 2
+    with pytest.warns(FutureWarning, match="--target-modules is now --feature-modules"):
+        *_, coreset = train.parse(base + ["--target-modules", "v_proj$"])
+    assert coreset.feature_modules == ["v_proj$"]
