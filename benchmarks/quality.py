@@ -97,7 +97,7 @@ class StepClock:
 def run_arm(name, ga, overrides, seed, s, tokenizer, train, evald, on_trainer=None) -> dict[str, Any]:
     """Train one arm and evaluate it. ``on_trainer(trainer)``, when given, is called once the
     trainer is built (e.g. to add callbacks) and returns a function whose dict joins the result."""
-    coreset = None if overrides is None else CoresetConfig(pool_factor=2, seed=seed, **overrides)
+    coreset = None if overrides is None else CoresetConfig(pool_factor=2, selection_seed=seed, **overrides)
     targs = TrainingArguments(
         output_dir=f"/tmp/colm_quality/{name}_{seed}", per_device_train_batch_size=s["batch"],
         gradient_accumulation_steps=ga, max_steps=s["steps"], learning_rate=s["lr"],

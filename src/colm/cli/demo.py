@@ -139,7 +139,7 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
         arm_dir = out / name
         for stale in ("metrics.jsonl", "selections.jsonl"):
             (arm_dir / stale).unlink(missing_ok=True)
-        coreset = None if spec["coreset"] is None else CoresetConfig(pool_factor=2, seed=s["seed"], **spec["coreset"])
+        coreset = None if spec["coreset"] is None else CoresetConfig(pool_factor=2, selection_seed=s["seed"], **spec["coreset"])
         arms.append(_run_arm(name, label, spec["ga"], coreset, arm_dir, s, tokenizer, train, evald, device))
 
     from colm.cli.report import selection_summary
