@@ -11,6 +11,7 @@ import time
 import torch
 
 from colm import CoresetConfig, CoresetSelector
+
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
 feats = torch.randn(40, 96, generator=g)
