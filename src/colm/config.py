@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import InitVar, dataclass, field, fields
 from typing import Any, Literal, get_args
 
-from colm.errors import ConfigError, check_int, check_optional_int
+from colm.errors import ConfigError, RenamedWarning, check_int, check_optional_int
 from colm.selection.methods.registry import feature_free_names, get_method, method_names
 
 Similarity = Literal["l1", "l2", "cosine"]
@@ -323,7 +323,7 @@ def current_field_names(data: dict[str, Any] | None) -> dict[str, Any] | None:
 def _warn_renamed(old: str) -> None:
     warnings.warn(
         f"CoresetConfig.{old} is now {RENAMED_FIELDS[old]}; the old name is accepted until colm 0.3",
-        FutureWarning, stacklevel=4,
+        RenamedWarning, stacklevel=4,
     )
 
 

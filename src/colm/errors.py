@@ -15,6 +15,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from; the message names the folder or file and why."""
 
 
+class RenamedWarning(FutureWarning):
+    """An old name of a setting was used; it still works until the release the message names.
+    Its own class so that the CLI, which silences libraries' FutureWarnings, still shows it."""
+
+
 class ConfigError(ValueError):
     """A setting with a value it cannot take.
 

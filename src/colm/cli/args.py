@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 from colm.cli.errors import UsageError
 from colm.config import CoresetConfig
-from colm.errors import ConfigError
+from colm.errors import ConfigError, RenamedWarning
 from colm.selection.methods.registry import method_names
 
 #: Sizes of the embedded default model (colm.models.default.MODEL_SIZES; not imported: torch).
@@ -257,7 +257,7 @@ def _warn_old_options(tokens: Sequence[str]) -> None:
     for token in tokens:
         if token.split("=", 1)[0] in OLD_OPTIONS:
             warnings.warn("--target-modules is now --feature-modules; the old name is accepted until colm 0.3",
-                          FutureWarning, stacklevel=3)
+                          RenamedWarning, stacklevel=3)
             return
 
 

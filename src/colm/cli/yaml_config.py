@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from colm.cli.errors import UsageError
 from colm.config import RENAMED_FIELDS, CoresetConfig
+from colm.errors import RenamedWarning
 
 #: Mappings whose keys are CoresetConfig field names.
 SELECTION_SECTIONS = ("coreset", "selection")
@@ -31,8 +32,9 @@ def load_yaml_options(path: str, parser: argparse.ArgumentParser) -> list[str]:
     """The command-line tokens a YAML config file stands for.
 
     Under `coreset:`, a renamed CoresetConfig field's old name (`seed`, `target_modules`) is
-    read as the new one with a FutureWarning. `null` leaves an option whose default is unset as it is; for any other
-    option it is an error, since it would otherwise end as a None where a number is needed.
+    read as the new one with a FutureWarning. `null` leaves an option whose default is unset as
+    it is; for any other option it is an error, since it would otherwise end as a None where a
+    number is needed.
     """
     import yaml
 
@@ -109,7 +111,7 @@ def _entries(root: Any, path: str) -> Iterator[tuple[str, str, str | None, Any, 
             k_line = k.start_mark.line + 1
             if name in RENAMED_FIELDS:
                 warnings.warn(f"{path}:{k_line}: {key}: {k.value!r} is now {RENAMED_FIELDS[name]!r}; the old "
-                              "name is accepted until colm 0.3", FutureWarning, stacklevel=2)
+                              "name is accepted until colm 0.3", RenamedWarning, stacklevel=2)
                 name = RENAMED_FIELDS[name]
             if name not in fields:
                 close = difflib.get_close_matches(name, sorted(fields), n=1)
