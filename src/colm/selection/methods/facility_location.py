@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from colm.errors import check_budget
 from colm.selection.methods.task import Pick, SourceTask
 from colm.selection.passes import all_finite
 from colm.selection.similarity import similarity_unchecked
@@ -64,8 +65,7 @@ def facility_location(sim: Tensor, budget: int) -> tuple[Tensor, Tensor]:
     """
     _check_sim(sim)
     n = sim.shape[0]
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 <= budget <= n:
-        raise ValueError(f"budget must be an integer in [0, {n}], got {budget!r}")
+    budget = check_budget(budget, 0, n, what="the rows of sim")
     if sim.dtype in (torch.float16, torch.bfloat16):
         sim = sim.float()
 
