@@ -98,14 +98,17 @@ def bench_pass1(n: int, d: int, repeats: int, device: str = "cpu") -> dict:
     """The Adam-normalized per-source sums alone: the part of select() that reads all of
     ``features`` and does the elementwise normalization over all n x d entries."""
     from colm import AdamNormalizer
+    from colm.selection.passes import normalized_group_sums
 
     feats, _, _ = make_pool(n, d)
     feats = feats.to(device)
     norm = AdamNormalizer()
     groups = (torch.arange(n) % 4).to(device)  # 4 sources
 
+    norm.prepare(feats)
+
     def run():
-        norm.feature_sums(feats, groups, 4)
+        normalized_group_sums(feats, groups, 4, norm)
         if feats.is_cuda:
             torch.cuda.synchronize()
 

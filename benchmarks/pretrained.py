@@ -165,7 +165,7 @@ def run_job(arm: str, seed: int, args: argparse.Namespace, model_path: str) -> d
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     ))
     ga, overrides = ARMS[arm]
-    coreset = None if overrides is None else CoresetConfig(pool_factor=2, seed=seed, **overrides)
+    coreset = None if overrides is None else CoresetConfig(pool_factor=2, selection_seed=seed, **overrides)
     targs = TrainingArguments(
         output_dir=f"{args.workdir}/{arm}_{seed}", per_device_train_batch_size=args.batch,
         gradient_accumulation_steps=ga, max_steps=args.steps, learning_rate=args.lr,

@@ -49,7 +49,7 @@ def main() -> None:
     lab_args = argparse.Namespace(lab="tiny", max_length=128, seed=args.seed, lr=1e-3, train_batch=32, pool=64)
     lab = fidelity.TinyLab(lab_args)
     lab.train_steps(args.steps, lab_args.train_batch)
-    selectors = {k: CoresetSelector(CoresetConfig(seed=args.seed, **v), lab.source_sizes) for k, v in ARMS.items()}
+    selectors = {k: CoresetSelector(CoresetConfig(selection_seed=args.seed, **v), lab.source_sizes) for k, v in ARMS.items()}
     ratios: dict[str, list[float]] = {k: [] for k in ARMS}
     for step in range(args.pools):
         pg = lab.gradients(lab.take(lab_args.pool))

@@ -194,12 +194,13 @@ def test_yaml_config_flags_override_it(tmp_path, capsys):
         encoding="utf-8",
     )
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, "train", "--config", config, "--max-steps", "1", "--output-dir", out)
+    with pytest.warns(FutureWarning, match="'seed' is now 'selection_seed'"):  # the old name, still read
+        code, _, err = run_cli(capsys, "train", "--config", config, "--max-steps", "1", "--output-dir", out)
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert report["global_step"] == 1  # the flag beat the YAML's 5
     assert report["config"]["training"]["learning_rate"] == 0.002
-    assert report["config"]["coreset"]["zo_probes"] == 2 and report["config"]["coreset"]["seed"] == 3
+    assert report["config"]["coreset"]["zo_probes"] == 2 and report["config"]["coreset"]["selection_seed"] == 3
     assert report["config"]["coreset"]["topk_dims"] is None
     assert set(report["data"]["train"]["per_source"]) == {"svamp", "numglue_1"}
 

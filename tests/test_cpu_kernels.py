@@ -5,6 +5,7 @@ import torch
 pytest.importorskip("numba")
 
 import colm.selection.kernels as kernels  # noqa: E402
+import normalize_reference as ref  # noqa: E402
 import colm.selection.passes as passes_mod  # noqa: E402
 from colm import AdamNormalizer, CoresetConfig, CoresetSelector  # noqa: E402
 
@@ -22,7 +23,7 @@ def threads(request, monkeypatch):
 def torch_feature_sums(norm, g, groups, n_groups, monkeypatch):
     monkeypatch.setenv("COLM_NUMBA", "0")
     try:
-        return norm.feature_sums(g, groups, n_groups)
+        return ref.feature_sums(norm, g, groups, n_groups)
     finally:
         monkeypatch.delenv("COLM_NUMBA")
 

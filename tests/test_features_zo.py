@@ -23,7 +23,7 @@ from tiny_models import padded_batch, reference_gradients, tiny_model
                                        ("gpt_neox", True), ("phi", False)])
 def test_coefficients_match_directional_derivative(arch: str, lora: bool) -> None:
     model, batch = tiny_model(arch, lora), padded_batch()
-    config = CoresetConfig(zo_eps=1e-3, zo_probes=3, seed=7)
+    config = CoresetConfig(zo_eps=1e-3, zo_probes=3, selection_seed=7)
     (name, param), = find_target_parameters(model).items()
     c = zo_coefficients(model, batch, config, step=5)  # [n, m]
     grads = reference_gradients(model, batch, param)  # [n, d]
@@ -34,19 +34,19 @@ def test_coefficients_match_directional_derivative(arch: str, lora: bool) -> Non
 
 
 def test_directions_fresh_per_step_fixed_when_asked_and_reproducible() -> None:
-    fresh = CoresetConfig(seed=3)
-    fixed = CoresetConfig(seed=3, zo_fixed_z=True)
+    fresh = CoresetConfig(selection_seed=3)
+    fixed = CoresetConfig(selection_seed=3, zo_fixed_z=True)
     assert not torch.equal(zo_direction(fresh, 0, 0, 100), zo_direction(fresh, 1, 0, 100))
     assert not torch.equal(zo_direction(fresh, 0, 0, 100), zo_direction(fresh, 0, 1, 100))
     assert torch.equal(zo_direction(fresh, 4, 2, 100), zo_direction(fresh, 4, 2, 100))
     assert torch.equal(zo_direction(fixed, 0, 0, 100), zo_direction(fixed, 9, 0, 100))
-    assert not torch.equal(zo_direction(fresh, 0, 0, 100), zo_direction(CoresetConfig(seed=4), 0, 0, 100))
+    assert not torch.equal(zo_direction(fresh, 0, 0, 100), zo_direction(CoresetConfig(selection_seed=4), 0, 0, 100))
 
 
 def test_features_fresh_vs_fixed_across_steps() -> None:
     model, batch = tiny_model("qwen2"), padded_batch()
-    fresh = CoresetConfig(feature="zo", zo_probes=1, seed=1)
-    fixed = CoresetConfig(feature="zo", zo_probes=1, seed=1, zo_fixed_z=True)
+    fresh = CoresetConfig(feature="zo", zo_probes=1, selection_seed=1)
+    fixed = CoresetConfig(feature="zo", zo_probes=1, selection_seed=1, zo_fixed_z=True)
     f0, f1 = (gradient_features(model, batch, fresh, step=s) for s in (0, 1))
     assert not torch.allclose(f0, f1)
     g0, g1 = (gradient_features(model, batch, fixed, step=s) for s in (0, 1))
@@ -57,7 +57,7 @@ def test_features_fresh_vs_fixed_across_steps() -> None:
 
 def test_features_equal_sum_of_coefficients_times_directions() -> None:
     model, batch = tiny_model("mistral", lora=True), padded_batch()
-    config = CoresetConfig(feature="zo", zo_probes=4, seed=2)
+    config = CoresetConfig(feature="zo", zo_probes=4, selection_seed=2)
     targets = find_target_parameters(model)
     d = sum(p.numel() for p in targets.values())
     features = gradient_features(model, batch, config, step=3)
@@ -87,7 +87,7 @@ def test_half_precision_coefficients_match_the_fp32_directional_derivative(dtype
             p.mul_(4.0)
     half = model.to(dtype)
     batch = padded_batch(n=6, T=16, seed=2)
-    config = CoresetConfig(zo_eps=1e-3, zo_probes=4, seed=11)
+    config = CoresetConfig(zo_eps=1e-3, zo_probes=4, selection_seed=11)
     (name, param), = find_target_parameters(half).items()
     c = zo_coefficients(half, batch, config, step=2)  # [n, m]
     reference = tiny_model("llama", seed=3)

@@ -4,6 +4,8 @@ import io
 import pytest
 import torch
 
+from colm.errors import ConfigError
+
 from colm import CoresetConfig, CoresetSelector, Selection
 from colm.selection.budget import split_budget
 
@@ -298,7 +300,7 @@ def test_random_needs_no_features_and_is_seeded_by_seed_and_step():
     assert first[0].indices.tolist() != first[1].indices.tolist()  # a new draw every step
     assert "match_error" not in first[0].stats and first[0].stats["kept_small"] == 4.0
     assert first[0].weights.sum().item() == pytest.approx(40.0)  # each pick stands for n_q / b_q
-    other = CoresetSelector(CoresetConfig(within_source="random", seed=1), SIZES).select(None, sources, 20)
+    other = CoresetSelector(CoresetConfig(within_source="random", selection_seed=1), SIZES).select(None, sources, 20)
     assert other.indices.tolist() != first[0].indices.tolist()
     # resume: the step counter is the selector's state
     resumed = CoresetSelector(cfg, SIZES)
@@ -403,8 +405,9 @@ def test_stats_stay_finite_for_large_finite_features():
 def test_bool_budget_and_meta_features_are_refused():
     feats, sources = pool()
     selector = CoresetSelector(CoresetConfig(within_source="facility_location"), SIZES)
-    with pytest.raises(ValueError, match="budget must be an integer"):
+    with pytest.raises(ConfigError, match=r"budget = True is invalid: expected an integer in \[1, 40") as err:
         selector.select(feats, sources, True)
+    assert err.value.field == "budget"
     with pytest.raises(ValueError, match="meta device"):
         selector.select(torch.empty(40, 8, device="meta"), sources, 20)
 

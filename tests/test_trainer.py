@@ -388,7 +388,8 @@ def test_selector_state_is_stored_without_pickle_and_old_files_still_load(tmp_pa
     path = tmp_path / "checkpoint-2" / SELECTOR_STATE_FILE
     assert path.read_bytes()[:8] != b"\x80\x04\x95" and path.suffix == ".safetensors"
     config, state = load_selector_state(path)
-    assert config == cfg.to_dict() and state["calls"] == 2
+    # the saved config is the one the trainer ran: selection_seed None resolved to the training seed
+    assert config == {**cfg.to_dict(), "selection_seed": trainer.args.seed} and state["calls"] == 2
     torch.testing.assert_close(state["normalizer"]["v"], trainer.selector.normalizer.v)
     # a checkpoint of an older colm (pickled colm_selector.pt) still resumes
     legacy = tmp_path / "checkpoint-2" / "colm_selector.pt"

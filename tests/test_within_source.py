@@ -4,14 +4,10 @@ import itertools
 import pytest
 import torch
 
-from colm.selection.methods import (
-    cluster_sample,
-    inclusion_probabilities,
-    mean_match,
-    pps_sample,
-    random_subset,
-    selection_generator,
-)
+from colm.selection.methods.cluster_sample import cluster_sample
+from colm.selection.methods.mean_match import mean_match
+from colm.selection.methods.pps import inclusion_probabilities, pps_sample
+from colm.selection.methods.random import random_subset, selection_generator
 from colm.selection.similarity import pairwise_similarity
 
 
@@ -124,7 +120,7 @@ def test_pps_sample_hits_its_inclusion_probabilities_and_is_unbiased():
 
 
 def test_balanced_sample_is_uniform_and_balances_the_leading_components():
-    from colm.selection.methods import balanced_sample, principal_scores
+    from colm.selection.methods.balanced import balanced_sample, principal_scores
 
     gen = torch.Generator().manual_seed(5)
     n, b, trials = 25, 9, 1500
@@ -148,7 +144,7 @@ def test_balanced_sample_is_uniform_and_balances_the_leading_components():
 
 
 def test_balanced_sample_edge_cases():
-    from colm.selection.methods import balanced_sample
+    from colm.selection.methods.balanced import balanced_sample
 
     x = torch.randn(6, 4)
     assert balanced_sample(x, 6, selection_generator(0, 0, 0)).tolist() == list(range(6))

@@ -1,28 +1,42 @@
 """CoresetConfig: every knob of the selection, typed, documented and validated.
 
 One dataclass is shared by the selector (framework-free), the feature extractors and the trainer,
-so a run is described by a single JSON-serializable object that is saved with checkpoints.
+so a run is described by a single JSON-serializable object that is saved with checkpoints. Its
+field names do not clash with ``transformers.TrainingArguments`` or ``trl.SFTConfig``, so one
+``HfArgumentParser((TrainingArguments, CoresetConfig))`` parses both.
+
+Renamed fields (old names accepted with a FutureWarning until colm 0.3): ``seed`` ->
+``selection_seed`` (TrainingArguments has ``seed``), ``target_modules`` -> ``feature_modules``
+(peft's ``LoraConfig.target_modules`` names the modules LoRA adapts).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Sequence, Union, get_args
+import warnings
+from collections.abc import Sequence
+from dataclasses import InitVar, dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from colm.errors import ConfigError, RenamedWarning, check_int, check_optional_int
+from colm.selection.methods.registry import feature_free_names, get_method, method_names
 
 Similarity = Literal["l1", "l2", "cosine"]
 FeatureKind = Literal["zo", "exact", "hidden"]
-#: How a large source's share of the budget is filled (see ``CoresetConfig.within_source``).
-WithinSource = Literal["facility_location", "random", "mean_match", "cluster_sample", "pps", "balanced"]
 LossAverage = Literal["token", "example"]
 SecondMoment = Literal["per_example", "pool"]
 SIMILARITIES = get_args(Similarity)
 FEATURES = get_args(FeatureKind)
-WITHIN_SOURCE = get_args(WithinSource)
 LOSS_AVERAGES = get_args(LossAverage)
 SECOND_MOMENTS = get_args(SecondMoment)
 SMALL_SOURCE_RULES = ("below_mean", "none")
-#: Of the within-source methods, those that look at no gradient feature (no scoring pass).
-FEATURE_FREE = ("random",)
+#: The within-source methods registered at import (``colm.selection.methods.registry`` is the
+#: source of truth; one registered later is accepted too).
+WITHIN_SOURCE = method_names()
+#: Of those, the ones that look at no gradient feature (no scoring pass).
+FEATURE_FREE = feature_free_names()
+#: Old field name -> new one (accepted with a FutureWarning for one release).
+RENAMED_FIELDS = {"seed": "selection_seed", "target_modules": "feature_modules"}
 
 
 @dataclass
@@ -33,17 +47,18 @@ class CoresetConfig:
         "Pool size = pool_factor x the batch the optimizer steps on. 1 disables selection."
     )})
 
-    small_sources: Union[str, Sequence[str]] = field(default="below_mean", metadata={"help": (
+    # "default" in metadata: HfArgumentParser gives a list-typed option no default otherwise
+    small_sources: str | list[str] = field(default="below_mean", metadata={"default": "below_mean", "help": (
         "Which sources are kept whole: 'below_mean' (dataset-level size below the mean source "
         "size, the paper's rule), 'none', or an explicit list of source names."
     )})
 
-    within_source: WithinSource = field(default="random", metadata={"help": (
+    within_source: str = field(default="random", metadata={"choices": WITHIN_SOURCE, "help": (
         "How each large source's share of the budget is filled. Default 'random': in colm's "
         "measurements no gradient-based method trained better than it, and it costs no "
         "scoring pass (docs/benchmarks.md). 'facility_location': the "
         "paper's medoids of the source's pool rows in the normalized, sparsified feature space. "
-        "'random': uniformly at random without replacement, seeded by (seed, step): the "
+        "'random': uniformly at random without replacement, seeded by (selection_seed, step): the "
         "stratified control (small sources kept whole, per-source budgets, no gradient features "
         "and no scoring pass). 'mean_match': the rows whose uniform mean is closest to the "
         "source's pool mean in that feature space (greedy, then improving swaps). "
@@ -78,7 +93,7 @@ class CoresetConfig:
         "(empty history)."
     )})
 
-    adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": (
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": (
         "Betas of the Adam history used for normalization (should equal the optimizer's)."
     )})
 
@@ -111,15 +126,17 @@ class CoresetConfig:
         "makes features rank-deficient). Default: fresh directions every step."
     )})
 
-    target_modules: tuple[str, ...] | None = field(default=None, metadata={"help": (
-        "Regular expressions over parameter names selecting the target parameters. None: the "
-        "value projection of the last decoder layer (its LoRA B when a LoRA adapter is "
-        "present)."
+    feature_modules: list[str] | None = field(default=None, metadata={"help": (
+        "Regular expressions over parameter names selecting the parameters whose per-example "
+        "gradients are the features (formerly target_modules). None: the value projection of "
+        "the last decoder layer (its LoRA B when a LoRA adapter is present)."
     )})
 
     weighted: bool = field(default=False, metadata={"help": (
-        "Weight each selected example's loss by its cluster size (the paper trains uniform). "
-        "Ignored by 'random' and 'mean_match' (uniform by design); 'pps' always weights."
+        "Train each facility-location medoid with its cluster size as loss weight (the paper "
+        "trains uniform). Only 'facility_location' defines cluster weights, so for every other "
+        "method this changes nothing: 'pps' always trains its Horvitz-Thompson weights (mean 1 "
+        "per source), the other methods train uniform."
     )})
 
     loss_average: LossAverage = field(default="token", metadata={"help": (
@@ -134,11 +151,13 @@ class CoresetConfig:
         "micro-batch size."
     )})
 
-    seed: int = field(default=0, metadata={"help": (
-        "Seed of the probe directions and of every random choice the selection makes."
+    selection_seed: int | None = field(default=None, metadata={"help": (
+        "Seed of the probe directions and of every random choice the selection makes "
+        "(formerly seed). None: the training seed (TrainingArguments.seed) under a "
+        "CoresetTrainer, 0 elsewhere."
     )})
 
-    pseudo_sources: Union[int, str, None] = field(default=None, metadata={"help": (
+    pseudo_sources: int | str | None = field(default=None, metadata={"help": (
         "Sources for data without (or instead of) a 'source' column: after "
         "pseudo_source_warmup_steps steps, the training rows are embedded by the model (final "
         "hidden state, mean over supervised tokens) and clustered with k-means into this many "
@@ -153,80 +172,93 @@ class CoresetConfig:
         "scoring). 0 clusters with the initial model (fine for a pretrained one)."
     )})
 
-    def __post_init__(self) -> None:
-        if isinstance(self.adam_betas, list):
-            self.adam_betas = tuple(self.adam_betas)
-        if isinstance(self.target_modules, str):
-            self.target_modules = (self.target_modules,)
-        elif isinstance(self.target_modules, list):
-            self.target_modules = tuple(self.target_modules)
+    # The old names, as constructor arguments only (not fields: HfArgumentParser and to_dict
+    # never see them). Read as attributes they are None (dataclasses.replace needs that);
+    # read selection_seed / feature_modules.
+    seed: InitVar[int | None] = None
+    target_modules: InitVar[Sequence[str] | str | None] = None
+
+    def __post_init__(self, seed: int | None = None, target_modules: Sequence[str] | str | None = None) -> None:
+        if seed is not None:
+            _warn_renamed("seed")
+            if self.selection_seed is not None:
+                raise ConfigError("seed", "unset when selection_seed is given (seed is its old name)", seed)
+            self.selection_seed = seed
+        if target_modules is not None:
+            _warn_renamed("target_modules")
+            if self.feature_modules is not None:
+                raise ConfigError(
+                    "target_modules", "unset when feature_modules is given (target_modules is its old name)",
+                    target_modules,
+                )
+            self.feature_modules = target_modules  # type: ignore[assignment]  # normalized below
+        # Lists, whatever sequence was given: to_dict, YAML and HfArgumentParser all use lists.
+        if isinstance(self.adam_betas, tuple):
+            self.adam_betas = list(self.adam_betas)
+        if isinstance(self.feature_modules, str):
+            self.feature_modules = [self.feature_modules]
+        elif isinstance(self.feature_modules, tuple):
+            self.feature_modules = list(self.feature_modules)
+        if isinstance(self.pseudo_sources, str) and self.pseudo_sources != "auto":
+            # a parser's text ("4", "none"); anything else is refused by validate
+            text = self.pseudo_sources.strip().lower()
+            self.pseudo_sources = None if text in ("none", "null", "") else int(text) if text.isdigit() else text
         if isinstance(self.small_sources, (list, tuple)):
             self.small_sources = [str(s) for s in self.small_sources]
+            if len(self.small_sources) == 1 and self.small_sources[0] in SMALL_SOURCE_RULES:
+                self.small_sources = self.small_sources[0]  # a parser's list of one rule name
         self.validate()
 
     def validate(self) -> None:
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(
-                f"CoresetConfig.{name} = {getattr(self, name)!r} is invalid: expected {expected}"
-            )
+        """ConfigError (a ValueError) naming the first field whose value is invalid."""
 
-        if not isinstance(self.pool_factor, int) or isinstance(self.pool_factor, bool) or self.pool_factor < 1:
-            raise bad("pool_factor", "an integer >= 1")
+        def bad(name: str, expected: str) -> ConfigError:
+            return ConfigError(name, expected, getattr(self, name))
+
+        self.pool_factor = check_int("pool_factor", self.pool_factor, 1, owner="CoresetConfig")
         if isinstance(self.small_sources, str):
             if self.small_sources not in SMALL_SOURCE_RULES:
                 raise bad("small_sources", f"one of {SMALL_SOURCE_RULES} or a list of source names")
         elif not isinstance(self.small_sources, list):
             raise bad("small_sources", f"one of {SMALL_SOURCE_RULES} or a list of source names")
-        if self.within_source not in WITHIN_SOURCE:
-            raise bad("within_source", f"one of {WITHIN_SOURCE}")
+        if self.within_source not in method_names():
+            raise bad("within_source", f"one of {method_names()}")
         if self.loss_average not in LOSS_AVERAGES:
             raise bad("loss_average", f"one of {LOSS_AVERAGES}")
         if self.similarity not in SIMILARITIES:
             raise bad("similarity", f"one of {SIMILARITIES}")
-        if self.topk_dims is not None and (
-            not isinstance(self.topk_dims, int) or isinstance(self.topk_dims, bool) or self.topk_dims < 1
-        ):
-            raise bad("topk_dims", "None or an integer >= 1")
+        self.topk_dims = check_optional_int("topk_dims", self.topk_dims, 1, owner="CoresetConfig")
         if not isinstance(self.adam_normalize, bool):
             raise bad("adam_normalize", "true or false")
         if self.adam_second_moment not in SECOND_MOMENTS:
             raise bad("adam_second_moment", f"one of {SECOND_MOMENTS}")
-        if (
-            len(self.adam_betas) != 2
-            or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.adam_betas)
-        ):
+        betas = self.adam_betas
+        if not isinstance(betas, list) or len(betas) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in betas):
             raise bad("adam_betas", "two numbers in [0, 1)")
-        if not (isinstance(self.adam_eps, (int, float)) and self.adam_eps > 0):
+        if not (_is_number(self.adam_eps) and self.adam_eps > 0):
             raise bad("adam_eps", "a number > 0")
         if self.feature not in FEATURES:
             raise bad("feature", f"one of {FEATURES}")
-        if not (isinstance(self.zo_eps, (int, float)) and self.zo_eps > 0):
+        if not (_is_number(self.zo_eps) and self.zo_eps > 0):
             raise bad("zo_eps", "a number > 0")
-        if not isinstance(self.zo_probes, int) or isinstance(self.zo_probes, bool) or self.zo_probes < 1:
-            raise bad("zo_probes", "an integer >= 1")
-        if self.target_modules is not None and (
-            len(self.target_modules) == 0 or not all(isinstance(p, str) for p in self.target_modules)
+        self.zo_probes = check_int("zo_probes", self.zo_probes, 1, owner="CoresetConfig")
+        if self.feature_modules is not None and (
+            len(self.feature_modules) == 0 or not all(isinstance(p, str) for p in self.feature_modules)
         ):
-            raise bad("target_modules", "None or a non-empty list of regular expressions")
-        if self.score_batch_size is not None and (
-            not isinstance(self.score_batch_size, int) or self.score_batch_size < 1
-        ):
-            raise bad("score_batch_size", "None or an integer >= 1")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise bad("seed", "an integer")
+            raise bad("feature_modules", "None or a non-empty list of regular expressions")
+        self.score_batch_size = check_optional_int("score_batch_size", self.score_batch_size, 1, owner="CoresetConfig")
+        if self.selection_seed is not None:
+            self.selection_seed = check_int("selection_seed", self.selection_seed, owner="CoresetConfig")
         if not isinstance(self.weighted, bool):
             raise bad("weighted", "true or false")
-        if self.pseudo_sources is not None and self.pseudo_sources != "auto" and (
-            not isinstance(self.pseudo_sources, int) or isinstance(self.pseudo_sources, bool)
-            or self.pseudo_sources < 2
-        ):
-            raise bad("pseudo_sources", "None, 'auto' or an integer >= 2 (the number of clusters)")
-        if (
-            not isinstance(self.pseudo_source_warmup_steps, int)
-            or isinstance(self.pseudo_source_warmup_steps, bool)
-            or self.pseudo_source_warmup_steps < 0
-        ):
-            raise bad("pseudo_source_warmup_steps", "an integer >= 0")
+        if self.pseudo_sources is not None and self.pseudo_sources != "auto":
+            try:
+                self.pseudo_sources = check_int("pseudo_sources", self.pseudo_sources, 2, owner="CoresetConfig")
+            except ConfigError:
+                raise bad("pseudo_sources", "None, 'auto' or an integer >= 2 (the number of clusters)") from None
+        self.pseudo_source_warmup_steps = check_int(
+            "pseudo_source_warmup_steps", self.pseudo_source_warmup_steps, 0, owner="CoresetConfig"
+        )
         if self.pseudo_sources is not None and isinstance(self.small_sources, list):
             raise bad(
                 "small_sources",
@@ -237,23 +269,35 @@ class CoresetConfig:
     @property
     def needs_features(self) -> bool:
         """Whether selection looks at gradient features (False: no scoring pass is needed)."""
-        return self.within_source not in FEATURE_FREE
+        return get_method(self.within_source).needs_features
+
+    @property
+    def effective_seed(self) -> int:
+        """The seed in effect: ``selection_seed``, or 0 when it is unset (a CoresetTrainer sets
+        it to the training seed first, see ``with_training_seed``)."""
+        return 0 if self.selection_seed is None else self.selection_seed
+
+    def with_training_seed(self, seed: int) -> CoresetConfig:
+        """This config with ``selection_seed`` defaulted to the training seed ``seed`` (itself
+        when ``selection_seed`` is already set)."""
+        if self.selection_seed is not None:
+            return self
+        return dataclasses.replace(self, selection_seed=seed)
 
     # --- serialization -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["adam_betas"] = list(self.adam_betas)
-        if self.target_modules is not None:
-            out["target_modules"] = list(self.target_modules)
-        return out
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CoresetConfig":
+    def from_dict(cls, data: dict[str, Any]) -> CoresetConfig:
+        """The config a ``to_dict`` output (or a checkpoint's saved config, old field names
+        included) describes."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known - set(RENAMED_FIELDS))
         if unknown:
-            raise ValueError(
-                f"unknown CoresetConfig field(s) {unknown}; known fields: {sorted(known)}"
+            raise ConfigError(
+                unknown[0], f"a CoresetConfig field (unknown field(s) {unknown}; known fields: {sorted(known)})",
+                data[unknown[0]],
             )
         return cls(**data)
 
@@ -261,3 +305,27 @@ class CoresetConfig:
     def field_docs(cls) -> dict[str, str]:
         """Field name -> its documentation (the CLI's --help text)."""
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+def current_field_names(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A saved config dict with renamed fields under their current names (``seed`` ->
+    ``selection_seed``, ...), so a checkpoint of an older colm compares equal to the same
+    config today. Other keys are left as they are."""
+    if data is None:
+        return None
+    out = {RENAMED_FIELDS.get(k, k): v for k, v in data.items() if k not in RENAMED_FIELDS}
+    for old, new in RENAMED_FIELDS.items():
+        if old in data and new not in data:
+            out[new] = data[old]
+    return out
+
+
+def _warn_renamed(old: str) -> None:
+    warnings.warn(
+        f"CoresetConfig.{old} is now {RENAMED_FIELDS[old]}; the old name is accepted until colm 0.3",
+        RenamedWarning, stacklevel=4,
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

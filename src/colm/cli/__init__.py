@@ -84,6 +84,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
+    from colm.errors import RenamedWarning
+
+    warnings.filterwarnings("default", category=RenamedWarning)  # colm's own renamed options: shown
     try:
         import datasets
         import transformers

@@ -6,11 +6,14 @@ No `from __future__ import annotations` here: HfArgumentParser reads the real fi
 import argparse
 import dataclasses
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from colm.cli.errors import UsageError
 from colm.config import CoresetConfig
+from colm.errors import ConfigError, RenamedWarning
+from colm.selection.methods.registry import method_names
 
 #: Sizes of the embedded default model (colm.models.default.MODEL_SIZES; not imported: torch).
 MODEL_SIZES = ("tiny", "small", "base")
@@ -137,10 +140,11 @@ def _selection_arguments() -> type:
     hints = typing.get_type_hints(CoresetConfig)  # Literal[...] fields become choices
     specs: list[tuple[str, Any, Any]] = []
     for f in dataclasses.fields(CoresetConfig):
-        name = SELECTION_PREFIXED.get(f.name, f.name)
+        name = f.name
         default = getattr(defaults, f.name)
         help_text = docs.get(f.name, "")
         factory = None
+        meta: dict[str, Any] = {}
         if f.name == "topk_dims":
             typ, value = str, "none" if default is None else str(default)
             help_text += " ('none' keeps every coordinate.)"
@@ -155,14 +159,20 @@ def _selection_arguments() -> type:
             typ = Optional[list[float]] if f.name == "adam_betas" else Optional[float]
             value = None
             help_text += " Default: the optimizer's."
-        elif f.name == "target_modules":
+        elif f.name == "feature_modules":
             typ, value = Optional[list[str]], None
-        elif f.name == "score_batch_size":
+            meta["aliases"] = list(OLD_OPTIONS)  # the old name, until colm 0.3 (warned in parse_command)
+        elif f.name in ("score_batch_size", "selection_seed"):
             typ, value = Optional[int], None
+            if f.name == "selection_seed":
+                help_text = help_text.replace("TrainingArguments.seed", "--seed")
+        elif f.name == "within_source":  # choices from the registry of methods
+            typ, value = str, default
+            meta["choices"] = list(method_names())
         else:
             literal = typing.get_origin(hints[f.name]) is typing.Literal
             typ, value = (hints[f.name] if literal else type(default)), default
-        meta: dict[str, Any] = {"help": help_text}
+        meta["help"] = help_text
         spec = field(default_factory=factory, metadata=meta) if factory else field(default=value, metadata=meta)
         specs.append((name, typ, spec))
     specs.append((
@@ -171,13 +181,13 @@ def _selection_arguments() -> type:
                                                "transformers.Trainer), for comparisons."}),
     ))
     cls = dataclasses.make_dataclass("SelectionArguments", specs)
-    cls.__doc__ = "CoresetConfig, as command-line options (`seed` is --selection-seed)."
+    cls.__doc__ = "CoresetConfig, as command-line options."
     cls._argument_group_name = "selection (colm.CoresetConfig)"
     return cls
 
 
-#: CoresetConfig fields whose name clashes with a TrainingArguments field.
-SELECTION_PREFIXED = {"seed": "selection_seed"}
+#: Options of renamed CoresetConfig fields that still parse (with a FutureWarning).
+OLD_OPTIONS = ("--target-modules", "--target_modules")
 SelectionArguments = _selection_arguments()
 
 
@@ -213,7 +223,7 @@ def to_coreset_config(sel: Any, training_args: Any = None) -> Optional[CoresetCo
         return None
     values: dict[str, Any] = {}
     for f in dataclasses.fields(CoresetConfig):
-        values[f.name] = getattr(sel, SELECTION_PREFIXED.get(f.name, f.name))
+        values[f.name] = getattr(sel, f.name)
     topk = str(values["topk_dims"]).strip().lower()
     if topk in ("none", "all", "null", ""):
         values["topk_dims"] = None
@@ -223,8 +233,9 @@ def to_coreset_config(sel: Any, training_args: Any = None) -> Optional[CoresetCo
         except ValueError:
             raise UsageError(f"--topk-dims: expected an integer or 'none', got {topk!r}") from None
     values["pseudo_sources"] = _pseudo_sources(values["pseudo_sources"])
-    small = list(values["small_sources"])
-    values["small_sources"] = small[0] if len(small) == 1 and small[0] in ("below_mean", "none") else small
+    values["small_sources"] = list(values["small_sources"])  # one rule name: CoresetConfig unwraps it
+    if values["selection_seed"] is None and training_args is not None:
+        values["selection_seed"] = training_args.seed  # written into the run's saved config
     if values["adam_betas"] is None:
         values["adam_betas"] = (
             (training_args.adam_beta1, training_args.adam_beta2) if training_args else (0.9, 0.999)
@@ -233,15 +244,21 @@ def to_coreset_config(sel: Any, training_args: Any = None) -> Optional[CoresetCo
         values["adam_eps"] = training_args.adam_epsilon if training_args else 1e-8
     try:
         return CoresetConfig(**values)
-    except ValueError as err:
-        # "CoresetConfig.seed = ..." -> name the option the user typed.
-        msg = str(err)
-        for f in dataclasses.fields(CoresetConfig):
-            if msg.startswith(f"CoresetConfig.{f.name} "):
-                opt = "--" + SELECTION_PREFIXED.get(f.name, f.name).replace("_", "-")
-                msg = f"{opt}: {msg}"
-                break
-        raise UsageError(msg) from None
+    except ConfigError as err:  # name the option the user typed
+        raise UsageError(f"{option_name(err.field)}: {err}") from None
+
+
+def option_name(field_name: str) -> str:
+    """The `colm train` option of a CoresetConfig field: `feature_modules` -> `--feature-modules`."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _warn_old_options(tokens: Sequence[str]) -> None:
+    for token in tokens:
+        if token.split("=", 1)[0] in OLD_OPTIONS:
+            warnings.warn("--target-modules is now --feature-modules; the old name is accepted until colm 0.3",
+                          RenamedWarning, stacklevel=3)
+            return
 
 
 def _pseudo_sources(text: Any) -> Any:
@@ -318,7 +335,7 @@ def parse_command(
     config, rest = split_config_flag(list(argv))
     yaml_tokens: list[str] = []
     if config is not None:
-        yaml_tokens = load_yaml_options(config, parser, renamed=SELECTION_PREFIXED)
+        yaml_tokens = load_yaml_options(config, parser)
     try:
         outputs = parser.parse_args_into_dataclasses(
             args=yaml_tokens + rest, look_for_args_file=False, return_remaining_strings=True
@@ -328,6 +345,7 @@ def parse_command(
     except ValueError as err:
         # The dataclasses' own checks (TrainingArguments.__post_init__): option combinations.
         raise UsageError(" ".join(str(err).split())) from None
+    _warn_old_options(yaml_tokens + rest)
     remaining = outputs[-1]
     if remaining:
         parser.error(f"unrecognized arguments: {' '.join(remaining)}")

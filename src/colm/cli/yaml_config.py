@@ -20,11 +20,13 @@ import difflib
 import enum
 import json
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 from colm.cli.errors import UsageError
-from colm.config import CoresetConfig
+from colm.config import RENAMED_FIELDS, CoresetConfig
+from colm.errors import RenamedWarning
 
 #: Mappings whose keys are CoresetConfig field names.
 SELECTION_SECTIONS = ("coreset", "selection")
@@ -39,18 +41,16 @@ SAFE_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in (
 NULL_TOKENS = {"topk_dims": "none"}
 
 
-def load_yaml_options(
-    path: str, parser: argparse.ArgumentParser, renamed: dict[str, str] | None = None
-) -> list[str]:
+def load_yaml_options(path: str, parser: argparse.ArgumentParser) -> list[str]:
     """The command-line tokens a YAML config file stands for.
 
-    `renamed` maps CoresetConfig fields to their option names where they differ (seed ->
-    selection_seed). `null` leaves an option whose default is unset as it is; for any other
-    option it is an error, since it would otherwise end as a None where a number is needed.
+    Under `coreset:`, a renamed CoresetConfig field's old name (`seed`, `target_modules`) is
+    read as the new one with a FutureWarning. `null` leaves an option whose default is unset as
+    it is; for any other option it is an error, since it would otherwise end as a None where a
+    number is needed.
     """
     import yaml
 
-    renamed = renamed or {}
     file = Path(path).expanduser()
     if not file.is_file():
         raise UsageError(f"{path}: config file not found")
@@ -75,7 +75,7 @@ def load_yaml_options(
     dests = _dest_actions(parser)
     tokens: list[str] = []
     seen: dict[str, str] = {}  # dest -> where it was first given, for the duplicate message
-    for key, dest, section, value_node, line in _entries(root, path, renamed):
+    for key, dest, section, value_node, line in _entries(root, path):
         if dest not in dests:
             close = difflib.get_close_matches(dest, list(dests), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -134,7 +134,7 @@ def check_limits(root: Any, path: str) -> None:
                 stack += [(key, depth + 1), (value, depth + 1)]
 
 
-def _entries(root: Any, path: str, renamed: dict[str, str]) -> Iterator[tuple[str, str, str | None, Any, int]]:
+def _entries(root: Any, path: str) -> Iterator[tuple[str, str, str | None, Any, int]]:
     """(key as written, option dest, section or None, value node, line) of every option;
     `coreset:`/`selection:` sections hold CoresetConfig field names."""
     import yaml
@@ -151,11 +151,15 @@ def _entries(root: Any, path: str, renamed: dict[str, str]) -> Iterator[tuple[st
         for k, v in value_node.value:
             name = str(k.value).replace("-", "_")
             k_line = k.start_mark.line + 1
+            if name in RENAMED_FIELDS:
+                warnings.warn(f"{path}:{k_line}: {key}: {k.value!r} is now {RENAMED_FIELDS[name]!r}; the old "
+                              "name is accepted until colm 0.3", RenamedWarning, stacklevel=2)
+                name = RENAMED_FIELDS[name]
             if name not in fields:
                 close = difflib.get_close_matches(name, sorted(fields), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else "; training options go at the top level"
                 raise UsageError(f"{path}:{k_line}: {key}: {k.value!r} is not a CoresetConfig field{hint}")
-            yield str(k.value), renamed.get(name, name), key, v, k_line
+            yield str(k.value), name, key, v, k_line
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,7 +44,7 @@ class Arm:
         """The arm's CoresetConfig on top of the run's `base` (None: no pool); seeded by `seed`."""
         if self.coreset is None:
             return None
-        return dataclasses.replace(base, **{**self.coreset, **self.overrides, "seed": seed})
+        return dataclasses.replace(base, **{**self.coreset, **self.overrides, "selection_seed": seed})
 
     def proportions_config(self, base: CoresetConfig) -> CoresetConfig:
         """The config whose stratified coreset the re-weighting control imitates."""

@@ -6,6 +6,9 @@
 
 The package folder also holds the data: `math_mixture/` (see its README.md for sources,
 attribution and licenses).
+
+Imports: anything but colm.models, colm.integrations and colm.cli (tests/test_layers.py checks
+it).
 """
 from __future__ import annotations
 

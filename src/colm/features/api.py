@@ -78,7 +78,7 @@ def gradient_features(
     """
     batches = [batch] if isinstance(batch, Mapping) else list(batch)
     device = model_device(model)
-    targets = None if config.feature == "hidden" else find_target_parameters(model, config.target_modules)
+    targets = None if config.feature == "hidden" else find_target_parameters(model, config.feature_modules)
     with scoring_mode(model), torch.no_grad():
         parts = [
             _score_chunk(model, chunk, config, step, targets)

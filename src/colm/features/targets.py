@@ -88,6 +88,6 @@ def find_target_parameters(
         candidates = "\n  ".join(f"{n} {tuple(p.shape)}" for n, p in named)
         raise ValueError(
             f"no parameter of the last decoder layer matches {what}. Candidates "
-            f"(set CoresetConfig.target_modules to regexes over these names):\n  {candidates}"
+            f"(set CoresetConfig.feature_modules to regexes over these names):\n  {candidates}"
         )
     return found

@@ -6,7 +6,7 @@ For m probe directions z_j ~ N(0, I) over the concatenated target coordinates (d
     g_i  = Σ_j c_ij z_j / m                               (a random projection of ∇L_i)
 
 Directions are never stored: z_j is regenerated from a CPU ``torch.Generator`` seeded by
-``(config.seed, step, j)``. Generating on the CPU and then moving to the device makes the stream
+``(config.selection_seed, step, j)``. Generating on the CPU and then moving to the device makes the stream
 identical on every rank and device type (CUDA generators produce different numbers from CPU ones),
 so in distributed training ranks exchange only the small ``c [n, m]`` and rebuild the features
 locally with :func:`zo_features_from_coefficients`.
@@ -43,7 +43,7 @@ def zo_direction(
     """Direction z_probe ``[numel]`` of ``step`` (standard normal), generated on the CPU in
     float32 then moved, so every device and rank gets the same numbers."""
     step = 0 if config.zo_fixed_z else step
-    gen = torch.Generator(device="cpu").manual_seed(direction_seed(config.seed, step, probe))
+    gen = torch.Generator(device="cpu").manual_seed(direction_seed(config.effective_seed, step, probe))
     z = torch.randn(numel, generator=gen, dtype=torch.float32)  # [d]
     return z.to(device=device or "cpu", dtype=dtype)
 
@@ -108,10 +108,10 @@ def zo_coefficients(
             ``batch``) or the model itself (a replay is built and captured from ``batch``).
         batch: ``input_ids``, ``attention_mask``, ``labels``; ``None`` to reuse a capture.
         config: a ``CoresetConfig`` (``zo_eps``, ``zo_probes``, ``zo_fixed_z``, ``seed``,
-            ``target_modules``).
+            ``feature_modules``).
         step: optimizer step; selects fresh directions unless ``config.zo_fixed_z``.
         targets: target parameters (default: ``find_target_parameters(model,
-            config.target_modules)``).
+            config.feature_modules)``).
 
     One capture, then 2 replays (last layer + tail) per probe, without grad. Given a model, it is
     scored in eval mode and restored afterwards; given a replay, the caller picks the mode (as
@@ -124,7 +124,7 @@ def zo_coefficients(
     if batch is not None:
         replay.capture(batch)
     if targets is None:
-        targets = find_target_parameters(replay.model, config.target_modules)
+        targets = find_target_parameters(replay.model, config.feature_modules)
     targets = replay.current(targets)  # full tensors on an FSDP2 model, not this rank's shards
     numel = sum(p.numel() for p in targets.values())
     device = next(iter(targets.values())).device

@@ -1,2 +1,5 @@
 """colm inside training frameworks: transformers.Trainer and TRL, streams, distributed launch,
-checkpoints and resume, pseudo-sources."""
+checkpoints and resume, pseudo-sources.
+
+Imports: anything but colm.cli (tests/test_layers.py checks it).
+"""

@@ -191,7 +191,7 @@ class CoresetTrainerMixin(PrivateOverrides):
             raise RuntimeError("; ".join(missing))
         check_sharding(self.args, self.accelerator)  # and FSDP that accelerate did not turn on
         warn_slow_half_precision(self.args)  # e.g. SFTConfig's default bf16 on a CPU without it
-        self.coreset_config = config
+        self.coreset_config = config.with_training_seed(self.args.seed)  # selection_seed None: the training seed
         self.source_sizes = source_sizes
         # e.g. colm.integrations.reweighted.SourceReweightedSampler (the re-weighting control)
         self.train_sampler = train_sampler

@@ -5,17 +5,19 @@ it is exact and deterministic.
 """
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence, Union
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from colm.errors import check_budget
 
 SourceKey = Hashable
 
 
 def small_sources(
-    rule: Union[str, Sequence[str]], source_sizes: Mapping[SourceKey, int]
-) -> frozenset:
+    rule: str | Sequence[str], source_sizes: Mapping[SourceKey, int]
+) -> frozenset[SourceKey]:
     """The keys of ``source_sizes`` whose pool examples are kept without selection.
 
     Args:
@@ -68,8 +70,7 @@ def split_budget(budget: int, counts: Sequence[int]) -> list[int]:
     if any(c < 0 for c in counts):
         raise ValueError(f"source counts must be >= 0, got {counts}")
     total = sum(counts)
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 <= budget <= total:
-        raise ValueError(f"budget must be an integer in [0, {total}] (the examples available), got {budget!r}")
+    budget = check_budget(budget, 0, total, what="the examples available")
     if total == 0:
         return [0] * len(counts)
     shares = [budget * c // total for c in counts]

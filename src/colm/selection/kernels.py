@@ -26,8 +26,9 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,9 +42,9 @@ MIN_ELEMENTS = 1 << 20
 BLOCK_COLUMNS = 4096
 
 _lock = threading.Lock()
-_kernels: Optional[dict[str, Callable[..., Any]]] = None
+_kernels: dict[str, Callable[..., Any]] | None = None
 _failed = False
-_pool: Optional[ThreadPoolExecutor] = None
+_pool: ThreadPoolExecutor | None = None
 _pool_key: tuple[int, int] = (0, 0)  # (pid, workers): a forked child must not reuse the parent's
 
 
@@ -51,7 +52,7 @@ def _enabled_by_env() -> bool:
     return os.environ.get("COLM_NUMBA", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _compile() -> Optional[dict[str, Callable[..., Any]]]:
+def _compile() -> dict[str, Callable[..., Any]] | None:
     """The jitted loops, built on first use; None when numba is missing or fails."""
     global _kernels, _failed
     if _kernels is not None or _failed:
@@ -64,7 +65,8 @@ def _compile() -> Optional[dict[str, Callable[..., Any]]]:
         except Exception as err:  # ImportError, or numba unable to compile on this platform
             _failed = True
             if not isinstance(err, ImportError):
-                warnings.warn(f"colm: numba kernels unavailable ({err}); using torch code", RuntimeWarning)
+                msg = f"colm: numba kernels unavailable ({err}); using torch code"
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return _kernels
 
 
@@ -169,7 +171,9 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _run_split(fn: Callable[..., Any], total: int, quantum: int, args: tuple, tail: tuple = ()) -> None:
+def _run_split(
+    fn: Callable[..., Any], total: int, quantum: int, args: tuple[Any, ...], tail: tuple[Any, ...] = ()
+) -> None:
     """Run ``fn(*args, start, stop, *tail)`` over ``[0, total)`` split into one contiguous
     range per thread (multiples of ``quantum``), the calling thread taking the first."""
     global _pool, _pool_key
@@ -221,12 +225,13 @@ def gather(g: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     kernels = _compile()
     assert kernels is not None
     out = np.empty((rows.numel(), cols.numel()), np.float32)
-    args = (g.detach().numpy(), rows.to(torch.int64).contiguous().numpy(), cols.to(torch.int64).contiguous().numpy(), out)
+    rows_np, cols_np = rows.to(torch.int64).contiguous().numpy(), cols.to(torch.int64).contiguous().numpy()
+    args = (g.detach().numpy(), rows_np, cols_np, out)
     _run_split(kernels["gather"], rows.numel(), 1, args)
     return torch.from_numpy(out)
 
 
-def selected_sums(g: Tensor, rows: Tensor, lin_w: Tensor, sq_w: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+def selected_sums(g: Tensor, rows: Tensor, lin_w: Tensor, sq_w: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """``lin_w @ g[rows]`` ``[a, d]`` and ``sq_w @ g[rows]**2`` ``[b, d]`` in one sweep over
     the selected rows (``sq_w=None``: no squared sums)."""
     kernels = _compile()

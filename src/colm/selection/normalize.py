@@ -9,7 +9,9 @@ folded in so far, example ``i`` with gradient ``g_i`` gets
 
 i.e. the bias correction of the step about to be taken (step ``t + 1``, as in Adam). After
 selection the history becomes the mean of ``m_i, v_i`` over the selected large-source examples,
-and ``t`` grows by one.
+and ``t`` grows by one. Since ``m_i, v_i`` are affine in ``g_i, g_i^2``, that mean needs only
+the mean of ``g`` and ``g^2`` over the selected rows (``update_from_moments``), never the
+``[n, d]`` moment matrices.
 
 The first step is the exception. With an empty history (``t = 0``) the formula gives
 ``g_i / (|g_i| + eps)``, the sign vector of each example: every example then looks alike up to
@@ -23,23 +25,29 @@ it does not depend on row order. The history update after the first selection is
 ``second_moment="pool"`` uses that shared reference at every step: ``v_hat = (b2 v + (1 - b2)
 mean_i g_i^2) / (1 - b2^(t+1))`` for all examples, so the features are an affine function of
 ``g_i`` (one diagonal preconditioner) and the mean of the features of a set is the feature of
-its mean gradient. Because ``m_i, v_i`` are affine in ``g_i, g_i^2``, that mean only needs the
-mean of ``g`` and ``g^2`` over the selected rows (``update_from_gradients``), never the
-``[n, d]`` moment matrices.
+its mean gradient.
 
-The history is stored in float32 on the device of the last features seen. The passes over
-``[n, d]`` features (per-source sums of normalized rows, sums over the selected rows) live in
-``colm.selection.passes``, which applies ``AdamNormalizer.formula`` block by block (or the same arithmetic
-in a fused numba loop on CPU).
+How the selector uses it (the mechanism): the ``[n, d]`` normalized features never exist. The
+passes over the raw features in ``colm.selection.passes`` (per-source sums of normalized rows
+for step 5's ranking; sums of ``g`` and ``g^2`` over the selected rows for the history) apply
+``AdamNormalizer.formula`` block by block, or the same arithmetic in a fused numba loop on CPU;
+``transform`` normalizes only the ``[n_q, topk_dims]`` blocks the methods compare. The history
+is stored in float32 on the device of the last features seen.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from colm.selection.passes import all_finite, column_blocks, normalized_group_sums
+from colm.errors import check_int
+from colm.selection.passes import all_finite
+
+if TYPE_CHECKING:
+    from colm.config import CoresetConfig
+
+SECOND_MOMENTS = ("per_example", "pool")
 
 class AdamNormalizer:
     """Stateful Adam-history normalizer.
@@ -47,6 +55,7 @@ class AdamNormalizer:
     Args:
         betas: ``(b1, b2)`` of the optimizer.
         eps: the optimizer's epsilon.
+        second_moment: ``"per_example"`` or ``"pool"`` (``CoresetConfig.adam_second_moment``).
 
     The dimension ``d`` is fixed by the first call; a later call with another ``d`` raises
     ``ValueError``.
@@ -60,22 +69,23 @@ class AdamNormalizer:
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
-        if second_moment not in ("per_example", "pool"):
-            raise ValueError(f"second_moment must be 'per_example' or 'pool', got {second_moment!r}")
+        if second_moment not in SECOND_MOMENTS:
+            raise ValueError(f"second_moment must be one of {SECOND_MOMENTS}, got {second_moment!r}")
         self.betas = (b1, b2)
         self.eps = float(eps)
         self.second_moment = second_moment
-        self.m: Optional[Tensor] = None  # [d] float32
-        self.v: Optional[Tensor] = None  # [d] float32
+        self.m: Tensor | None = None  # [d] float32
+        self.v: Tensor | None = None  # [d] float32
         self.step = 0  # t: number of updates folded into (m, v)
         # [d] the pool's mean g^2 of this step: stands in for v while the history is empty
         # (t = 0), and is folded into the shared v_hat with second_moment="pool"
-        self._pool_v: Optional[Tensor] = None
+        self._pool_v: Tensor | None = None
 
     @classmethod
-    def from_config(cls, config: Any) -> "AdamNormalizer":
-        """Build from a ``CoresetConfig`` (its ``adam_betas`` and ``adam_eps``)."""
-        return cls(tuple(config.adam_betas), config.adam_eps, config.adam_second_moment)
+    def from_config(cls, config: CoresetConfig) -> AdamNormalizer:
+        """Build from a ``CoresetConfig`` (its ``adam_betas``, ``adam_eps``, ``adam_second_moment``)."""
+        b1, b2 = config.adam_betas
+        return cls((b1, b2), config.adam_eps, config.adam_second_moment)
 
     @property
     def needs_pool_moment(self) -> bool:
@@ -83,7 +93,7 @@ class AdamNormalizer:
         return self.step == 0 or self.second_moment == "pool"
 
     @property
-    def dim(self) -> Optional[int]:
+    def dim(self) -> int | None:
         """``d``, or None before the first call."""
         return None if self.m is None else self.m.numel()
 
@@ -139,27 +149,7 @@ class AdamNormalizer:
         num = torch.add(m * cm, g, alpha=cg)  # [n, w] = m_hat_i
         return num.div_(denom)
 
-    def normalize(self, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Normalize every row of ``g`` ``[n, d]`` against the current history.
-
-        Returns:
-            ``(features, m_i, v_i)``, each ``[n, d]`` float32: the normalized features and the
-            (not bias-corrected) per-example moments to pass to ``update`` for the selected rows.
-            The rows of ``g`` are the pool where a pool moment is used (``set_pool_moment``).
-            Materializes three ``[n, d]`` matrices; the selector uses the block-wise
-            ``transform``/``feature_sums``/``update_from_moments`` instead.
-        """
-        self.prepare(g)
-        b1, b2 = self.betas
-        gf = g.float()
-        if self.needs_pool_moment:
-            self.set_pool_moment(gf.square().mean(dim=0))
-        m_i = torch.add(self.m * b1, gf, alpha=1.0 - b1)  # [n, d]
-        v_i = torch.addcmul(self.v * b2, gf, gf, value=1.0 - b2)  # [n, d]
-        m, v, _ = self.reference()
-        return self.formula(gf, m, v), m_i, v_i
-
-    def transform(self, g: Tensor, columns: Optional[Tensor] = None) -> Tensor:
+    def transform(self, g: Tensor, columns: Tensor | None = None) -> Tensor:
         """Normalized features of ``g`` ``[n, w]``: all ``d`` coordinates (``columns=None``,
         ``w = d``) or the coordinates ``columns`` (LongTensor ``[w]``) of the full ``d``."""
         if columns is None:
@@ -167,41 +157,17 @@ class AdamNormalizer:
             m, v, _ = self.reference()
             return self.formula(g, m, v)
         if self.m is None:
-            raise ValueError("transform(columns=...) needs the dimension: call feature_sums first")
+            raise ValueError("transform(columns=...) needs the dimension: call prepare first")
         if g.dim() != 2 or g.shape[1] != columns.numel():
             raise ValueError(f"expected g of shape [n, {columns.numel()}], got {tuple(g.shape)}")
         m, v, _ = self.reference()
         columns = columns.to(m.device)
         return self.formula(g, m.index_select(0, columns), v.index_select(0, columns))
 
-    def feature_sums(self, g: Tensor, groups: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
-        """Per-group sums of normalized rows, plus the plain sum of the raw rows, in one read
-        of ``g``, block by block so the ``[n, d]`` normalized features never exist at once.
-
-        Args:
-            g: ``[n, d]`` raw gradients.
-            groups: LongTensor ``[n]``, each row's group in ``[0, n_groups)``, on ``g``'s device.
-            n_groups: number of groups.
-
-        Returns:
-            ``(sums, raw_total)``: ``[n_groups, d]`` sums of ``features(g)`` per group, and
-            ``[d]`` the sum of all rows of ``g`` (float32).
-        """
-        self.prepare(g)
-        return normalized_group_sums(g, groups, n_groups, self)
-
-    def update(self, m_i: Tensor, v_i: Tensor) -> None:
-        """Set the history to the mean of ``m_i, v_i`` ``[k, d]`` (the selected large-source rows
-        of ``normalize``'s output) and advance the step. ``k = 0`` leaves the state unchanged."""
-        if m_i.shape != v_i.shape or m_i.dim() != 2:
-            raise ValueError(f"m_i and v_i must be equal-shape [k, d], got {tuple(m_i.shape)}, {tuple(v_i.shape)}")
-        if m_i.shape[0] == 0:
-            return
-        self.prepare(m_i)
-        self._commit(m_i.float().mean(dim=0), v_i.float().mean(dim=0))
-
     def update_from_moments(self, mean_g: Tensor, mean_g2: Tensor) -> None:
-        """Same as ``update`` given the mean of ``g`` and of ``g^2`` ``[d]`` over the selected rows."""
+        """Set the history to the mean of the per-example moments ``m_i, v_i`` over the
+        selected rows, given the mean of ``g`` and of ``g^2`` ``[d]`` over them, and advance the
+        step (the end of docs/method.md step 4)."""
         if self.m is None or self.v is None:
             raise ValueError("update_from_moments before the dimension is known")
         if mean_g.shape != self.m.shape or mean_g2.shape != self.m.shape:
@@ -224,40 +190,28 @@ class AdamNormalizer:
         self.step += 1
         self._pool_v = None
 
-    def update_from_gradients(self, g: Tensor, rows: Tensor) -> None:
-        """Same as ``update(m_i[rows], v_i[rows])`` from the raw gradients ``g`` ``[n, d]``,
-        block by block. Empty ``rows`` leaves the state unchanged."""
-        self.prepare(g)
-        rows = rows.to(device=g.device, dtype=torch.long).view(-1)
-        k = rows.numel()
-        if k == 0:
-            return
-        n, d = g.shape
-        mean_g = torch.empty(d, dtype=torch.float32, device=g.device)
-        mean_g2 = torch.empty(d, dtype=torch.float32, device=g.device)
-        for cols in column_blocks(k, d, g.device):
-            block = g[:, cols].index_select(0, rows).float()  # [k, w]
-            torch.mean(block, dim=0, out=mean_g[cols])
-            torch.mean(block.square_(), dim=0, out=mean_g2[cols])
-        self.update_from_moments(mean_g, mean_g2)
-
     # --- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Plain dict of tensors and numbers; round-trips through ``torch.save``/``torch.load``."""
+        """Plain dict of tensors and numbers (every setting and the history); round-trips
+        through ``load_state_dict`` and through ``torch.save``/``torch.load``."""
         return {
             "m": None if self.m is None else self.m.detach().clone(),
             "v": None if self.v is None else self.v.detach().clone(),
             "step": self.step,
             "betas": list(self.betas),
             "eps": self.eps,
+            "second_moment": self.second_moment,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore ``state_dict()``'s output (history moves to the features' device on next use)."""
+        """Restore ``state_dict()``'s output (history moves to the features' device on next use).
+        The settings saved with it (betas, eps, second_moment) replace this normalizer's: the
+        history means nothing under other ones. A state saved before ``second_moment`` was
+        stored keeps this normalizer's. ValueError (state unchanged) on a corrupt state."""
         m, v = state.get("m"), state.get("v")
-        if (m is None) != (v is None) or (m is not None and m.shape != v.shape):
+        if (m is None) != (v is None) or (m is not None and v is not None and m.shape != v.shape):
             raise ValueError("normalizer state has inconsistent m and v")
-        if m is not None:
+        if m is not None and v is not None:
             if m.dim() != 1 or not m.is_floating_point() or not v.is_floating_point():
                 raise ValueError("normalizer state: m and v must be 1-D floating tensors")
             if not (all_finite(m) and all_finite(v)) or bool((v < 0).any()):
@@ -265,14 +219,12 @@ class AdamNormalizer:
                     "normalizer state is corrupt: m and v must be finite and v >= 0 "
                     "(the checkpoint cannot be resumed)"
                 )
-        step = state.get("step")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"normalizer state: step must be an integer >= 0, got {step!r}")
+        step = check_int("step", state.get("step"), 0, owner="normalizer state")
+        # Validate the settings by building a normalizer with them (same checks as __init__).
+        b1, b2 = state.get("betas", self.betas)
+        settings = AdamNormalizer((b1, b2), state.get("eps", self.eps), state.get("second_moment", self.second_moment))
         self._pool_v = None
         self.m = None if m is None else m.detach().clone().float()
         self.v = None if v is None else v.detach().clone().float()
-        self.step = int(state["step"])
-        if "betas" in state:
-            self.betas = tuple(float(b) for b in state["betas"])  # type: ignore[assignment]
-        if "eps" in state:
-            self.eps = float(state["eps"])
+        self.step = step
+        self.betas, self.eps, self.second_moment = settings.betas, settings.eps, settings.second_moment

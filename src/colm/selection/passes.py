@@ -20,7 +20,8 @@ its formula block by block.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -151,8 +152,8 @@ def gather(g: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
 
 
 def selected_sums(
-    g: Tensor, rows: Tensor, lin_w: Tensor, sq_w: Optional[Tensor]
-) -> tuple[Tensor, Optional[Tensor]]:
+    g: Tensor, rows: Tensor, lin_w: Tensor, sq_w: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
     """``lin_w @ g[rows]`` ``[a, d]`` and ``sq_w @ g[rows]**2`` ``[b, d]`` in one blocked pass."""
     if cpu_kernels.applicable(g):
         return cpu_kernels.selected_sums(g, rows, lin_w, sq_w)
@@ -163,6 +164,6 @@ def selected_sums(
     for cols in column_blocks(k, d, g.device):
         block = g[:, cols].index_select(0, rows).float()  # [k, w]
         lin[:, cols] = lin_w @ block
-        if sq is not None:
+        if sq is not None and sq_w is not None:  # both or neither
             sq[:, cols] = sq_w @ block.square_()
     return lin, sq

@@ -1,54 +1,50 @@
 """CoresetSelector: per-example features + source labels -> the coreset (docs/method.md).
 
-Framework-free: it sees tensors and source labels, never a model. One call to ``select``:
+Framework-free: it sees tensors and source labels, never a model. The step numbers are those of
+docs/method.md ("One optimizer step"); one call to ``select`` runs steps 2 and 4-7:
 
-1. **Budgets.** Small sources (``budget.small_sources``) are kept whole; if they alone exceed
-   the budget, ``budget.overflow_keep`` decides which of them stay and large sources get
-   nothing. The rest of the budget is split over the large sources present
-   (``budget.split_budget``).
-2. **Features** (skipped by feature-free methods such as ``within_source="random"``): one pass
-   over the large-source rows gives per-source sums of the Adam-normalized features
-   (``normalize.AdamNormalizer``; on the first step the pool supplies the second moment) and
-   the pool mean of the raw features.
-3. **Sparsify**: per large source, keep the ``config.topk_dims`` coordinates with the largest
-   |mean normalized feature| over that source's pool rows.
-4. **Fill each large source's share** with ``config.within_source`` (``colm.selection.methods``):
-   facility-location medoids (the paper; all sources stepped together), random picks, mean
-   matching, cluster-stratified or norm-proportional sampling.
-5. **History**: the Adam history becomes the mean moments of the selected large-source rows;
-   ``match_error`` compares the trained coreset's mean with the pool's.
+- **Steps 2 and 6, budgets.** Small sources (``budget.small_sources``) are kept whole; if they
+  alone exceed the budget, ``budget.overflow_keep`` decides which of them stay and large
+  sources get nothing. The rest of the budget is split over the large sources present
+  (``budget.split_budget``).
+- **Step 4, Adam normalization** (skipped by feature-free methods such as
+  ``within_source="random"``): one pass over the large-source rows gives per-source sums of the
+  Adam-normalized features (``normalize.AdamNormalizer``; on the first step the pool supplies
+  the second moment) and the pool mean of the raw features.
+- **Step 5, sparsify**: per large source, keep the ``config.topk_dims`` coordinates with the
+  largest |mean normalized feature| over that source's pool rows.
+- **Step 7, fill each large source's share** with the method ``config.within_source`` names in
+  ``colm.selection.methods.registry``; its weight rule gives the weights.
+- **After step 7, the history** (the end of step 4): the Adam history becomes the mean moments
+  of the selected large-source rows; ``match_error`` compares the trained coreset's mean with
+  the pool's.
 
 Cost at Phi-2 size (n = 128, d = 327,680): ``features`` is read about twice, block by block
-(step 2, and step 5 over the selected rows); only ``[n_q, topk_dims]`` blocks and
+(step 4, and the history update over the selected rows); only ``[n_q, topk_dims]`` blocks and
 ``[n_q, n_q]`` similarities are ever materialized per source. No step loops over examples or
 coordinates in Python. On CPU, large float32 features go through the fused numba loops of
 ``colm.selection.kernels``; elsewhere through torch.
 """
 from __future__ import annotations
 
-import operator
 import time
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from colm.config import CoresetConfig
+from colm.errors import check_budget, check_int
 from colm.selection import passes
 from colm.selection.budget import overflow_keep, small_sources, split_budget
-from colm.config import CoresetConfig
-from colm.selection.methods.facility_location import cluster_weights, greedy_batched, greedy_unchecked
+from colm.selection.methods.random import selection_generator
+from colm.selection.methods.registry import get_method
+from colm.selection.methods.task import SourceTask, weigh
 from colm.selection.normalize import AdamNormalizer
 from colm.selection.passes import all_finite
-from colm.selection.similarity import check_features, similarity_unchecked
-from colm.selection.methods import (
-    balanced_sample,
-    cluster_sample,
-    mean_match,
-    pps_sample,
-    random_subset,
-    selection_generator,
-)
+from colm.selection.similarity import check_features
 
 _STATE_VERSION = 1
 
@@ -61,20 +57,23 @@ class Selection:
         indices: LongTensor ``[budget]``, distinct positions in the pool, ascending.
         weights: ``[budget]`` float: how many pool examples each chosen one stands for (a kept
             small-source example stands for itself; a facility-location medoid for its cluster;
-            a row drawn from a large source by another method for ``n_q / b_q`` rows of it, or
-            for its Horvitz-Thompson share with "pps"). They sum to the pool size unless some
+            a row of an unweighted sample of a large source for ``n_q / b_q`` rows of it; a
+            "pps" row for its Horvitz-Thompson share). They sum to the pool size unless some
             pool rows are represented by nobody: overflow (small sources alone exceed the
-            budget, all weights are 1) or a large source that got 0 slots.
+            budget, all weights are 1) or a large source that got 0 slots. Descriptive: they
+            are not what training multiplies the loss by.
         stats: numbers describing the selection (see ``CoresetSelector.select``).
-        loss_weights: ``[budget]`` float, the per-example loss weights to train with: ``weights``
-            when ``config.weighted``, each "pps" row's Horvitz-Thompson weight scaled to mean 1
-            within its source, else all ones (uniform, as the paper trains).
+        loss_weights: ``[budget]`` float, the per-example loss weights to train with. 1 for
+            every row except: a facility-location medoid trains with its cluster size when
+            ``config.weighted`` (the one method whose weights are a choice); a "pps" row with
+            its Horvitz-Thompson weight scaled to mean 1 within its source (always: the weight
+            is part of that estimator). ``weighted`` changes nothing for the other methods.
     """
 
     indices: Tensor
     weights: Tensor
     stats: dict[str, float] = field(default_factory=dict)
-    loss_weights: Optional[Tensor] = None
+    loss_weights: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.loss_weights is None:
@@ -83,7 +82,7 @@ class Selection:
 
 @dataclass
 class _Plan:
-    """Step 1's bookkeeping for one pool (host tensors and ints)."""
+    """Steps 2 and 6's bookkeeping for one pool (host tensors and ints)."""
 
     counts: list[int]  # pool rows per source (source order)
     rows: tuple[Tensor, ...]  # pool positions per source, ascending
@@ -109,19 +108,18 @@ class CoresetSelector:
     Args:
         config: the ``CoresetConfig`` (uses ``small_sources``, ``within_source``,
             ``similarity``, ``topk_dims``, ``adam_normalize``, ``adam_betas``, ``adam_eps``,
-            ``weighted``, ``seed``).
+            ``weighted``, ``selection_seed``).
         source_sizes: dataset-level example count per source (decides which sources are small).
             Its iteration order is the "source order" used to break ties.
     """
 
-    def __init__(self, config: CoresetConfig, source_sizes: Mapping[Union[str, int], int]) -> None:
+    def __init__(self, config: CoresetConfig, source_sizes: Mapping[Hashable, int]) -> None:
         if not isinstance(config, CoresetConfig):
             raise ValueError(f"config must be a CoresetConfig, got {type(config).__name__}")
         if not isinstance(source_sizes, Mapping) or len(source_sizes) == 0:
             raise ValueError("source_sizes must be a non-empty mapping source -> dataset size")
         for key, size in source_sizes.items():
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise ValueError(f"source_sizes[{key!r}] must be an integer >= 0, got {size!r}")
+            check_int(f"source_sizes[{key!r}]", size, 0)
         self.config = config
         self.source_sizes: dict[Hashable, int] = dict(source_sizes)
         self._keys: list[Hashable] = list(self.source_sizes)
@@ -155,7 +153,7 @@ class CoresetSelector:
             f"source {value!r} is not in source_sizes (known sources: {sorted(self._by_name)})"
         )
 
-    def _source_ids(self, sources: Union[Sequence[Any], Tensor], n: Optional[int]) -> Tensor:
+    def _source_ids(self, sources: Sequence[Any] | Tensor, n: int | None) -> Tensor:
         """Map the pool's source labels to source indices: host LongTensor ``[n]`` (``n`` None:
         as many as there are labels)."""
         what = "features have {n} rows but sources has {m} entries"
@@ -176,12 +174,12 @@ class CoresetSelector:
         if n is not None and len(sources) != n:
             raise ValueError(what.format(n=n, m=len(sources)))
         # Labels are resolved once per distinct value; the per-example map runs in C.
-        table = {v: self._lookup(v) for v in dict.fromkeys(sources)}
-        return torch.tensor(list(map(table.__getitem__, sources)), dtype=torch.long)
+        ids = {v: self._lookup(v) for v in dict.fromkeys(sources)}
+        return torch.tensor(list(map(ids.__getitem__, sources)), dtype=torch.long)
 
     # --- the selection -------------------------------------------------------------------------
     def select(
-        self, features: Optional[Tensor], sources: Union[Sequence[Any], Tensor], budget: int
+        self, features: Tensor | None, sources: Sequence[Any] | Tensor, budget: int
     ) -> Selection:
         """Choose ``budget`` of the ``n`` pool examples.
 
@@ -225,14 +223,7 @@ class CoresetSelector:
             n = features.shape[0]
         ids = self._source_ids(sources, n)  # [n] host
         n = ids.numel()
-        if isinstance(budget, bool):
-            raise ValueError(f"budget must be an integer, got {budget!r}")
-        try:
-            budget = operator.index(budget)
-        except TypeError:
-            raise ValueError(f"budget must be an integer, got {budget!r}") from None
-        if not 1 <= budget <= n:
-            raise ValueError(f"budget must be in [1, {n}] (the pool size), got {budget}")
+        budget = check_budget(budget, 1, n, what="the pool size")
         with torch.no_grad():
             selection = self._select(features, ids, budget)
         if selection.indices.unique().numel() != budget:  # every path guarantees it; be loud
@@ -241,7 +232,7 @@ class CoresetSelector:
         return selection
 
     def _plan(self, ids: Tensor, budget: int) -> _Plan:
-        """Step 1: who is kept whole, and each large source's share of the rest."""
+        """Steps 2 and 6: who is kept whole, and each large source's share of the rest."""
         counts = torch.bincount(ids, minlength=len(self._keys)).tolist()  # per source, host ints
         # Pool positions grouped by source, ascending within each source (stable sort).
         rows = torch.split(torch.argsort(ids, stable=True), counts)
@@ -259,70 +250,57 @@ class CoresetSelector:
         shares = split_budget(budget - kept.numel(), [counts[q] for q in large_q])
         return _Plan(counts, rows, present, large_q, shares, kept, n_small, overflow)
 
-    def _select(self, g: Optional[Tensor], ids: Tensor, budget: int) -> Selection:
+    def _select(self, g: Tensor | None, ids: Tensor, budget: int) -> Selection:
         device = g.device if g is not None else torch.device("cpu")
         ids_dev = ids.to(device)  # [n]
         uses_history = self.config.adam_normalize and self.config.needs_features and g is not None
-        plan = self._plan(ids, budget)  # 1. budgets
+        plan = self._plan(ids, budget)  # steps 2, 6: budgets
         choose = plan.to_choose()
-        blocks, pool_total = (  # 2-3. normalized, sparsified features of the rows to choose from
+        blocks, pool_total = (  # steps 4-5: normalized, sparsified features of the rows to choose from
             self._feature_blocks(g, ids_dev, plan, choose, uses_history)
             if g is not None and self.config.needs_features
             else (None, None if g is None else passes.raw_total(g))
         )
-        parts, objective = self._fill(plan, choose, blocks, device)  # 4. each large source's share
+        parts, objective = self._fill(plan, choose, blocks, device)  # step 7: each large source's share
         indices = torch.cat([p.rows for p in parts])  # [budget]
         weight = torch.cat([p.weights for p in parts])  # [budget]
-        loss_weight = weight if self.config.weighted else torch.cat([p.loss_weights for p in parts])
+        loss_weight = torch.cat([p.loss_weights for p in parts])  # [budget]
         indices, perm = torch.sort(indices)
         weight, loss_weight = weight.index_select(0, perm), loss_weight.index_select(0, perm)
         numbers = [objective]
-        if g is not None:  # 5. match error and Adam history
+        if g is not None:  # match error and the end of step 4: Adam history
+            assert pool_total is not None  # computed whenever there are features
             numbers.append(self._match_and_update(g, ids_dev, indices, loss_weight, pool_total, plan, uses_history))
         self.calls += 1
         stats = self._stats(plan, ids_dev.index_select(0, indices), numbers, with_features=g is not None)
         return Selection(indices=indices, weights=weight, stats=stats, loss_weights=loss_weight)
 
     def _fill(
-        self, plan: _Plan, choose: list[tuple[int, int]], blocks: Optional[list[Tensor]], device: torch.device
-    ) -> tuple[list["_Part"], Tensor]:
-        """Step 4: the rows taken without choice (kept small sources, large sources that get
-        every row) and each choosing source's picks by ``config.within_source``; also the sum of
-        the per-source objectives (0-d float64)."""
+        self, plan: _Plan, choose: list[tuple[int, int]], blocks: list[Tensor] | None, device: torch.device
+    ) -> tuple[list[_Part], Tensor]:
+        """Step 7: the rows taken without choice (kept small sources, large sources that get
+        every row) and each choosing source's picks by the registered ``config.within_source``
+        method; also the sum of the per-source objectives (0-d float64)."""
         cfg = self.config
+        method = get_method(cfg.within_source)
         parts = [_Part.uniform(plan.kept.to(device))]
-        parts += [_Part.uniform(plan.rows[q].to(device)) for q, b in zip(plan.large, plan.shares) if b == plan.counts[q]]
+        whole = [q for q, b in zip(plan.large, plan.shares) if b == plan.counts[q]]  # sources taken whole
+        parts += [_Part.uniform(plan.rows[q].to(device)) for q in whole]
         objective = torch.zeros((), dtype=torch.float64, device=device)
-        if blocks is None:  # feature-free: uniform picks within each source
-            for q, b in choose:
-                local = random_subset(plan.counts[q], b, selection_generator(cfg.seed, self.calls, q))
-                parts.append(_Part.sample(plan.rows[q].index_select(0, local).to(device), plan.counts[q]))
-            return parts, objective
-        fl_pending: list[tuple[Tensor, Tensor, int]] = []  # (rows, similarity, budget): stepped together
-        for (q, b), feats in zip(choose, blocks):
-            rows, n_q, method = plan.rows[q].to(device), plan.counts[q], cfg.within_source
-            gen = selection_generator(cfg.seed, self.calls, q)
-            if method in ("facility_location", "cluster_sample"):
-                sim = _similarity(feats, cfg.similarity)  # [n_q, n_q]
-                if method == "facility_location":
-                    fl_pending.append((rows, sim, b))
-                else:
-                    parts.append(_Part.sample(rows.index_select(0, cluster_sample(sim, b, gen).to(device)), n_q))
-            elif method == "mean_match":
-                local, error = mean_match(feats, b)
-                objective = objective + error
-                parts.append(_Part.sample(rows.index_select(0, local), n_q))
-            elif method == "balanced":
-                parts.append(_Part.sample(rows.index_select(0, balanced_sample(feats, b, gen).to(device)), n_q))
-            elif method == "pps":
-                local, ht = pps_sample(torch.linalg.vector_norm(feats.double(), dim=1), b, gen)  # [b], [b]
-                ht = ht.to(device)
-                parts.append(_Part(rows.index_select(0, local.to(device)), ht * (n_q / ht.sum()), ht * (b / ht.sum())))
-            else:  # validated by CoresetConfig; a new name must be wired in here
-                raise RuntimeError(f"within_source {method!r} has no implementation")
-        for (rows, sim, _), (picks, gains) in zip(fl_pending, _greedy_all(fl_pending)):
-            parts.append(_Part(rows.index_select(0, picks), cluster_weights(sim, picks).float(), _ones(picks.numel(), device)))
-            objective = objective + gains.sum().double()
+        features: list[Tensor | None] = list(blocks) if blocks is not None else [None] * len(choose)
+        tasks = [
+            SourceTask(plan.counts[q], b, feats, selection_generator(cfg.effective_seed, self.calls, q))
+            for (q, b), feats in zip(choose, features)
+        ]
+        picks = method.fill_function()(tasks, cfg) if tasks else []
+        if len(picks) != len(tasks):
+            raise RuntimeError(f"within_source {method.name!r} returned {len(picks)} picks for {len(tasks)} sources")
+        for (q, b), pick in zip(choose, picks):
+            rows = plan.rows[q].to(device).index_select(0, pick.local.to(device))  # [b] pool positions
+            weights, loss_weights = weigh(method.weights, pick, plan.counts[q], b, cfg.weighted, device)
+            parts.append(_Part(rows, weights, loss_weights))
+            if pick.objective is not None:
+                objective = objective + pick.objective
         return parts, objective
 
     def _stats(self, plan: _Plan, src_sel: Tensor, numbers: list[Tensor], with_features: bool) -> dict[str, float]:
@@ -346,7 +324,7 @@ class CoresetSelector:
     def _feature_blocks(
         self, g: Tensor, ids_dev: Tensor, plan: _Plan, choose: list[tuple[int, int]], normalize: bool
     ) -> tuple[list[Tensor], Tensor]:
-        """Steps 2-3: each choosing source's rows in the (normalized) sparsified feature space
+        """Steps 4-5: each choosing source's rows in the (normalized) sparsified feature space
         ``[n_q, h]``, and the raw pool total ``[d]``."""
         cfg = self.config
         n, d = g.shape
@@ -379,6 +357,7 @@ class CoresetSelector:
             if topk is not None:
                 # Sorted columns make the gather walk each row forward in memory (~4x faster on
                 # CPU than topk's arbitrary order); |mean| ranks like |sum| within a source.
+                assert source_sums is not None  # ranked whenever topk is set and sources choose
                 cols = passes.top_columns(source_sums[q].abs(), topk)  # [h], ascending
                 block = passes.gather(g, rows, cols)  # [n_q, h]
             else:
@@ -390,12 +369,12 @@ class CoresetSelector:
         self, g: Tensor, ids_dev: Tensor, indices: Tensor, loss_weight: Tensor, pool_total: Tensor,
         plan: _Plan, update: bool,
     ) -> Tensor:
-        """Step 5, one pass over the selected rows: the match error of the trained coreset, and
+        """After step 7, one pass over the selected rows: the match error of the trained coreset, and
         the Adam history update from the selected large-source rows. Returns the match error."""
         n = g.shape[0]
         is_large_sel = (~self._is_small).to(g.device)[ids_dev.index_select(0, indices)]  # [budget]
         lin_w = [loss_weight / loss_weight.sum()]  # weighted mean of the trained coreset
-        sq_w: Optional[Tensor] = None
+        sq_w: Tensor | None = None
         update = update and plan.budget_large > 0
         if update:
             mean_w = is_large_sel.float() / plan.budget_large  # [budget]
@@ -407,6 +386,7 @@ class CoresetSelector:
         scale = torch.linalg.vector_norm(pool_mean)
         match_error = torch.where(scale > 0, diff / scale, diff)
         if update:
+            assert sq is not None  # asked for with sq_w
             self.normalizer.update_from_moments(lin[1], sq[0])  # ValueError (no change) on overflow
         return match_error
 
@@ -419,9 +399,7 @@ class CoresetSelector:
         if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
             version = state.get("version") if isinstance(state, Mapping) else None
             raise ValueError(f"unsupported selector state version {version!r}")
-        calls = state.get("calls")
-        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
-            raise ValueError(f"selector state: calls must be an integer >= 0, got {calls!r}")
+        calls = check_int("calls", state.get("calls"), 0, owner="selector state")
         self.normalizer.load_state_dict(state["normalizer"])
         self.calls = calls
 
@@ -439,24 +417,9 @@ class _Part:
     loss_weights: Tensor  # [k]
 
     @classmethod
-    def uniform(cls, rows: Tensor) -> "_Part":
+    def uniform(cls, rows: Tensor) -> _Part:
         """Rows taken whole: each stands for itself."""
         return cls(rows, _ones(rows.numel(), rows.device), _ones(rows.numel(), rows.device))
-
-    @classmethod
-    def sample(cls, rows: Tensor, n_source: int) -> "_Part":
-        """An unweighted pick of ``len(rows)`` of a source's ``n_source`` rows."""
-        k = rows.numel()
-        return cls(rows, torch.full((k,), n_source / k, device=rows.device), _ones(k, rows.device))
-
-
-def _similarity(feats: Tensor, metric: str) -> Tensor:
-    """Facility location's ``[n_q, n_q]`` similarity, float64: the gains of a greedy step then
-    hardly depend on row order (a permuted pool gives the permuted choice), and cosine is
-    shifted into [0, 2] so that, as with l1/l2, every row counts in the objective
-    (facility_location ignores negative similarities)."""
-    sim = similarity_unchecked(feats, metric).double()
-    return sim + 1.0 if metric == "cosine" else sim
 
 
 def _check_magnitude(total: Tensor, g: Tensor) -> None:
@@ -468,16 +431,3 @@ def _check_magnitude(total: Tensor, g: Tensor) -> None:
     if not all_finite(g):
         raise ValueError("features contain NaN or inf values")
     raise ValueError("features are too large: their sum over the pool overflows float32")
-
-
-def _greedy_all(pending: Sequence[tuple[Tensor, Tensor, int]]) -> list[tuple[Tensor, Tensor]]:
-    """Facility location for every source: batched when padding to the largest source wastes
-    at most half the work (sources of similar size, the usual case), else one by one."""
-    if not pending:
-        return []
-    sizes = [sim.shape[0] for _, sim, _ in pending]
-    if len(pending) > 1 and len(sizes) * max(sizes) ** 2 <= 2 * sum(n * n for n in sizes):
-        return greedy_batched([sim for _, sim, _ in pending], [b for _, _, b in pending])
-    return [greedy_unchecked(sim, b) for _, sim, b in pending]
-
-

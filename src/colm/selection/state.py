@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from colm.config import current_field_names
 from colm.errors import CheckpointError
 from colm.tagged_files import load_tagged, save_tagged
 
@@ -21,7 +22,7 @@ FORMAT = "colm-selector"
 FORMAT_VERSION = 1
 
 
-def save_selector_state(path: str | os.PathLike, config: dict[str, Any], state: dict[str, Any]) -> None:
+def save_selector_state(path: str | os.PathLike[str], config: dict[str, Any], state: dict[str, Any]) -> None:
     """Write ``CoresetSelector.state_dict()`` and the config dict to ``path`` atomically."""
     normalizer = dict(state["normalizer"])
     tensors = {}
@@ -36,10 +37,10 @@ def save_selector_state(path: str | os.PathLike, config: dict[str, Any], state: 
     save_tagged(path, tensors, meta, FORMAT, FORMAT_VERSION)
 
 
-def load_selector_state(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+def load_selector_state(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """``(config dict, CoresetSelector state dict)`` from ``path`` (this format or the legacy
-    pickle one). Raises CheckpointError (a ValueError) naming the file when it is torn, foreign or
-    unreadable."""
+    pickle one); the config dict uses today's field names (``config.current_field_names``).
+    Raises CheckpointError (a ValueError) naming the file when it is torn, foreign or unreadable."""
     path = os.fspath(path)
     if path.endswith(".pt"):
         return _load_legacy(path)
@@ -49,7 +50,7 @@ def load_selector_state(path: str | os.PathLike) -> tuple[dict[str, Any] | None,
         raise CheckpointError(f"{path}: selector state without a normalizer entry")
     normalizer = dict(selector["normalizer"])
     normalizer["m"], normalizer["v"] = tensors.get("m"), tensors.get("v")
-    return meta.get("config"), {**selector, "normalizer": normalizer}
+    return current_field_names(meta.get("config")), {**selector, "normalizer": normalizer}
 
 
 def _load_legacy(path: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -64,4 +65,4 @@ def _load_legacy(path: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         ) from None
     if not isinstance(saved, dict) or not isinstance(saved.get("selector"), dict):
         raise CheckpointError(f"{path}: not a colm selector state")
-    return saved.get("config"), saved["selector"]
+    return current_field_names(saved.get("config")), saved["selector"]

@@ -9,7 +9,7 @@ largest) are the sources of a fresh ``CoresetSelector``: small clusters are kept
 get per-cluster budgets, exactly as real sources would.
 
 Determinism: the embedding pass is a no-grad eval-mode forward of the current weights, and
-k-means is seeded by ``CoresetConfig.seed``; rank 0 runs k-means and broadcasts the result, so all
+k-means is seeded by ``CoresetConfig.selection_seed``; rank 0 runs k-means and broadcasts the result, so all
 ranks hold the same assignment. The assignment is saved in every checkpoint after the fit and
 restored on resume (never refitted with other weights).
 """
@@ -138,13 +138,13 @@ class PseudoSources:
         started = time.perf_counter()
         result = None
         if distributed.rank() == 0:  # one k-means, broadcast: every rank holds the same clusters
-            fitted = kmeans(vectors[rows], k, seed=self.config.seed)
+            fitted = kmeans(vectors[rows], k, seed=self.config.effective_seed)
             result = (fitted.assignment, fitted.centroids, fitted.iterations)
         assignment_sup, centroids, iterations = distributed.broadcast_object(result)
         kmeans_s = time.perf_counter() - started
         assignment = torch.full((self.n_rows,), UNSUPERVISED, dtype=torch.long)
         assignment[rows] = assignment_sup
-        state = PseudoSourceState(assignment, centroids, fitted_at_step=step, seed=self.config.seed)
+        state = PseudoSourceState(assignment, centroids, fitted_at_step=step, seed=self.config.effective_seed)
         sizes = state.sizes()
         small_set = small_sources(self.config.small_sources, sizes)
         small = [name for name in sizes if name in small_set]
@@ -204,9 +204,9 @@ class PseudoSources:
         path = os.path.join(checkpoint_dir, STATE_FILE)
         if os.path.isfile(path):
             self.state = load_pseudo_sources(path, self.n_rows)
-            if self.state.seed != self.config.seed:
+            if self.state.seed != self.config.effective_seed:
                 logger.warning("resuming pseudo-sources fitted with seed %d under seed %d: the checkpoint's are kept",
-                               self.state.seed, self.config.seed)
+                               self.state.seed, self.config.effective_seed)
         elif checkpoint_step > self.warmup_steps:
             raise CheckpointError(
                 f"checkpoint {checkpoint_dir!r} has no {STATE_FILE}, but with "

@@ -4,8 +4,16 @@ the features (the cube method): the picks' mean matches the pool's in the direct
 rows differ most."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+from colm.selection.methods.task import Pick, SourceTask
+
+if TYPE_CHECKING:
+    from colm.config import CoresetConfig
 
 
 def principal_scores(x: Tensor, k: int) -> Tensor:
@@ -83,3 +91,12 @@ def _null_direction(a: Tensor) -> Tensor | None:
     if rank >= m:
         return None
     return vh[rank]  # orthogonal to every row of a.T
+
+
+def fill(tasks: Sequence[SourceTask], config: CoresetConfig) -> list[Pick]:
+    """Registry fill (``within_source="balanced"``)."""
+    picks = []
+    for t in tasks:
+        assert t.features is not None  # needs_features=True
+        picks.append(Pick(balanced_sample(t.features, t.budget, t.generator)))
+    return picks

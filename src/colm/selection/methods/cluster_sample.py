@@ -1,11 +1,19 @@
 """Cluster sampling: facility-location clusters used as strata of a random sample."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
+from colm.selection.methods.task import Pick, SourceTask
+
+if TYPE_CHECKING:
+    from colm.config import CoresetConfig
+
 from colm.selection.budget import split_budget
-from colm.selection.methods.facility_location import cluster_weights, greedy_unchecked
+from colm.selection.methods.facility_location import cluster_weights, facility_similarity, greedy_unchecked
 
 
 def cluster_sample(sim: Tensor, b: int, generator: torch.Generator) -> Tensor:
@@ -38,3 +46,12 @@ def cluster_sample(sim: Tensor, b: int, generator: torch.Generator) -> Tensor:
     if out.numel() != b or out.unique().numel() != b:  # split_budget guarantees it; be loud
         raise RuntimeError(f"cluster_sample drew {out.tolist()} for budget {b} of {n}")
     return out
+
+
+def fill(tasks: Sequence[SourceTask], config: CoresetConfig) -> list[Pick]:
+    """Registry fill (``within_source="cluster_sample"``), on facility location's similarity."""
+    picks = []
+    for t in tasks:
+        assert t.features is not None  # needs_features=True
+        picks.append(Pick(cluster_sample(facility_similarity(t.features, config.similarity), t.budget, t.generator)))
+    return picks

@@ -1,4 +1,4 @@
-"""Greedy facility location and cluster weights (docs/method.md, step 7).
+"""Greedy facility location, its similarity and cluster weights (docs/method.md, step 7).
 
 Objective, for a similarity matrix ``sim`` ``[n, n]`` and a set ``S`` of columns:
 
@@ -18,12 +18,19 @@ unchanged on GPU without host synchronization.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from colm.errors import check_budget
+from colm.selection.methods.task import Pick, SourceTask
 from colm.selection.passes import all_finite
+from colm.selection.similarity import similarity_unchecked
+
+if TYPE_CHECKING:
+    from colm.config import CoresetConfig
 
 
 def _check_sim(sim: Tensor) -> None:
@@ -58,8 +65,7 @@ def facility_location(sim: Tensor, budget: int) -> tuple[Tensor, Tensor]:
     """
     _check_sim(sim)
     n = sim.shape[0]
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 <= budget <= n:
-        raise ValueError(f"budget must be an integer in [0, {n}], got {budget!r}")
+    budget = check_budget(budget, 0, n, what="the rows of sim")
     if sim.dtype in (torch.float16, torch.bfloat16):
         sim = sim.float()
 
@@ -199,3 +205,37 @@ def _batched_loop(sims: Sequence[Tensor], budgets: Sequence[int]) -> list[tuple[
     all_picks = torch.stack(picks, dim=1)  # [S, steps]
     all_gains = torch.stack(pick_gains, dim=1)  # [S, steps]
     return [(all_picks[s, :b], all_gains[s, :b]) for s, b in enumerate(budgets)]
+
+
+def facility_similarity(feats: Tensor, metric: str) -> Tensor:
+    """Facility location's ``[n_q, n_q]`` similarity of a source's rows ``[n_q, h]``, float64:
+    the gains of a greedy step then hardly depend on row order (a permuted pool gives the
+    permuted choice), and cosine is shifted into [0, 2] so that, as with l1/l2, every row
+    counts in the objective (facility_location ignores negative similarities)."""
+    sim = similarity_unchecked(feats, metric).double()
+    return sim + 1.0 if metric == "cosine" else sim
+
+
+def greedy_all(sims: Sequence[Tensor], budgets: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
+    """Facility location for every source: batched when padding to the largest source wastes
+    at most half the work (sources of similar size, the usual case), else one by one."""
+    if not sims:
+        return []
+    sizes = [sim.shape[0] for sim in sims]
+    if len(sims) > 1 and len(sizes) * max(sizes) ** 2 <= 2 * sum(n * n for n in sizes):
+        return greedy_batched(sims, budgets)
+    return [greedy_unchecked(sim, b) for sim, b in zip(sims, budgets)]
+
+
+def fill(tasks: Sequence[SourceTask], config: CoresetConfig) -> list[Pick]:
+    """Registry fill (``within_source="facility_location"``): every source's medoids, stepped
+    together; ``Pick.weights`` are the cluster sizes, the objective is F."""
+    sims = []
+    for t in tasks:
+        assert t.features is not None  # needs_features=True
+        sims.append(facility_similarity(t.features, config.similarity))  # [n_q, n_q]
+    results = greedy_all(sims, [t.budget for t in tasks])
+    return [
+        Pick(picks, cluster_weights(sim, picks).float(), gains.sum().double())
+        for sim, (picks, gains) in zip(sims, results)
+    ]

@@ -2,8 +2,16 @@
 which is what a training step on the coreset (uniform weights) actually needs."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+from colm.selection.methods.task import Pick, SourceTask
+
+if TYPE_CHECKING:
+    from colm.config import CoresetConfig
 
 
 def mean_match(x: Tensor, b: int, max_swaps: int | None = None) -> tuple[Tensor, Tensor]:
@@ -82,3 +90,13 @@ def _improve_by_swaps(
         q, p = q_new[i, c], p_new[i, c]
         picks[i] = outside[c]
     return picks, q, p
+
+
+def fill(tasks: Sequence[SourceTask], config: CoresetConfig) -> list[Pick]:
+    """Registry fill (``within_source="mean_match"``); the objective is the squared error."""
+    picks = []
+    for t in tasks:
+        assert t.features is not None  # needs_features=True
+        local, error = mean_match(t.features, t.budget)
+        picks.append(Pick(local, objective=error))
+    return picks

@@ -3,8 +3,16 @@ norm, Horvitz-Thompson weights (unbiased for the pool sum, with less variance th
 when norms vary)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+from colm.selection.methods.task import Pick, SourceTask
+
+if TYPE_CHECKING:
+    from colm.config import CoresetConfig
 
 
 def inclusion_probabilities(size: Tensor, b: int) -> Tensor:
@@ -62,3 +70,14 @@ def pps_sample(size: Tensor, b: int, generator: torch.Generator) -> tuple[Tensor
     if picks.unique().numel() != b:  # pi <= 1 guarantees distinct rows; be loud if not
         raise RuntimeError("pps_sample drew a row twice")
     return picks, (1.0 / pi[picks]).float()
+
+
+def fill(tasks: Sequence[SourceTask], config: CoresetConfig) -> list[Pick]:
+    """Registry fill (``within_source="pps"``): size = the row's feature norm; ``Pick.weights``
+    are the Horvitz-Thompson ``1 / pi``."""
+    picks = []
+    for t in tasks:
+        assert t.features is not None  # needs_features=True
+        local, ht = pps_sample(torch.linalg.vector_norm(t.features.double(), dim=1), t.budget, t.generator)  # [b], [b]
+        picks.append(Pick(local, ht))
+    return picks

@@ -8,9 +8,16 @@ source)``, so every rank of a distributed run makes the same picks.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from colm.selection.methods.task import Pick, SourceTask
+
+if TYPE_CHECKING:
+    from colm.config import CoresetConfig
 
 
 def selection_generator(seed: int, step: int, source: int) -> torch.Generator:
@@ -24,3 +31,8 @@ def selection_generator(seed: int, step: int, source: int) -> torch.Generator:
 def random_subset(n: int, b: int, generator: torch.Generator) -> Tensor:
     """``b`` distinct positions of ``range(n)`` uniformly at random: LongTensor ``[b]`` (CPU)."""
     return torch.randperm(n, generator=generator)[:b]
+
+
+def fill(tasks: Sequence[SourceTask], config: CoresetConfig) -> list[Pick]:
+    """Registry fill (``within_source="random"``): ``random_subset`` per source."""
+    return [Pick(random_subset(t.n, t.budget, t.generator)) for t in tasks]
