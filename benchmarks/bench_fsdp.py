@@ -114,7 +114,7 @@ def main() -> None:
         medians = {}
         for arm in arms:
             times = []
-            for s in range(args.steps):
+            for _s in range(args.steps):
                 pool = [rows[(position + k) % len(rows)] for k in range(pool_size)]
                 position += pool_size
                 times.append(arm.step(pool, collate, args.batch))

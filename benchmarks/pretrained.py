@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -104,8 +103,8 @@ def prepare_data(tokenizer: Any, args: argparse.Namespace) -> tuple[Any, Any, An
     import datasets
 
     from colm.cli.chat_format import as_chat
-    from colm.evaluation import extract_answer
     from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
+    from colm.evaluation import extract_answer
 
     train_raw = load_mixture(default_mixture_dir(), split="train", sources=args.sources,
                              max_examples_per_source=args.train_per_source, seed=0)
@@ -147,10 +146,10 @@ def run_job(arm: str, seed: int, args: argparse.Namespace, model_path: str) -> d
     from transformers.utils import logging as hf_logging
 
     from colm import CoresetConfig
-    from colm.evaluation import generation_exact_match, mixture_losses, per_source_loss
     from colm.cli.memory import PeakMemory
     from colm.cli.train import make_trainer
     from colm.data.templating import DEFAULT_TEMPLATE
+    from colm.evaluation import generation_exact_match, mixture_losses, per_source_loss
     from colm.models.default import load_model_and_tokenizer
 
     hf_logging.set_verbosity_error()

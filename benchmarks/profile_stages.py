@@ -34,8 +34,9 @@ def median_ms(fn, repeats: int) -> float:
 
 
 def profile_select(repeats: int) -> None:
-    import colm.selection.selector as selector_mod
     from bench_selection import make_pool
+
+    import colm.selection.selector as selector_mod
     from colm import AdamNormalizer, CoresetConfig, CoresetSelector
 
     spent: dict[str, float] = {}
@@ -75,9 +76,9 @@ def profile_select(repeats: int) -> None:
 
 
 def profile_exact() -> None:
+    from bench_features import build, pool
     from torch.profiler import profile
 
-    from bench_features import build, pool
     from colm.features import LastLayerReplay, exact_gradients, find_target_parameters
 
     model = build("1M")

@@ -32,20 +32,20 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from quality import PAPER, paired, run_arm  # benchmarks/quality.py: the same protocol
 from transformers import DataCollatorForSeq2Seq, TrainerCallback
 from transformers.utils import logging as hf_logging
 
-from quality import PAPER, paired, run_arm  # benchmarks/quality.py: the same protocol
-
 from colm.columns import SOURCE
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
-from colm.models.default import default_tokenizer
 from colm.integrations.pseudo_sources import adjusted_rand_index, kmeans
 from colm.integrations.pseudo_sources.dataset_pass import embed_dataset
+from colm.models.default import default_tokenizer
 
 STRATIFIED = {"within_source": "random"}
 #: name -> (gradient accumulation, CoresetConfig overrides or None, labels hidden?, pseudo-sources?)
@@ -166,8 +166,8 @@ def composition(seed, s, tokenizer, hidden, true_sources, args, small_eval) -> l
     its ARI must equal theirs, and it says what the kept-whole clusters hold."""
     from collections import Counter
 
-    from colm.selection.budget import small_sources
     from colm.integrations.pseudo_sources import auto_clusters
+    from colm.selection.budget import small_sources
 
     pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     collate = lambda rows: pad([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows])  # noqa: E731

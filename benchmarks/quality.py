@@ -52,8 +52,8 @@ from colm import CoresetConfig
 from colm.compare.arms import PRESETS, Arm
 from colm.compare.report import loss_table
 from colm.compare.run import Lab, plan_steps, run_arm
-from colm.evaluation import mixture_losses
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
+from colm.evaluation import mixture_losses
 from colm.models.default import default_model, default_tokenizer
 
 #: The paper's selection as colm implements it (the default CoresetConfig may change).

@@ -24,7 +24,6 @@ import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
 from torch.nn.parallel import DistributedDataParallel
-
 from trainer_helpers import collator, mixture, tiny_llama
 
 from colm import CoresetConfig, CoresetSelector, gradient_features
@@ -72,7 +71,7 @@ class GatherLog:
         self.events: list[dict] = []
         self._original = FSDPParamGroup.unshard
 
-    def __enter__(self) -> "GatherLog":
+    def __enter__(self) -> GatherLog:
         log = self
 
         def unshard(group, async_op=False):

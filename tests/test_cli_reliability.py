@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cli import MICRO, assert_usage_error, offline_env, one_torch_thread, run_cli, write_jsonl  # noqa: F401  (autouse fixtures, shared)
 
 from colm.cli import main
-from test_cli import MICRO, assert_usage_error, run_cli, write_jsonl
-from test_cli import offline_env, one_torch_thread  # noqa: F401  (autouse fixtures, shared)
 
 
 @pytest.fixture(scope="module")
@@ -288,8 +287,8 @@ def test_adapter_on_the_wrong_base_model_gets_one_line(tmp_path, capsys, cache_d
 def test_empty_reference_is_neither_hit_nor_miss(cache_dir):
     from datasets import Dataset
 
-    from colm.evaluation import generation_exact_match
     from colm.data import DEFAULT_TEMPLATE
+    from colm.evaluation import generation_exact_match
     from colm.models.default import default_model, default_tokenizer
 
     tokenizer = default_tokenizer(cache_dir)

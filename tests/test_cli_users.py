@@ -7,11 +7,11 @@ import copy
 import json
 
 import pytest
+from test_cli import MICRO, assert_usage_error, run_cli
 
 from colm.cli.args import DataArguments
 from colm.cli.train import parse
 from colm.data import DataError
-from test_cli import MICRO, assert_usage_error, run_cli
 
 
 @pytest.fixture(autouse=True)

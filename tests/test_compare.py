@@ -19,7 +19,6 @@ from colm.evaluation import mixture_losses
 from colm.integrations.reweighted import SourceReweightedSampler, stratified_proportions
 from colm.selection.selector import CoresetSelector
 
-
 # ------------------------------------------------------------------ the natural-mixture loss
 
 
@@ -210,8 +209,9 @@ def test_reweighted_sampler_refuses_unknown_sources_and_bad_weights():
 
 
 def test_coreset_trainer_trains_on_the_rows_the_sampler_draws(tmp_path):
-    from colm import CoresetTrainer
     from trainer_helpers import collator, mixture, tiny_llama, training_args
+
+    from colm import CoresetTrainer
 
     data = mixture({"big": 40, "small": 8})
     proportions = stratified_proportions({"big": 40, "small": 8}, 2)

@@ -4,8 +4,9 @@ import torch
 
 pytest.importorskip("numba")
 
-import colm.selection.kernels as kernels  # noqa: E402
 import normalize_reference as ref  # noqa: E402
+
+import colm.selection.kernels as kernels  # noqa: E402
 import colm.selection.passes as passes_mod  # noqa: E402
 from colm import AdamNormalizer, CoresetConfig, CoresetSelector  # noqa: E402
 

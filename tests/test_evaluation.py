@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
+from trainer_helpers import PAD, tiny_llama
 
 from colm.evaluation import per_source_loss
-from trainer_helpers import PAD, tiny_llama
 
 
 def test_per_source_loss_matches_hf_loss_token_weighted():

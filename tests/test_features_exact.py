@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import (
+    ARCHS,
+    one_thread,  # noqa: F401  (autouse: one thread)
+    padded_batch,
+    reference_gradients,
+    tiny_model,
+)
 
 from colm.config import CoresetConfig
 from colm.features import LastLayerReplay, exact_gradients, find_target_parameters, gradient_features
-from tiny_models import one_thread  # noqa: F401  (autouse: one thread)
-from tiny_models import ARCHS, padded_batch, reference_gradients, tiny_model
 
 CASES = [(arch, lora) for arch in ARCHS for lora in (False, True)]
 

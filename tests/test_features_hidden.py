@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import (
+    ARCHS,
+    one_thread,  # noqa: F401  (autouse: one thread)
+    padded_batch,
+    tiny_model,
+)
 
 from colm.config import CoresetConfig
 from colm.features import gradient_features, last_token_index
-from tiny_models import one_thread  # noqa: F401  (autouse: one thread)
-from tiny_models import ARCHS, padded_batch, tiny_model
 
 
 @pytest.mark.parametrize("arch,lora", [(a, False) for a in ARCHS] + [("llama", True)])

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from tiny_models import one_thread  # noqa: F401  (autouse: one thread)
 
 from colm.features import per_example_loss
-from tiny_models import one_thread  # noqa: F401  (autouse: one thread)
 
 
 def _loop_loss(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:

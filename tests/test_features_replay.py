@@ -6,10 +6,14 @@ import contextlib
 
 import pytest
 import torch
+from tiny_models import (
+    ARCHS,
+    one_thread,  # noqa: F401  (autouse: one thread)
+    padded_batch,
+    tiny_model,
+)
 
 from colm.features import LastLayerReplay, find_target_parameters, per_example_loss
-from tiny_models import one_thread  # noqa: F401  (autouse: one thread)
-from tiny_models import ARCHS, padded_batch, tiny_model
 
 CASES = [(arch, lora) for arch in ARCHS for lora in (False, True)]
 IDS = [f"{a}{'-lora' if l else ''}" for a, l in CASES]
@@ -130,8 +134,8 @@ def test_replay_before_capture_raises() -> None:
 def test_loss_replay_runs_the_last_mlp_only_at_supervised_positions(arch: str, lora: bool) -> None:
     """The trimmed MLP sees [1, N, h] (N supervised positions), and the losses still equal the
     full model's, perturbed (value projection) or not; an override inside the MLP keeps it whole."""
-    from colm.features.replay import position_wise_mlp
     from colm.features.loss import supervised_positions
+    from colm.features.replay import position_wise_mlp
 
     model, batch = tiny_model(arch, lora), padded_batch(seed=5)
     replay = LastLayerReplay(model)

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import (
+    one_thread,  # noqa: F401  (autouse: one thread)
+    padded_batch,
+    tiny_model,
+)
 
 from colm.config import CoresetConfig
 from colm.features import find_decoder_stack, find_target_parameters, gradient_features
-from tiny_models import one_thread  # noqa: F401  (autouse: one thread)
-from tiny_models import padded_batch, tiny_model
 
 
 def snapshot(model):

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import (
+    one_thread,  # noqa: F401  (autouse: one thread)
+    padded_batch,
+    reference_gradients,
+    tiny_model,
+)
 
 from colm.config import CoresetConfig
 from colm.features import (
@@ -15,8 +21,6 @@ from colm.features import (
     zo_directions,
     zo_features_from_coefficients,
 )
-from tiny_models import one_thread  # noqa: F401  (autouse: one thread)
-from tiny_models import padded_batch, reference_gradients, tiny_model
 
 
 @pytest.mark.parametrize("arch,lora", [("llama", False), ("llama", True), ("gpt2", False),

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_gguf import CHAT_TEMPLATE, write_tiny_llama
+from tiny_models import one_thread  # noqa: F401  (autouse: one thread)
 
 import colm.models.gguf as cg
 from colm.cli import main
 from colm.models.default import load_model_and_tokenizer
-from tiny_gguf import CHAT_TEMPLATE, write_tiny_llama
-from tiny_models import one_thread  # noqa: F401  (autouse: one thread)
 
 TEXT = "Question: the 12 * 7?\nthe answer is 84."
 

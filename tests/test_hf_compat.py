@@ -10,11 +10,11 @@ import pytest
 import torch
 import transformers
 from accelerate import Accelerator
+from trainer_helpers import collator, mixture, tiny_llama, training_args
 from transformers import Trainer, TrainerCallback
 
 from colm import CoresetConfig, CoresetTrainer
 from colm.integrations import _hf_compat as hf
-from trainer_helpers import collator, mixture, tiny_llama, training_args
 
 #: The parameters colm passes (or, for an override, receives), by member.
 PARAMETERS = {

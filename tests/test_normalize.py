@@ -3,11 +3,11 @@ reference forms of tests/normalize_reference.py where a test needs the [n, d] ma
 import io
 import math
 
+import normalize_reference as ref
 import pytest
 import torch
 
 import colm.selection.passes as passes_mod
-import normalize_reference as ref
 from colm import AdamNormalizer, CoresetConfig
 
 B1, B2, EPS = 0.9, 0.999, 1e-8

@@ -50,12 +50,12 @@ def test_every_long_phase_reports_progress(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
     import torch
     from datasets import Dataset
+    from tiny_gguf import write_tiny_llama
 
     from colm.data import MixtureCollator, tokenize_mixture
     from colm.evaluation import generation_exact_match, per_source_loss
     from colm.integrations.pseudo_sources.dataset_pass import embed_dataset
     from colm.models.default import load_model_and_tokenizer
-    from tiny_gguf import write_tiny_llama
 
     seen: list[str] = []
 

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from trainer_helpers import collator, mixture, tiny_llama
 
 from colm import CoresetConfig

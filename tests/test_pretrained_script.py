@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny_gguf import write_tiny_llama
 
 pytest.importorskip("gguf")

@@ -9,7 +9,12 @@ import torch
 
 from colm.integrations.checkpoints import CheckpointError
 from colm.integrations.pseudo_sources import (
-    PseudoSourceState, adjusted_rand_index, auto_clusters, kmeans, load_pseudo_sources, resolve_clusters,
+    PseudoSourceState,
+    adjusted_rand_index,
+    auto_clusters,
+    kmeans,
+    load_pseudo_sources,
+    resolve_clusters,
     save_pseudo_sources,
 )
 

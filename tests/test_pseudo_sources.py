@@ -5,15 +5,16 @@ checkpoint file, telemetry, and bad settings."""
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
+from trainer_helpers import StopAfter, collator, mixture, separable, tiny_llama, training_args
 from transformers import TrainerCallback
 
 from colm import CoresetConfig, CoresetTrainer
 from colm.integrations.checkpoints import CheckpointError
 from colm.integrations.pseudo_sources import STATE_FILE, adjusted_rand_index
 from colm.integrations.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE
-from trainer_helpers import StopAfter, collator, mixture, separable, tiny_llama, training_args
 
 SIZES = {"big_a": 60, "big_b": 50, "rare": 10}
 PSEUDO = dict(within_source="facility_location", pool_factor=2, zo_probes=2, pseudo_sources=3, pseudo_source_warmup_steps=2)

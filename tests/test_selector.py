@@ -4,9 +4,8 @@ import io
 import pytest
 import torch
 
-from colm.errors import ConfigError
-
 from colm import CoresetConfig, CoresetSelector, Selection
+from colm.errors import ConfigError
 from colm.selection.budget import split_budget
 
 SIZES = {"math": 1000, "code": 800, "chat": 600, "rare": 20, "tiny": 5}  # mean 485: rare, tiny small

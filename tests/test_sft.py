@@ -14,11 +14,11 @@ trl = pytest.importorskip("trl")
 
 from datasets import Dataset  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from trainer_helpers import tiny_llama  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from colm import CoresetConfig, CoresetSFTTrainer, CoresetTrainerMixin  # noqa: E402
 from colm.integrations.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE  # noqa: E402
-from trainer_helpers import tiny_llama  # noqa: E402
 
 SIZES = {"big_a": 60, "big_b": 50, "rare": 10}
 SPECIALS = ["<pad>", "<s>", "<eos>", "<|user|>", "<|assistant|>"]
@@ -58,7 +58,7 @@ def rows(chat: bool = False, seed: int = 0) -> Dataset:
     return Dataset.from_list(out)
 
 
-def sft_args(out_dir, **overrides) -> "trl.SFTConfig":
+def sft_args(out_dir, **overrides) -> trl.SFTConfig:
     base = dict(
         output_dir=str(out_dir), per_device_train_batch_size=4, gradient_accumulation_steps=2,
         max_steps=4, learning_rate=5e-3, logging_steps=1, save_strategy="no", report_to=[],

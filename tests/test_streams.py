@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 from datasets import IterableDataset
+from trainer_helpers import collator, mixture, tiny_llama, training_args
 from transformers import TrainerCallback
 
 from colm import CoresetConfig, CoresetTrainer
 from colm.integrations.trainer import SELECTIONS_FILE
-from trainer_helpers import collator, mixture, tiny_llama, training_args
 
 SIZES = {"big_a": 60, "big_b": 50, "rare": 10}
 ROWS = mixture(SIZES).to_list()

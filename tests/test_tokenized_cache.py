@@ -9,12 +9,12 @@ from pathlib import Path
 
 import datasets
 import pytest
+from test_data import CHATS, ROWS, make_tokenizer
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast
 
 from colm.cli.dataprep import data_cache_dir
 from colm.data import templating, tokenize_mixture, tokenized_cache
-from test_data import CHATS, ROWS, make_tokenizer
 
 datasets.disable_progress_bars()
 # Short enough that the fixture data has truncated and dropped rows.
@@ -261,9 +261,10 @@ def test_cli_cache_folder_and_switch(monkeypatch, tmp_path):
 
 
 def test_second_prepare_of_a_command_hits_unless_switched_off(monkeypatch, tmp_path, tokenizer, calls):
+    from test_data import write_jsonl
+
     from colm.cli.args import DataArguments
     from colm.cli.dataprep import prepare
-    from test_data import write_jsonl
 
     for name, rows in ROWS.items():
         write_jsonl(tmp_path / f"{name}.train.jsonl", rows)

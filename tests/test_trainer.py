@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from trainer_helpers import StopAfter, collator, mixture, tiny_llama, training_args
 from transformers import Trainer, TrainerCallback
 
 from colm import CoresetConfig, CoresetTrainer
 from colm.integrations.trainer import SELECTIONS_FILE, SELECTOR_STATE_FILE, split_evenly
-from trainer_helpers import StopAfter, collator, mixture, tiny_llama, training_args
 
 SIZES = {"big_a": 60, "big_b": 50, "rare": 10}
 
@@ -198,7 +198,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     full_loss = [h["loss"] for h in full.state.log_history if "loss" in h][-1]
     resumed_loss = [h["loss"] for h in resumed.state.log_history if "loss" in h][-1]
     assert resumed_loss == pytest.approx(full_loss, rel=1e-5)
-    for (n1, p1), (n2, p2) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+    for (n1, p1), (_n2, p2) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
         torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6, msg=n1)
 
 

@@ -8,6 +8,7 @@ import re
 import time
 
 from datasets import IterableDataset
+from trainer_helpers import collator, mixture, tiny_llama, training_args
 from transformers import Trainer, TrainerCallback
 
 import colm.integrations.trainer as trainer_module
@@ -16,7 +17,6 @@ from colm.data import source_sizes
 from colm.data.sources import count_sources
 from colm.integrations._hf_compat import PRIVATE_MEMBERS
 from colm.integrations.trainer import SELECTIONS_FILE, init_argument, step_budget
-from trainer_helpers import collator, mixture, tiny_llama, training_args
 
 # Shuffled rows whose sources first appear as chat, math, code, rare: not their name order.
 ORDERED = {"math": 60, "chat": 50, "code": 40, "rare": 10}

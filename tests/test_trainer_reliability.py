@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 
 import pytest
+from trainer_helpers import collator, mixture, tiny_llama, training_args
 
 from colm import CoresetConfig, CoresetTrainer
-from trainer_helpers import collator, mixture, tiny_llama, training_args
 
 SIZES = {"big_a": 30, "big_b": 20, "rare": 6}
 

@@ -6,7 +6,7 @@ seeded so tests are deterministic. LoRA versions wrap the attention projections 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch

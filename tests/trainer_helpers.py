@@ -5,9 +5,8 @@ import random
 
 import torch
 from datasets import Dataset
+from tiny_models import BUILDERS
 from transformers import DataCollatorForSeq2Seq, LlamaForCausalLM, TrainerCallback, TrainingArguments
-
-from tiny_models import BUILDERS, VOCAB
 
 PAD = 0  # tiny_models' pad_token_id
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 COMMANDS = {
     "train": ("colm.cli.train", "fine-tune a model on a data mixture with CoLM selection"),

@@ -7,8 +7,9 @@ import argparse
 import dataclasses
 import typing
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from colm.cli.errors import UsageError
 from colm.config import CoresetConfig
@@ -25,7 +26,7 @@ class ModelArguments:
 
     _argument_group_name = "model"  # a --help section (HfArgumentParser convention)
 
-    model: Optional[str] = field(
+    model: str | None = field(
         default=None,
         metadata={"help": "Hugging Face Hub id or local folder of a causal LM, or a GGUF file (a "
                           ".gguf path or a folder holding one; converted once, then cached). "
@@ -38,7 +39,7 @@ class ModelArguments:
                   "help": "Size of the embedded default model (tiny ~1.2M parameters, small ~3.7M, "
                           "base ~10.4M); ignored with --model."},
     )
-    dtype: Optional[str] = field(
+    dtype: str | None = field(
         default=None,
         metadata={"choices": ["auto", "float32", "bfloat16", "float16"],
                   "help": "dtype to load --model in; unset: float32."},
@@ -53,7 +54,7 @@ class ModelArguments:
         default=16.0, metadata={"help": "LoRA scaling alpha (the paper: r=128, alpha=512)."}
     )
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: Optional[list[str]] = field(
+    lora_target_modules: list[str] | None = field(
         default=None,
         metadata={"help": "Module names LoRA adapts (e.g. q_proj v_proj), or all-linear. Default: "
                           "peft's choice for the architecture. CoLM's features read the last "
@@ -67,7 +68,7 @@ class DataArguments:
 
     _argument_group_name = "data"
 
-    data: Optional[str] = field(
+    data: str | None = field(
         default=None,
         metadata={"help": "Training data: a JSONL(.gz) file, a folder of <source>.<split>.jsonl[.gz] "
                           "files, a saved `datasets` folder or a Hub dataset id. Default: the "
@@ -76,7 +77,7 @@ class DataArguments:
     train_split: str = field(
         default="train", metadata={"help": "Split of --data to train on (folders and datasets)."}
     )
-    eval_data: Optional[str] = field(
+    eval_data: str | None = field(
         default=None,
         metadata={"help": "Validation data (same formats as --data). Default: the --eval-split "
                           "files of --data when it is a folder that has them, else none."},
@@ -93,13 +94,13 @@ class DataArguments:
     messages_field: str = field(
         default="messages", metadata={"help": "Field of chat examples ({role, content} list)."}
     )
-    sources: Optional[list[str]] = field(
+    sources: list[str] | None = field(
         default=None, metadata={"help": "Train and validate on these sources only."}
     )
     max_length: int = field(
         default=256, metadata={"help": "Tokens per example; longer ones are truncated."}
     )
-    template: Optional[str] = field(
+    template: str | None = field(
         default=None,
         metadata={"help": "Prompt template containing {prompt}. Default: "
                           "'Question: {prompt}\\nAnswer:\\n'."},
@@ -111,10 +112,10 @@ class DataArguments:
                           "--template. Default false: the --template text format. Chat "
                           "(--messages-field) rows always use the chat template."},
     )
-    max_examples_per_source: Optional[int] = field(
+    max_examples_per_source: int | None = field(
         default=None, metadata={"help": "Keep at most this many training examples per source."}
     )
-    max_eval_examples_per_source: Optional[int] = field(
+    max_eval_examples_per_source: int | None = field(
         default=None, metadata={"help": "Keep at most this many validation examples per source."}
     )
     overwrite_output_dir: bool = field(
@@ -156,14 +157,14 @@ def _selection_arguments() -> type:
             factory = lambda d=default: [d] if isinstance(d, str) else list(d)  # noqa: E731
         elif f.name in ("adam_betas", "adam_eps"):
             # None: the optimizer's own (--adam-beta1/--adam-beta2/--adam-epsilon), as docs/method.md step 4 asks.
-            typ = Optional[list[float]] if f.name == "adam_betas" else Optional[float]
+            typ = list[float] | None if f.name == "adam_betas" else float | None
             value = None
             help_text += " Default: the optimizer's."
         elif f.name == "feature_modules":
-            typ, value = Optional[list[str]], None
+            typ, value = list[str] | None, None
             meta["aliases"] = list(OLD_OPTIONS)  # the old name, until colm 0.3 (warned in parse_command)
         elif f.name in ("score_batch_size", "selection_seed"):
-            typ, value = Optional[int], None
+            typ, value = int | None, None
             if f.name == "selection_seed":
                 help_text = help_text.replace("TrainingArguments.seed", "--seed")
         elif f.name == "within_source":  # choices from the registry of methods
@@ -205,7 +206,7 @@ def training_arguments_class() -> type:
     class TrainingOptions(TrainingArguments):
         _argument_group_name = "training (transformers.TrainingArguments)"
 
-        report_to: Optional[list[str]] = field(
+        report_to: list[str] | None = field(
             default=None,
             metadata={"help": help_text + " Several integrations: `--report-to tensorboard wandb`, "
                                           "or a YAML list."},
@@ -214,7 +215,7 @@ def training_arguments_class() -> type:
     return TrainingOptions
 
 
-def to_coreset_config(sel: Any, training_args: Any = None) -> Optional[CoresetConfig]:
+def to_coreset_config(sel: Any, training_args: Any = None) -> CoresetConfig | None:
     """The CoresetConfig the selection options describe; None with --no-coreset.
 
     Raises UsageError naming the option when a value is invalid.
@@ -284,7 +285,7 @@ class ColmArgumentParser:
     instead of printing usage and calling sys.exit."""
 
     @staticmethod
-    def create(dataclass_types: Sequence[type], prog: str, description: str, usage: Optional[str] = None):
+    def create(dataclass_types: Sequence[type], prog: str, description: str, usage: str | None = None):
         from transformers import HfArgumentParser
 
         class _Parser(HfArgumentParser):
@@ -306,7 +307,7 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def split_config_flag(argv: Sequence[str]) -> tuple[Optional[str], list[str]]:
+def split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     """Pull `--config PATH` / `--config=PATH` out of argv (the last one wins)."""
     rest: list[str] = []
     config = None

@@ -20,8 +20,9 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from colm.cli.errors import OneLineArgumentParser, UsageError
 
@@ -110,11 +111,11 @@ def run(argv: Sequence[str]) -> int:
 def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
     import torch
 
-    from colm.selection.budget import small_sources
     from colm.cli.dataprep import data_cache_dir
     from colm.compare.arms import PRESETS
     from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
     from colm.models.default import default_tokenizer
+    from colm.selection.budget import small_sources
 
     # ---- everything that can fail on input, before writing anything
     t0 = time.perf_counter()
@@ -274,7 +275,7 @@ def _write_outputs(out: Path, report, arms, selection, sizes, small) -> None:
         f"- **stratified b of 2b** (colm's default `CoresetConfig`): a random pool of "
         f"{2 * s['batch_size']} per step; every example of the small sources is kept, the rest of the "
         f"{s['batch_size']} drawn at random within the large sources, with no scoring pass;",
-        f"- **paper CoLM b of 2b**: the same pool, the large sources' shares filled by facility "
+        "- **paper CoLM b of 2b**: the same pool, the large sources' shares filled by facility "
         "location on zeroth-order gradient features (`within_source='facility_location'`, "
         "`feature='zo'`).", "",
         f"Validation: a fixed subset of up to {s['eval_per_source']} examples per source; loss = mean "

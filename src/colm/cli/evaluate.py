@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from colm.cli.errors import OneLineArgumentParser, UsageError
 
@@ -74,10 +75,10 @@ def run(argv: Sequence[str]) -> int:
     from colm.cli import modeling
     from colm.cli.chat_format import as_chat, check_chat_template
     from colm.cli.dataprep import data_cache_dir
-    from colm.evaluation import generation_exact_match, per_source_loss
-    from colm.files import atomic_write_json
     from colm.cli.report import text_table
     from colm.data import DEFAULT_TEMPLATE, default_mixture_dir, load_mixture, tokenize_mixture
+    from colm.evaluation import generation_exact_match, per_source_loss
+    from colm.files import atomic_write_json
 
     info = modeling.find_run_info(ckpt)
     max_length = ns.max_length or int(info.get("max_length") or 512)

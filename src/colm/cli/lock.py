@@ -36,7 +36,8 @@ class OutputDirLock:
     """Exclusive use of a run's output folder; creates the folder if needed.
 
     `with OutputDirLock(path, "--output-dir", "colm train", command=...):` refuses (UsageError
-    naming the option and the other run's pid, host and `command`) when another run holds it. On release the lock file is removed,
+    naming the option and the other run's pid, host and `command`) when another run holds it. On
+    release the lock file is removed,
     and so are the folders the lock created if they are still empty, so a command that fails
     before writing anything leaves nothing behind.
     """
@@ -56,7 +57,7 @@ class OutputDirLock:
         self._created: list[Path] = []
 
     # ---- acquire
-    def acquire(self) -> "OutputDirLock":
+    def acquire(self) -> OutputDirLock:
         self._make_folder()
         try:
             if fcntl is None:  # pragma: no cover - Windows
@@ -143,7 +144,7 @@ class OutputDirLock:
                 break
         self._created = []
 
-    def __enter__(self) -> "OutputDirLock":
+    def __enter__(self) -> OutputDirLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

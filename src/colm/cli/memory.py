@@ -49,7 +49,7 @@ class PeakMemory:
         self._thread: threading.Thread | None = None
         self._cuda = False
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         import torch
 
         self._cuda = torch.cuda.is_available()

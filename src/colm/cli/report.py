@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from colm.files import atomic_write_json, atomic_write_text, read_jsonl
 
@@ -207,7 +208,9 @@ def write_report(out_dir: str | Path, report: dict[str, Any], markdown: str) -> 
     atomic_write_text(out_dir / "report.md", markdown)
 
 
-def share_series(per_step: list[dict[str, Any]], source: str, window: int) -> tuple[list[int], list[float], list[float]]:
+def share_series(
+    per_step: list[dict[str, Any]], source: str, window: int
+) -> tuple[list[int], list[float], list[float]]:
     """Moving-window share of `source` among selected and among pool examples, per step."""
     steps, sel, pool = [], [], []
     acc: dict[str, list[int]] = defaultdict(list)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
+from colm.cli.errors import UsageError
+from colm.cli.lock import OutputDirLock
 from colm.integrations.checkpoints import (
     CheckpointError,
     ResumePoint,
@@ -21,8 +23,6 @@ from colm.integrations.checkpoints import (
     latest_complete_checkpoint,
     read_trainer_state,
 )
-from colm.cli.errors import UsageError
-from colm.cli.lock import OutputDirLock
 
 #: Files of a previous run that --overwrite-output-dir replaces (with its checkpoint folders).
 RUN_FILES = ("metrics.jsonl", "selections.jsonl", "report.json", "report.md", "colm_run.json",

@@ -65,7 +65,8 @@ def check_train_settings(model_args: Any, data_args: Any, targs: Any) -> None:
 def check_report_to(report_to: Any) -> None:
     """--report-to: known integration names, installed, or `all` / `none` alone."""
     from transformers.integrations.integration_utils import (
-        INTEGRATION_TO_CALLBACK, get_available_reporting_integrations,
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
     )
 
     # TrainingArguments has already turned "none" into [] and "all" into the installed ones.

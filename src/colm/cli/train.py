@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from colm.cli import args as cli_args
 from colm.cli.errors import UsageError
@@ -187,15 +188,19 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     from transformers.trainer_utils import IntervalStrategy
 
     from colm.cli import dataprep, modeling
-    from colm.evaluation import per_source_loss, with_natural
+    from colm.cli import identity as run_identity
     from colm.cli.memory import PeakMemory
     from colm.cli.progress import BackendReporter, MetricsFile, PeriodicEval, ProgressBar, StepTimer, eval_record
     from colm.cli.report import (
-        selection_summary, text_table, train_markdown, whole_run_train_loss, write_report,
+        selection_summary,
+        text_table,
+        train_markdown,
+        whole_run_train_loss,
+        write_report,
     )
-    from colm.cli import identity as run_identity
     from colm.cli.rundir import clear_previous_run, forget_failed_start
     from colm.cli.save_logging import LogAtEverySave
+    from colm.evaluation import per_source_loss, with_natural
     from colm.files import atomic_write_json, truncate_jsonl
 
     out = run_dir.path

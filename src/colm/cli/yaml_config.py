@@ -21,8 +21,9 @@ import enum
 import json
 import typing
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from colm.cli.errors import UsageError
 from colm.config import RENAMED_FIELDS, CoresetConfig

@@ -9,8 +9,9 @@ overrides on `stratified`, colm's default config); the arm's name is what was ty
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from colm.compare.stats import IntervalError, mean_sd, paired_difference
 
@@ -86,7 +87,8 @@ def loss_table(runs: Sequence[dict[str, Any]], baseline: str, *, intervals: bool
 
 
 def compute_table(plan: dict[str, dict[str, Any]]) -> str:
-    lines = ["| arm | steps | training rows / step | scoring rows / step | cost ratio | compute (training-row equivalents) |",
+    lines = ["| arm | steps | training rows / step | scoring rows / step | cost ratio "
+             "| compute (training-row equivalents) |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, p in plan.items():
         lines.append(f"| {name} | {p['steps']} | {p['train_rows_per_step']} | {p['scoring_rows_per_step']} "

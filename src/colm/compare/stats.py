@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 
 class IntervalError(ValueError):
@@ -26,7 +26,7 @@ def _t_cdf(x: float, df: int, intervals: int = 4000) -> float:
     return 0.5 + s * h / 3
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def t_quantile(p: float, df: int) -> float:
     """The p-quantile (0.5 < p < 1) of Student's t with df >= 1 degrees of freedom."""
     if not 0.5 < p < 1 or df < 1:

@@ -38,7 +38,7 @@ from colm.data.hub import datasets_offline, hub_offline, looks_like_local_path
 from colm.data.mixture import is_jsonl, source_of, split_files, split_of
 from colm.data.sources import count_sources
 
-MixtureSpec = Union[str, os.PathLike, datasets.Dataset, datasets.DatasetDict]
+MixtureSpec = Union[str, os.PathLike, datasets.Dataset, datasets.DatasetDict]  # noqa: UP007 (a runtime alias)
 
 PROMPT, RESPONSE, MESSAGES = "prompt", "response", "messages"
 TRL_COMPLETION = "completion"  # TRL's name for the response (prompt-completion datasets)
@@ -58,7 +58,7 @@ class Fields:
     conversational: bool = False
     """TRL's conversational prompt/completion: both fields hold message lists, joined."""
 
-    def resolved(self, present: Sequence[str], first: dict | None = None) -> "Fields":
+    def resolved(self, present: Sequence[str], first: dict | None = None) -> Fields:
         """These names with TRL's defaults applied to the fields ``present`` in the input: the
         response is ``completion`` when the default ``response`` is absent and ``completion`` is
         there; list-valued prompt and completion (``first`` row) make a conversation."""

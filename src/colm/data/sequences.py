@@ -27,12 +27,12 @@ class Piece:
     supervised: bool
 
     @classmethod
-    def packed(cls, ids: np.ndarray, lengths: np.ndarray, supervised: bool) -> "Piece":
+    def packed(cls, ids: np.ndarray, lengths: np.ndarray, supervised: bool) -> Piece:
         """Rows stored back to back in `ids` (what `token_ids` returns)."""
         return cls(ids, exclusive_cumsum(lengths), lengths, supervised)
 
     @classmethod
-    def constant(cls, ids: list[int], n_rows: int, supervised: bool) -> "Piece":
+    def constant(cls, ids: list[int], n_rows: int, supervised: bool) -> Piece:
         """The same ids in every row (a BOS prefix, an EOS suffix)."""
         return cls(
             np.asarray(ids, dtype=np.int64),
@@ -56,7 +56,7 @@ class Sequences:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def select(self, rows: np.ndarray) -> "Sequences":
+    def select(self, rows: np.ndarray) -> Sequences:
         """The rows where the boolean mask `rows` is True, in order."""
         lengths = self.lengths[rows]
         index = np.repeat(self.offsets[:-1][rows], lengths) + segment_arange(lengths)

@@ -10,8 +10,9 @@ goes through its own `__call__`, so its behaviour is kept whatever it does.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -8,12 +8,13 @@ seed and step.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from colm import distributed
+
 from .exact import exact_gradients
 from .hidden import final_hidden_features
 from .replay import LastLayerReplay
@@ -57,7 +58,7 @@ def _score_chunk(model: nn.Module, batch: Batch, config, step: int, targets) -> 
 
 
 def gradient_features(
-    model: nn.Module, batch: Union[Batch, Sequence[Batch]], config, step: int = 0, *, gather: bool = False
+    model: nn.Module, batch: Batch | Sequence[Batch], config, step: int = 0, *, gather: bool = False
 ) -> torch.Tensor:
     """Per-example features ``[n, d]`` (float32, on the model's device) of a pool.
 

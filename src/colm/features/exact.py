@@ -20,7 +20,7 @@ Memory: h and δ of each target ``[n, T, in|out]`` plus the result ``[n, d]``.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

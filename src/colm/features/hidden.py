@@ -6,7 +6,7 @@ completes, with the head on one position per row: see colm/features/sharded.py).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

@@ -47,7 +47,8 @@ those modules (the exact features') see per-example ``[n, T, .]`` activations.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,7 +64,6 @@ from .structure import (
     model_inputs,
     output_embeddings,
 )
-
 
 # Names of the position-wise feed-forward child of a decoder layer (Llama, Qwen2, Mistral, Phi,
 # GPT-2 and GPT-NeoX all use "mlp").

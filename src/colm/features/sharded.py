@@ -40,7 +40,7 @@ Without FSDP (a plain or DDP model) everything here is a no-op.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from torch import nn
 

@@ -8,7 +8,7 @@ Parameters themselves are never written: perturbations go through ``functional_c
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch import nn
 

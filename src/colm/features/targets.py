@@ -17,7 +17,7 @@ The value projection is found by module name inside the last layer, generically:
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

@@ -20,7 +20,7 @@ Parameters are never modified: each perturbed tensor is a new tensor substituted
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

@@ -14,7 +14,8 @@ Two rules of the Trainer's loop are re-implemented because transformers keeps th
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -24,14 +25,18 @@ POOL_LOADER = "Training"
 
 #: Private `transformers.Trainer` members colm uses -> what for (tests/test_hf_compat.py checks them).
 PRIVATE_MEMBERS: dict[str, str] = {
-    "_get_dataloader": "builds the pool loader with the Trainer's sampler, worker seeding, accelerate sharding and resume skipping",
+    "_get_dataloader": "builds the pool loader with the Trainer's sampler, worker seeding, accelerate sharding and"
+                       " resume skipping",
     "_get_train_sampler": "the Trainer's training sampler (shuffling by data_seed) for the pool loader",
-    "_train_batch_size": "the per-device batch size (auto_find_batch_size may shrink it); a pool is pool_factor of them",
-    "_get_collator_with_removed_columns": "overridden: asked by _get_dataloader for the collate_fn of a non-`datasets` dataset, with its description",
+    "_train_batch_size": "the per-device batch size (auto_find_batch_size may shrink it); a pool is pool_factor of"
+                         " them",
+    "_get_collator_with_removed_columns": "overridden: asked by _get_dataloader for the collate_fn of a"
+                                          " non-`datasets` dataset, with its description",
     "_set_signature_columns_if_needed": "fills _signature_columns from the model's forward signature",
     "_signature_columns": "the columns the model's forward takes (remove_unused_columns=True)",
     "_prepare_inputs": "moves a collated batch to the device, as for training, before the scoring pass",
-    "_get_num_items_in_batch": "counts the coreset's supervised tokens for num_items_in_batch, as the Trainer counts a batch",
+    "_get_num_items_in_batch": "counts the coreset's supervised tokens for num_items_in_batch, as the Trainer counts"
+                               " a batch",
     "_save_rng_state": "overridden: runs inside every checkpoint save, before trainer_state.json marks it complete",
 }
 #: Public but loop-internal members the re-implemented rules read (checked by the same test).

@@ -54,7 +54,8 @@ def launch_problem(args: Any, trainer_processes: int | None = None, *, cli: bool
                 "data-parallel mode (gloo)"
             )
         elif launched > 1 and trainer_world == 1:
-            fix = "launch with `torchrun --nproc_per_node=N` or `accelerate launch --multi_gpu`, and keep the script from building its own process group"
+            fix = ("launch with `torchrun --nproc_per_node=N` or `accelerate launch --multi_gpu`, and keep the "
+                   "script from building its own process group")
         else:
             fix = "launch every process with the same `torchrun`/`accelerate launch` command"
         return (

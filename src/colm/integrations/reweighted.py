@@ -9,7 +9,7 @@ so it works where a pool cannot be afforded; `CoresetTrainer(train_sampler=...)`
 """
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import Sampler

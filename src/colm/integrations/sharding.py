@@ -53,8 +53,10 @@ def sharding_problem(args: Any, accelerator: Any = None) -> str | None:
     """
     state = getattr(accelerator, "state", None)
     distributed_type = str(getattr(state, "distributed_type", ""))
-    if getattr(args, "deepspeed", None) or _env_true("ACCELERATE_USE_DEEPSPEED") or distributed_type.endswith("DEEPSPEED"):
-        return f"DeepSpeed (ZeRO) is not supported: the feature replay cannot gather its partitioned parameters. {SUPPORTED}"
+    deepspeed = getattr(args, "deepspeed", None) or _env_true("ACCELERATE_USE_DEEPSPEED")
+    if deepspeed or distributed_type.endswith("DEEPSPEED"):
+        return ("DeepSpeed (ZeRO) is not supported: the feature replay cannot gather its partitioned "
+                f"parameters. {SUPPORTED}")
     config = getattr(args, "fsdp_config", None) or {}
     if getattr(args, "fsdp", None) and config.get("xla"):
         return f"FSDP on XLA is not supported. {SUPPORTED}"

@@ -14,7 +14,8 @@ shuffled `datasets.IterableDataset`: the same seed).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 

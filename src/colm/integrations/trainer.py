@@ -32,31 +32,32 @@ import math
 import os
 import time
 from collections import Counter
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer
 
 from colm import distributed
-from colm.integrations import _hf_compat as hf
-from colm.integrations._hf_compat import PrivateOverrides
-from colm.integrations.checkpoints import CheckpointError, checkpoint_step, resume_checkpoint
 from colm.columns import IGNORE_INDEX, SOURCE
 from colm.config import CoresetConfig
 from colm.data.sources import SINGLE_SOURCE, count_sources, source_labels
 from colm.features import gradient_features, per_example_nll
 from colm.files import truncate_jsonl
+from colm.integrations import _hf_compat as hf
+from colm.integrations._hf_compat import PrivateOverrides
+from colm.integrations.checkpoints import CheckpointError, checkpoint_step, resume_checkpoint
 from colm.integrations.launch import check_launch
 from colm.integrations.non_finite import check_finite
-from colm.integrations.precision import warn_slow_half_precision
-from colm.integrations.sharding import check_sharding
 from colm.integrations.packing import check_one_row_per_example, check_unpacked
 from colm.integrations.pool_size import check_training_pool, pool_size
+from colm.integrations.precision import warn_slow_half_precision
 from colm.integrations.pseudo_sources import PseudoSources
+from colm.integrations.sharding import check_sharding
+from colm.integrations.streams import IndexedStream, given_source_sizes, is_stream
 from colm.selection.selector import CoresetSelector, Selection
 from colm.selection.state import load_selector_state, save_selector_state
-from colm.integrations.streams import IndexedStream, given_source_sizes, is_stream
 
 logger = logging.getLogger(__name__)
 
@@ -520,7 +521,7 @@ class CoresetTrainerMixin(PrivateOverrides):
         checkpoint = resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if checkpoint is not None:
             self._load_selector_state(checkpoint)
-        return super().train(resume_from_checkpoint=checkpoint, *args, **kwargs)
+        return super().train(checkpoint, *args, **kwargs)
 
     def _load_selector_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, SELECTOR_STATE_FILE)

@@ -26,8 +26,8 @@ from transformers import (
 )
 
 from colm.data.hub import hub_offline, looks_like_local_path
-from colm.files import atomic_write_text, default_cache_dir
 from colm.data.mixture import split_files
+from colm.files import atomic_write_text, default_cache_dir
 from colm.models.gguf import find_gguf, is_gguf_file, load_gguf
 
 PAD, EOS = "<pad>", "<eos>"
@@ -95,7 +95,7 @@ def default_tokenizer(
         try:
             atomic_write_text(path, backend.to_str())
         except OSError as err:  # read-only home, full disk: still usable, just not cached
-            warnings.warn(f"colm: could not cache the default tokenizer at {path}: {err}")
+            warnings.warn(f"colm: could not cache the default tokenizer at {path}: {err}", stacklevel=2)
     return _wrap(backend, name=str(path))
 
 

@@ -113,7 +113,7 @@ def load_gguf(
     entry = cache_entry(source, cache_dir)
     if not _is_complete(entry):
         if entry.exists():  # damaged after it was written (files deleted by hand)
-            warnings.warn(f"colm: the GGUF cache {entry} is incomplete; converting {source} again")
+            warnings.warn(f"colm: the GGUF cache {entry} is incomplete; converting {source} again", stacklevel=2)
             shutil.rmtree(entry, ignore_errors=True)
         _convert(source, entry)
     return _load_folder(entry, from_pretrained_kwargs)

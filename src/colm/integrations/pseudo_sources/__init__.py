@@ -12,8 +12,8 @@ the model's hidden states of the training rows and use the cluster ids as source
 from __future__ import annotations
 
 from .agreement import adjusted_rand_index
-from .count import auto_clusters, resolve_clusters
 from .clustering import KMeansResult, kmeans
+from .count import auto_clusters, resolve_clusters
 from .run import STATE_FILE, WARMUP, PseudoSources
 from .state import PseudoSourceState, cluster_name, load_pseudo_sources, save_pseudo_sources
 

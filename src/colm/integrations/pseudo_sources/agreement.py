@@ -4,7 +4,7 @@ the same cluster sizes give on average; it can be negative."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 
 def _pairs(count: int) -> float:
@@ -14,7 +14,8 @@ def _pairs(count: int) -> float:
 def adjusted_rand_index(labels_a: Sequence[Hashable], labels_b: Sequence[Hashable]) -> float:
     """ARI of two labellings of the same items (any hashable labels)."""
     if len(labels_a) != len(labels_b):
-        raise ValueError(f"the labellings have {len(labels_a)} and {len(labels_b)} items; they must label the same items")
+        raise ValueError(
+            f"the labellings have {len(labels_a)} and {len(labels_b)} items; they must label the same items")
     n = len(labels_a)
     if n < 2:
         raise ValueError("the adjusted Rand index needs at least 2 items")

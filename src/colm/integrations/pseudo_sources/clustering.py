@@ -77,7 +77,7 @@ def kmeans(points: Tensor, k: int, seed: int, max_iterations: int = MAX_ITERATIO
     centroids = kmeans_plus_plus(x, k, generator)  # [k, d]
     assignment = torch.full((n,), -1, dtype=torch.long)
     iterations = 0
-    for iterations in range(1, max_iterations + 1):
+    for iterations in range(1, max_iterations + 1):  # noqa: B007 (read after the loop)
         dist = _squared_distances(x, x_sq, centroids)  # [n, k]
         new = dist.argmin(dim=1)  # [n], lowest centroid index on ties
         new = _fill_empty(new, dist, k)

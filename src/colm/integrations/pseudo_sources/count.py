@@ -8,8 +8,6 @@ degenerate into keeping or dropping single rows. At least 2.
 """
 from __future__ import annotations
 
-from typing import Union
-
 #: Rows an average cluster should have in one pool under 'auto'.
 ROWS_PER_CLUSTER_IN_POOL = 4
 
@@ -19,7 +17,7 @@ def auto_clusters(n_rows: int, pool_size: int) -> int:
     return max(2, min(by_data, pool_size // ROWS_PER_CLUSTER_IN_POOL))
 
 
-def resolve_clusters(setting: Union[int, str], n_rows: int, pool_size: int) -> int:
+def resolve_clusters(setting: int | str, n_rows: int, pool_size: int) -> int:
     """The number of clusters for ``CoresetConfig.pseudo_sources`` = ``setting`` on ``n_rows``
     rows that can be trained (at least one supervised token).
 

@@ -7,12 +7,12 @@ time.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from colm import phases
-from colm import distributed
+from colm import distributed, phases
 
 from .embed import mean_supervised_hidden, supervised_positions
 

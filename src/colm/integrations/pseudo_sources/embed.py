@@ -10,14 +10,14 @@ compute) never runs.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from colm.columns import IGNORE_INDEX
-from colm.features.state import scoring_mode
 from colm.features.hidden import final_hidden_states
+from colm.features.state import scoring_mode
 from colm.features.structure import model_device, model_inputs
 
 

@@ -19,21 +19,22 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from colm import distributed
-from colm.selection.budget import small_sources
 from colm.columns import SOURCE
 from colm.config import CoresetConfig
-from colm.selection.selector import CoresetSelector
 from colm.integrations.streams import is_stream
+from colm.selection.budget import small_sources
+from colm.selection.selector import CoresetSelector
 
 from .agreement import adjusted_rand_index
+from .clustering import kmeans
 from .count import resolve_clusters
 from .dataset_pass import embed_dataset
-from .clustering import kmeans
 from .state import UNSUPERVISED, PseudoSourceState, load_pseudo_sources, save_pseudo_sources
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class PseudoSources:
     compared with the clusters (``has_source_column``).
     """
 
-    def __init__(self, config: CoresetConfig, dataset: Any, source_sizes: Optional[Mapping[str, int]]) -> None:
+    def __init__(self, config: CoresetConfig, dataset: Any, source_sizes: Mapping[str, int] | None) -> None:
         if config.pseudo_sources is None:
             raise ValueError("PseudoSources needs CoresetConfig.pseudo_sources to be set")
         if source_sizes is not None:
@@ -92,7 +93,7 @@ class PseudoSources:
             )
         self.config = config
         self.n_rows = len(dataset)
-        self.state: Optional[PseudoSourceState] = None
+        self.state: PseudoSourceState | None = None
 
     # ---- phase ------------------------------------------------------------------------------
     @property
@@ -123,7 +124,7 @@ class PseudoSources:
     # ---- the fit ----------------------------------------------------------------------------
     def fit(
         self, model: torch.nn.Module, dataset: Any, collate: Callable, chunk_size: int, step: int,
-        pool_size: int, true_sources: Optional[Sequence[str]] = None,
+        pool_size: int, true_sources: Sequence[str] | None = None,
     ) -> PseudoSourceState:
         """Embed every row of ``dataset`` with ``model``, cluster, and keep the result.
 
