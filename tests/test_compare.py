@@ -55,7 +55,7 @@ def test_presets_build_the_configs_they_name():
     assert arms["accumulate2"].accumulation == 2 and arms["accumulate4"].accumulation == 4
     assert arms["reweighted"].coreset_config(base, 0) is None and arms["reweighted"].sampler == "reweighted"
     strat = arms["stratified"].coreset_config(base, 7)
-    assert strat.within_source == "random" and not strat.needs_features and strat.seed == 7
+    assert strat.within_source == "random" and not strat.needs_features and strat.selection_seed == 7
     paper = arms["paper"].coreset_config(base, 0)
     assert (paper.within_source, paper.feature, paper.zo_probes) == (PAPER["within_source"], "zo", 1)
     mm = arms["mean_match"].coreset_config(base, 0)

@@ -149,10 +149,10 @@ def test_cli_selection_seed_defaults_to_seed_and_old_option_warns(tmp_path):
     from colm.cli import train
 
     base = ["--output-dir", str(tmp_path), "--seed", "5"]
-    *_, coreset = train.parse(base)
+    coreset = train.parse(base)[4]  # (model, data, selection, training, CoresetConfig, run)
     assert coreset.selection_seed == 5  # the training seed, written into the run's config
-    *_, coreset = train.parse(base + ["--selection-seed", "2"])
+    coreset = train.parse(base + ["--selection-seed", "2"])[4]
     assert coreset.selection_seed == 2
     with pytest.warns(FutureWarning, match="--target-modules is now --feature-modules"):
-        *_, coreset = train.parse(base + ["--target-modules", "v_proj$"])
+        coreset = train.parse(base + ["--target-modules", "v_proj$"])[4]
     assert coreset.feature_modules == ["v_proj$"]

@@ -55,7 +55,8 @@ def parse(argv: Sequence[str]):
     from colm.compare.arms import ArmError, parse_arms
 
     parser = build_parser()
-    model_args, data_args, sel_args, targs, extra = cli_args.parse_command(parser, argv, 5)
+    # colm train's dataclasses (its RunArguments, for resuming one run, mean nothing here), then ours
+    model_args, data_args, sel_args, _run_args, targs, extra = cli_args.parse_command(parser, argv, 6)
     targs.__class__ = TrainingArguments
     base = cli_args.to_coreset_config(sel_args, targs)
     try:
