@@ -10,9 +10,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Sequence, Union, get_args
 
 Similarity = Literal["l1", "l2", "cosine"]
-FeatureKind = Literal["zo", "exact", "hidden"]
+FeatureKind = Literal["zo", "exact", "hidden", "full_adam"]
 #: How a large source's share of the budget is filled (see ``CoresetConfig.within_source``).
-WithinSource = Literal["facility_location", "random", "mean_match", "cluster_sample", "pps", "balanced"]
+WithinSource = Literal["facility_location", "random", "mean_match", "cluster_sample", "pps", "balanced", "nnls"]
 LossAverage = Literal["token", "example"]
 SecondMoment = Literal["per_example", "pool"]
 SIMILARITIES = get_args(Similarity)
@@ -52,7 +52,9 @@ class CoresetConfig:
         "proportional to the feature norm, with Horvitz-Thompson weights (trains a weighted "
         "loss). 'balanced': every row drawn with the uniform probability b_q/n_q, the draw "
         "balanced on the leading principal components of the features (the cube method). "
-        "docs/method.md explains each."
+        "'nnls': mean matching's rows with non-negative least-squares loss weights (summing to "
+        "one per source) that fit the source's pool mean best (trains a weighted loss; the "
+        "ceiling lab arm). docs/method.md explains each."
     )})
 
     similarity: Similarity = field(default="l1", metadata={"help": (
@@ -91,7 +93,10 @@ class CoresetConfig:
         "per-example gradients via a backward through the last block only, about the cost of "
         "zo with one probe; with it mean matching matched the pool gradient best, while zo "
         "features lost 40 to 75 percent of that gain), 'zo' (zeroth-order SPSA, forward passes only; "
-        "the paper's) or 'hidden' (the last token's final hidden state, a cheap baseline)."
+        "the paper's), 'hidden' (the last token's final hidden state, a cheap baseline) or "
+        "'full_adam' (a lab tool for small models: full-model per-example gradients via "
+        "torch.func in the optimizer's Adam space; memory O(pool x parameters); needs "
+        "adam_normalize=False, the features are already Adam-normalized)."
     )})
 
     zo_eps: float = field(default=1e-3, metadata={"help": (
@@ -200,6 +205,8 @@ class CoresetConfig:
             raise bad("adam_eps", "a number > 0")
         if self.feature not in FEATURES:
             raise bad("feature", f"one of {FEATURES}")
+        if self.feature == "full_adam" and self.adam_normalize:
+            raise bad("adam_normalize", "false with feature='full_adam' (its features are already in the optimizer's Adam space)")
         if not (isinstance(self.zo_eps, (int, float)) and self.zo_eps > 0):
             raise bad("zo_eps", "a number > 0")
         if not isinstance(self.zo_probes, int) or isinstance(self.zo_probes, bool) or self.zo_probes < 1:

@@ -284,7 +284,9 @@ class CoresetTrainerMixin:
                 self._prepare_inputs(self._collate(local_rows[i : i + chunk_size]))
                 for i in range(0, len(local_rows), chunk_size)
             ]
-            features = gradient_features(self.model, score_batches, cfg, self.state.global_step, gather=True)  # [N, d]
+            features = gradient_features(  # [N, d]
+                self.model, score_batches, cfg, self.state.global_step, gather=True, optimizer=self.optimizer
+            )
         score_ms = (time.perf_counter() - start) * 1e3
 
         pool_rows = distributed.gather_objects(local_rows)

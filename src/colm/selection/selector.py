@@ -45,6 +45,7 @@ from colm.selection.methods import (
     balanced_sample,
     cluster_sample,
     mean_match,
+    nnls_match,
     pps_sample,
     random_subset,
     selection_generator,
@@ -312,6 +313,9 @@ class CoresetSelector:
                 local, error = mean_match(feats, b)
                 objective = objective + error
                 parts.append(_Part.sample(rows.index_select(0, local), n_q))
+            elif method == "nnls":  # weights fitted to the source's pool mean, mean 1 over its b rows
+                local, lw = nnls_match(feats, b)
+                parts.append(_Part(rows.index_select(0, local), lw * (n_q / b), lw))
             elif method == "balanced":
                 parts.append(_Part.sample(rows.index_select(0, balanced_sample(feats, b, gen).to(device)), n_q))
             elif method == "pps":

@@ -11,6 +11,8 @@ selector runs the one named by ``CoresetConfig.within_source`` on each large sou
   not a sample: they leave out the large-norm rows that dominate a gradient mean.
 - ``mean_match``: the ``b`` rows whose plain mean is closest to the pool mean of the features,
   which is what a training step on the coreset (uniform weights) actually needs.
+- ``nnls_match``: mean matching's rows with non-negative loss weights (summing to one) fitted by
+  least squares to the pool mean: the best weighted fit on that set (the ceiling lab arm).
 - ``cluster_sample``: facility-location clusters used as strata of a random sample.
 - ``pps_sample``: inclusion probability proportional to the feature norm, Horvitz-Thompson
   weights: unbiased for the pool sum with less variance than uniform picks when norms vary.
@@ -28,11 +30,12 @@ from colm.selection.methods.balanced import balanced_sample, principal_scores
 from colm.selection.methods.cluster_sample import cluster_sample
 from colm.selection.methods.facility_location import cluster_weights, facility_location, greedy_unchecked
 from colm.selection.methods.mean_match import mean_match
+from colm.selection.methods.nnls import nnls_match
 from colm.selection.methods.pps import inclusion_probabilities, pps_sample
 from colm.selection.methods.random import random_subset, selection_generator
 
 __all__ = [
     "balanced_sample", "cluster_sample", "cluster_weights", "facility_location", "greedy_unchecked",
-    "inclusion_probabilities", "mean_match", "pps_sample", "principal_scores", "random_subset",
+    "inclusion_probabilities", "mean_match", "nnls_match", "pps_sample", "principal_scores", "random_subset",
     "selection_generator",
 ]
