@@ -127,3 +127,29 @@ def test_full_adam_needs_the_optimizer_and_no_second_normalization() -> None:
         CoresetConfig(feature="full_adam")
     with pytest.raises(ValueError, match="Adam-type optimizer"):
         gradient_features(model, batch, CONFIG, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_trainer_passes_its_optimizer_and_trains_the_nnls_weights(tmp_path, monkeypatch) -> None:
+    import colm.features.api as api
+    from colm import CoresetTrainer
+    from trainer_helpers import collator, mixture, tiny_llama, training_args
+
+    seen = []
+    real = api.full_adam_features
+
+    def spy(model, batches, config, optimizer, *, gather=False):
+        state = [s for s in optimizer.state.values() if "step" in s]
+        seen.append((optimizer, int(state[0]["step"]) if state else 0))
+        return real(model, batches, config, optimizer, gather=gather)
+
+    monkeypatch.setattr(api, "full_adam_features", spy)
+    cfg = CoresetConfig(pool_factor=2, feature="full_adam", adam_normalize=False, topk_dims=None,
+                        within_source="nnls", small_sources="none")
+    trainer = CoresetTrainer(model=tiny_llama(), args=training_args(tmp_path, max_steps=2),
+                             train_dataset=mixture({"big_a": 40, "big_b": 40}), data_collator=collator(),
+                             coreset_config=cfg)
+    trainer.train()
+    assert [step for _, step in seen] == [0, 1]  # the real Adam state, one step later each time
+    assert all(opt is trainer.optimizer for opt, _ in seen)
+    weights = trainer.last_selection.loss_weights
+    assert (weights >= 0).all() and not torch.allclose(weights, torch.ones_like(weights))
