@@ -23,8 +23,8 @@ The Adam space: ``f_i = a * g_i / (sqrt(v_hat) + eps)`` with, per parameter, ``v
 mean gradient. This is the gradient's part of the Adam update the optimizer would take if it
 stepped on the whole pool: the momentum part ``b1 m / (...)`` is common to every candidate set
 and cancels in any comparison of sets, so ``mean_{S} f - mean_{pool} f`` is the difference between
-the update taken on ``S`` and on the pool (with ``v_hat`` held at the pool's; the ``(1 - b2) G_S^2``
-term of a subset moves ``v_hat`` by a 1e-3 fraction). The map is linear, so the mean of features
+the update taken on ``S`` and on the pool with ``v_hat`` held at the pool's (a subset's own
+``(1 - b2) G_S^2`` moves ``v_hat``: this is the first-order term). The map is linear, so the mean of features
 is the feature of the mean gradient, which the per-example fold of ``AdamNormalizer``
 (``g_i^2`` into each row's own ``v``) is not.
 """
