@@ -69,7 +69,8 @@ class Selection:
         stats: numbers describing the selection (see ``CoresetSelector.select``).
         loss_weights: ``[budget]`` float, the per-example loss weights to train with: ``weights``
             when ``config.weighted``, each "pps" row's Horvitz-Thompson weight scaled to mean 1
-            within its source, else all ones (uniform, as the paper trains).
+            within its source, each "nnls" row's fitted weight (mean 1 within its source), else
+            all ones (uniform, as the paper trains).
     """
 
     indices: Tensor
