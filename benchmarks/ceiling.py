@@ -99,6 +99,40 @@ def check_control(arm: str, args) -> None:
                       "max_abs_diff_per_source": max(diffs.values()), "step_s": row["step_s"]}))
 
 
+def match_errors(args, pools: int = 5) -> None:
+    """How close b rows can bring the step to the pool's: ``match_error`` (||weighted coreset mean
+    - pool mean|| / ||pool mean|| of the full_adam features) of each fill on random pools of 2b
+    training rows, for the initial model (a fresh AdamW: the first step's Adam space)."""
+    import torch
+    from transformers import DataCollatorForSeq2Seq
+
+    from colm import CoresetConfig
+    from colm.features import gradient_features
+    from colm.models.default import default_model
+    from colm.selection.selector import CoresetSelector
+
+    tokenizer, train, _ = _data(args)
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    sizes = dict(Counter(str(s) for s in train["source"]))
+    model = default_model(tokenizer, size=args.model_size, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    fills = {name: cfg for name, (_, cfg) in ARMS.items()}
+    fills["stratified_random"] = {**FULL, "within_source": "random"}
+    fills["random_none"] = {**FULL, "within_source": "random", "small_sources": "none"}
+    errors: dict[str, list[float]] = {name: [] for name in fills}
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(pools):
+        rows = torch.randperm(len(train), generator=gen)[: 2 * args.batch].tolist()
+        sources = [str(train[i]["source"]) for i in rows]
+        batch = collate([{k: train[i][k] for k in ("input_ids", "attention_mask", "labels")} for i in rows])
+        feats = gradient_features(model, [dict(batch)], CoresetConfig(**fills["ceiling_mm_small"]), optimizer=optimizer)
+        for name, cfg in fills.items():
+            sel = CoresetSelector(CoresetConfig(pool_factor=2, **cfg), sizes).select(feats, sources, args.batch)
+            errors[name].append(sel.stats["match_error"])
+    print(json.dumps({name: {"mean": statistics.mean(v), "sd": statistics.stdev(v), "per_pool": v}
+                      for name, v in errors.items()}, indent=1))
+
+
 def _stats(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else (
         f"{values[0]:.3f}" if values else "—")
@@ -165,10 +199,15 @@ def main() -> None:
     ap.add_argument("--summarize", action="store_true", help="print the tables of --out with the stored controls")
     ap.add_argument("--check-control", metavar="ARM", default=None,
                     help=f"rerun one stored control ({', '.join(CONTROLS)}) on seed 0 and compare")
+    ap.add_argument("--match-error", action="store_true",
+                    help="print how closely each fill matches the pool mean on 5 pools at initialization")
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    if args.match_error:
+        match_errors(args)
+        return
     if args.check_control:
         if args.check_control not in CONTROLS:
             ap.error(f"--check-control: expected one of {CONTROLS}, got {args.check_control!r}")
