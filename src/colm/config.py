@@ -22,7 +22,7 @@ from colm.errors import ConfigError, RenamedWarning, check_int, check_optional_i
 from colm.selection.methods.registry import feature_free_names, get_method, method_names
 
 Similarity = Literal["l1", "l2", "cosine"]
-FeatureKind = Literal["zo", "exact", "hidden"]
+FeatureKind = Literal["zo", "exact", "hidden", "full_adam"]
 LossAverage = Literal["token", "example"]
 SecondMoment = Literal["per_example", "pool"]
 SIMILARITIES = get_args(Similarity)
@@ -67,7 +67,9 @@ class CoresetConfig:
         "proportional to the feature norm, with Horvitz-Thompson weights (trains a weighted "
         "loss). 'balanced': every row drawn with the uniform probability b_q/n_q, the draw "
         "balanced on the leading principal components of the features (the cube method). "
-        "docs/method.md explains each."
+        "'nnls': mean matching's rows with non-negative least-squares loss weights (summing to "
+        "one per source) that fit the source's pool mean best (trains a weighted loss; the "
+        "ceiling lab arm). docs/method.md explains each."
     )})
 
     similarity: Similarity = field(default="l1", metadata={"help": (
@@ -106,7 +108,10 @@ class CoresetConfig:
         "per-example gradients via a backward through the last block only, about the cost of "
         "zo with one probe; with it mean matching matched the pool gradient best, while zo "
         "features lost 40 to 75 percent of that gain), 'zo' (zeroth-order SPSA, forward passes only; "
-        "the paper's) or 'hidden' (the last token's final hidden state, a cheap baseline)."
+        "the paper's), 'hidden' (the last token's final hidden state, a cheap baseline) or "
+        "'full_adam' (a lab tool for small models: full-model per-example gradients via "
+        "torch.func in the optimizer's Adam space; memory O(pool x parameters); needs "
+        "adam_normalize=False, the features are already Adam-normalized)."
     )})
 
     zo_eps: float = field(default=1e-3, metadata={"help": (
@@ -239,6 +244,9 @@ class CoresetConfig:
             raise bad("adam_eps", "a number > 0")
         if self.feature not in FEATURES:
             raise bad("feature", f"one of {FEATURES}")
+        if self.feature == "full_adam" and self.adam_normalize:
+            raise bad("adam_normalize", "false with feature='full_adam' (its features are already in the "
+                      "optimizer's Adam space)")
         if not (_is_number(self.zo_eps) and self.zo_eps > 0):
             raise bad("zo_eps", "a number > 0")
         self.zo_probes = check_int("zo_probes", self.zo_probes, 1, owner="CoresetConfig")

@@ -9,6 +9,7 @@ seed and step.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torch import nn
 from colm import distributed
 
 from .exact import exact_gradients
+from .full import full_adam_features
 from .hidden import final_hidden_features
 from .replay import LastLayerReplay
 from .state import scoring_mode
@@ -58,7 +60,8 @@ def _score_chunk(model: nn.Module, batch: Batch, config, step: int, targets) -> 
 
 
 def gradient_features(
-    model: nn.Module, batch: Batch | Sequence[Batch], config, step: int = 0, *, gather: bool = False
+    model: nn.Module, batch: Batch | Sequence[Batch], config, step: int = 0, *, gather: bool = False,
+    optimizer: Any = None,
 ) -> torch.Tensor:
     """Per-example features ``[n, d]`` (float32, on the model's device) of a pool.
 
@@ -73,11 +76,16 @@ def gradient_features(
         step: optimizer step (selects the SPSA directions unless ``config.zo_fixed_z``).
         gather: in a distributed run, return the features of every rank's rows (rank order),
             the same on every rank; without a process group it changes nothing.
+        optimizer: the training optimizer (torch Adam/AdamW); needed only by ``"full_adam"``
+            (full-model per-example gradients in its Adam space, a lab tool: colm.features.full).
 
     The model is scored in eval mode and left exactly as it was: parameters bit-identical, modes,
     ``requires_grad`` and ``.grad`` restored, hooks removed, also when an error is raised.
     """
     batches = [batch] if isinstance(batch, Mapping) else list(batch)
+    if config.feature == "full_adam":
+        with scoring_mode(model):
+            return full_adam_features(model, batches, config, optimizer, gather=gather)
     device = model_device(model)
     targets = None if config.feature == "hidden" else find_target_parameters(model, config.feature_modules)
     with scoring_mode(model), torch.no_grad():

@@ -347,7 +347,8 @@ class CoresetTrainerMixin(PrivateOverrides):
                 hf.to_device(self, self._collate(local_rows[i : i + chunk])) for i in range(0, len(local_rows), chunk)
             ]
             features = gradient_features(
-                self.model, score_batches, self.coreset_config, self.state.global_step, gather=True
+                self.model, score_batches, self.coreset_config, self.state.global_step, gather=True,
+                optimizer=self.optimizer,  # read only by feature='full_adam' (the optimizer's Adam state)
             )  # [N, d]
         return features, (time.perf_counter() - start) * 1e3
 

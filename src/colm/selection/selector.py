@@ -67,7 +67,8 @@ class Selection:
             every row except: a facility-location medoid trains with its cluster size when
             ``config.weighted`` (the one method whose weights are a choice); a "pps" row with
             its Horvitz-Thompson weight scaled to mean 1 within its source (always: the weight
-            is part of that estimator). ``weighted`` changes nothing for the other methods.
+            is part of that estimator); an "nnls" row with its fitted weight, mean 1 within its
+            source (always: the weights are the method). ``weighted`` changes nothing for the other methods.
     """
 
     indices: Tensor

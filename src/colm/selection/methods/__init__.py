@@ -11,6 +11,8 @@ selector runs the one named by ``CoresetConfig.within_source`` on each large sou
   not a sample: they leave out the large-norm rows that dominate a gradient mean.
 - ``mean_match``: the ``b`` rows whose plain mean is closest to the pool mean of the features,
   which is what a training step on the coreset (uniform weights) actually needs.
+- ``nnls_match``: mean matching's rows with non-negative loss weights (summing to one) fitted by
+  least squares to the pool mean: the best weighted fit on that set (the ceiling lab arm).
 - ``cluster_sample``: facility-location clusters used as strata of a random sample.
 - ``pps_sample`` (``pps``): inclusion probability proportional to the feature norm, Horvitz-Thompson
   weights: unbiased for the pool sum with less variance than uniform picks when norms vary.

@@ -28,14 +28,17 @@ if TYPE_CHECKING:
 #:     ``n_q``); loss weight 1, or the cluster size when ``CoresetConfig.weighted``.
 #: "horvitz_thompson": ``Pick.weights`` are ``1 / pi``; scaled to sum to ``n_q`` as weights and
 #:     to mean 1 within the source as loss weights, whatever ``weighted`` says.
-WeightRule = Literal["sample", "cluster", "horvitz_thompson"]
-WEIGHT_RULES: tuple[WeightRule, ...] = ("sample", "cluster", "horvitz_thompson")
+#: "fitted": ``Pick.weights`` are loss weights the method fitted (e.g. NNLS); scaled the same way:
+#:     to sum to ``n_q`` as weights and to mean 1 within the source as loss weights.
+WeightRule = Literal["sample", "cluster", "horvitz_thompson", "fitted"]
+WEIGHT_RULES: tuple[WeightRule, ...] = ("sample", "cluster", "horvitz_thompson", "fitted")
 
 #: The docs' "loss weights" column for each rule.
 LOSS_WEIGHT_DOCS: dict[str, str] = {
     "sample": "1",
     "cluster": "1 (cluster sizes with `weighted=True`)",
     "horvitz_thompson": "1/π, scaled to mean 1 per source",
+    "fitted": "the fitted weights, scaled to mean 1 per source",
 }
 
 FillFunction = Callable[[Sequence["SourceTask"], Any], list["Pick"]]
@@ -148,4 +151,9 @@ register(Method(
     "balanced", True, f"{_HERE}.balanced:fill", "sample",
     "a random draw in which every row keeps the uniform inclusion probability `b_q / n_q`, "
     "balanced on the 4 leading principal components of the features (the cube method)",
+))
+register(Method(
+    "nnls", True, f"{_HERE}.nnls:fill", "fitted",
+    "mean matching's rows, each with a non-negative loss weight fitted so the weighted mean "
+    "matches the source's pool mean (least squares on the simplex; the ceiling arms)",
 ))

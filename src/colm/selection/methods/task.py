@@ -61,6 +61,6 @@ def weigh(rule: str, pick: Pick, n: int, b: int, weighted: bool, device: torch.d
     w = pick.weights.to(device)
     if rule == "cluster":  # cluster sizes, summing to n
         return w, w if weighted else torch.ones(b, dtype=torch.float32, device=device)
-    if rule == "horvitz_thompson":  # 1 / pi: sum n as weights, mean 1 as loss weights
+    if rule in ("horvitz_thompson", "fitted"):  # 1 / pi or fitted: sum n as weights, mean 1 as loss weights
         return w * (n / w.sum()), w * (b / w.sum())
     raise RuntimeError(f"unknown weight rule {rule!r}")
