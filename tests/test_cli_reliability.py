@@ -256,7 +256,8 @@ def saved_model(tmp_path_factory, cache_dir) -> Path:
 
 
 def test_model_and_tokenizer_that_do_not_belong_together_get_one_line(saved_model, tmp_path, capsys):
-    from trainer_helpers import VOCAB, tiny_llama
+    from tiny_models import VOCAB
+    from trainer_helpers import tiny_llama
 
     folder = tmp_path / "mismatched"
     shutil.copytree(saved_model, folder)

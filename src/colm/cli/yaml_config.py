@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import enum
 import json
+import types
 import typing
 import warnings
 from collections.abc import Iterator
@@ -183,8 +184,8 @@ def _dest_actions(parser: Any) -> dict[str, _Option]:
                 continue
             kind = hints.get(f.name, Any)
             args = [a for a in typing.get_args(kind) if a is not type(None)]
-            if typing.get_origin(kind) is typing.Union and len(args) == 1:
-                kind = args[0]  # Optional[X] -> X
+            if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1:
+                kind = args[0]  # Optional[X] or X | None -> X
             origin = typing.get_origin(kind)
             if origin is typing.Literal:
                 choices = typing.get_args(kind)
