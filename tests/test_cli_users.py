@@ -100,3 +100,15 @@ def test_a_chat_template_run_is_evaluated_in_its_chat_format(tmp_path, capsys):
                                "--max-examples-per-source", "2", "--output", tmp_path / "e.json", *flag)
         assert code == 0, err
         assert json.loads((tmp_path / "e.json").read_text())["use_chat_template"] is expected
+
+
+def test_a_cluster_that_never_reached_a_pool_has_share_zero_not_nan():
+    from colm.cli.report import pseudo_sources_markdown
+
+    summary = {"fitted": True, "k": 3, "rows": 30, "fitted_at_step": 2, "embed_s": 0.1, "kmeans_s": 0.1,
+               "small": [], "sizes": {"cluster_0": 20, "cluster_1": 9, "cluster_2": 1}}
+    shares = {"cluster_0": {"pool_share": 0.75, "selected_share": 0.5},
+              "cluster_1": {"pool_share": 0.25, "selected_share": 0.5}}
+    text = "\n".join(pseudo_sources_markdown(summary, shares))
+    row = next(line for line in text.splitlines() if line.startswith("| cluster_2"))
+    assert "nan" not in text and row.replace(" ", "").startswith("|cluster_2|1|0")

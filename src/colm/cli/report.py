@@ -151,8 +151,7 @@ def train_markdown(report: dict[str, Any]) -> str:
     for s in sorted(train_sizes, key=lambda s: -train_sizes[s]):
         row: list[Any] = [s, train_sizes[s]]
         if shares:
-            sh = shares.get(s, {})
-            row += [sh.get("pool_share", math.nan), sh.get("selected_share", math.nan)]
+            row += _shares_of(shares, s)
         if val:
             row.append(val["per_source"].get(s, math.nan))
         rows.append(row)
@@ -171,6 +170,15 @@ def train_markdown(report: dict[str, Any]) -> str:
               "- selections.jsonl: every step's pool and selected examples (with selection on)",
               "- report.json: this report, machine-readable", ""]
     return "\n".join(lines)
+
+
+def _shares_of(shares: dict[str, Any], source: str) -> list[float]:
+    """[pool share, selected share] of `source` over the run's selections: 0 for a source (or
+    cluster) that never reached a pool, since the shares are over every pool that was drawn."""
+    sh = shares.get(source)
+    if sh is None:
+        return [0.0, 0.0] if shares else [math.nan, math.nan]
+    return [sh.get("pool_share", math.nan), sh.get("selected_share", math.nan)]
 
 
 def pseudo_sources_markdown(summary: dict[str, Any] | None, shares: dict[str, Any]) -> list[str]:
@@ -192,8 +200,7 @@ def pseudo_sources_markdown(summary: dict[str, Any] | None, shares: dict[str, An
     headers = ["cluster", "rows", "pool share", "selected share"] + (["largest sources"] if per_cluster else [])
     rows = []
     for name, size in summary["sizes"].items():
-        sh = shares.get(name, {})
-        row: list[Any] = [name, size, sh.get("pool_share", math.nan), sh.get("selected_share", math.nan)]
+        row: list[Any] = [name, size, *_shares_of(shares, name)]
         if per_cluster:
             top = list(per_cluster.get(name, {}).items())[:3]
             row.append(", ".join(f"{src} {n}" for src, n in top))
