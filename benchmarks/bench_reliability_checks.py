@@ -20,24 +20,14 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import DataCollatorForSeq2Seq, TrainerCallback, TrainingArguments
+from bench_trainer_overhead import StepTimer  # the script's folder is on sys.path
+from transformers import DataCollatorForSeq2Seq, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 import colm.integrations.trainer as trainer_module
 from colm import CoresetConfig, CoresetTrainer
 from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
 from colm.models.default import default_model, default_tokenizer
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.ends: list[float] = []
-
-    def on_train_begin(self, *a, **k):
-        self.ends.append(time.perf_counter())
-
-    def on_step_end(self, *a, **k):
-        self.ends.append(time.perf_counter())
 
 
 def run_arm(check: bool, data, tokenizer, args) -> list[float]:
@@ -64,7 +54,7 @@ def run_arm(check: bool, data, tokenizer, args) -> list[float]:
             trainer.train()
     finally:
         trainer_module.check_finite = real
-    steps = [b - a for a, b in zip(timer.ends, timer.ends[1:])]
+    steps = timer.step_times(0)
     return steps[2:]  # the first steps warm up
 
 

@@ -22,23 +22,7 @@ MICRO = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The CPUs are shared: with other work running, two spinning OpenMP threads made steps of these
-    # tiny models up to 7x slower than one thread (the console script avoids it with
-    # OMP_WAIT_POLICY=PASSIVE, which is too late to set once pytest has imported torch).
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def offline_env(monkeypatch, cache_dir):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("COLM_CACHE", str(cache_dir))
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "offline_env")  # tests/conftest.py
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -19,20 +19,7 @@ PROBLEMS = {
 SIZES = {"addition": 40, "product": 14, "riddle": 6}  # an imbalanced mixture, not the shipped one
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def offline_env(monkeypatch, cache_dir):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("COLM_CACHE", str(cache_dir))
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "offline_env")  # tests/conftest.py
 
 
 def user_folder(root: Path) -> Path:
