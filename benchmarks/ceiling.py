@@ -53,13 +53,12 @@ QUALITY_RUNS = Path(__file__).resolve().parent / "results" / "quality_runs.json"
 LOSSES = {"val_loss_mean": "mean over sources", "val_loss_natural": "natural mixture"}
 
 
-def training_shares() -> dict[str, float]:
-    """Each source's share of the training rows (the natural mixture's weights)."""
-    from colm.data import default_mixture_dir, load_mixture
-
-    counts = Counter(str(s) for s in load_mixture(default_mixture_dir(), split="train")["source"])
+def training_shares(max_length: int) -> dict[str, float]:
+    """Each source's share of the rows the arms train on (the natural mixture's weights): the
+    same weights as colm compare and quality.py (the train split after tokenizing)."""
+    counts = quality.training_rows(max_length)
     total = sum(counts.values())
-    return {k: v / total for k, v in sorted(counts.items())}
+    return {k: v / total for k, v in counts.items()}
 
 
 def natural_loss(per_source: dict[str, float], shares: dict[str, float]) -> float:
@@ -72,6 +71,15 @@ def natural_loss(per_source: dict[str, float], shares: dict[str, float]) -> floa
 
 def _settings(args) -> dict[str, Any]:
     return {"steps": args.steps, "batch": args.batch, "lr": args.lr, "model_size": args.model_size}
+
+
+def _run(name: str, ga: int, overrides: dict[str, Any] | None, seed: int, args, tokenizer, train, evald) -> dict[str, Any]:
+    """One arm x seed through colm compare's harness, in quality.py's lab (the same code path)."""
+    from colm.compare.arms import Arm
+    from colm.compare.run import run_arm
+
+    lab = quality.make_lab(_settings(args), tokenizer, train, evald)
+    return run_arm(Arm(name, accumulation=ga, coreset=overrides), seed, lab, args.steps)
 
 
 def _data(args):
@@ -92,7 +100,7 @@ def check_control(arm: str, args) -> None:
     stored = next(r for r in json.loads(QUALITY_RUNS.read_text())["runs"] if r["arm"] == arm and r["seed"] == 0)
     tokenizer, train, evald = _data(args)
     ga, overrides = quality.MAIN_ARMS.get(arm) or quality.CANDIDATES[arm]
-    row = quality.run_arm(arm, ga, overrides, 0, _settings(args), tokenizer, train, evald)
+    row = _run(arm, ga, overrides, 0, args, tokenizer, train, evald)
     diffs = {k: abs(row["per_source"][k] - stored["per_source"][k]) for k in stored["per_source"]}
     print(json.dumps({"arm": arm, "seed": 0, "stored_val_loss_mean": stored["val_loss_mean"],
                       "rerun_val_loss_mean": row["val_loss_mean"], "exact": row["per_source"] == stored["per_source"],
@@ -155,6 +163,19 @@ def _fraction(num: float, den: float, n: int) -> str:
     return "—" if n == 0 or den == 0 else f"{100 * num / den:.0f}% ({n})"
 
 
+def paired(runs: list[dict[str, Any]], arm: str, base: str, key: str) -> dict[str, float] | None:
+    """Seed-paired ``arm - base`` on ``key`` (colm.compare.stats), or None below 2 common seeds."""
+    from colm.compare.stats import IntervalError, paired_difference
+
+    def by_seed(name: str) -> dict[int, float]:
+        return {r["seed"]: r[key] for r in runs if r["arm"] == name}
+
+    try:
+        return paired_difference(by_seed(arm), by_seed(base)).as_dict()
+    except IntervalError:
+        return None
+
+
 def summarize(runs: list[dict[str, Any]], shares: dict[str, float]) -> str:
     """Markdown: per arm and loss, mean ± sd, paired differences vs the stratified control and
     vs random 2b, and the fraction of the random b -> random 2b gap recovered, computed on the
@@ -171,8 +192,8 @@ def summarize(runs: list[dict[str, Any]], shares: dict[str, float]) -> str:
                 "| arm | seeds | loss | minus stratified (paired, 95% CI, n) | minus random 2b (paired, 95% CI, n) "
                 "| gap random b -> random 2b recovered (seeds) |", "|---|---:|---|---|---|---:|"]
         for arm, rs in arms.items():
-            vs_strat = None if arm == "stratified_b_of_2b" else quality.paired(runs, arm, "stratified_b_of_2b", key)
-            vs_2b = None if arm == "random_2b" else quality.paired(runs, arm, "random_2b", key)
+            vs_strat = None if arm == "stratified_b_of_2b" else paired(runs, arm, "stratified_b_of_2b", key)
+            vs_2b = None if arm == "random_2b" else paired(runs, arm, "random_2b", key)
             (rb, r2b, a), n = _on_common_seeds(runs, ["random_b", "random_2b", arm], key)
             out.append(f"| {arm} | {len(rs)} | {_stats([r[key] for r in rs])} | {_interval(vs_strat)} "
                        f"| {_interval(vs_2b)} | {_fraction(rb - a, rb - r2b, n)} |")
@@ -221,7 +242,7 @@ def main() -> None:
         if differ:
             ap.error(f"the ceiling runs and quality_runs.json differ in {differ}")
         controls = [r for r in stored["runs"] if r["arm"] in CONTROLS]
-        print(summarize(controls + mine["runs"], training_shares()))
+        print(summarize(controls + mine["runs"], training_shares(args.max_length)))
         return
     names = [n for n in args.arms.split(",") if n]
     unknown = [n for n in names if n not in ARMS]
@@ -237,7 +258,7 @@ def main() -> None:
             if (name, seed) in done:
                 continue
             ga, overrides = ARMS[name]
-            row = quality.run_arm(name, ga, overrides, seed, _settings(args), tokenizer, train, evald)
+            row = _run(name, ga, overrides, seed, args, tokenizer, train, evald)
             row["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             print(json.dumps({k: v for k, v in row.items() if k not in ("per_source", "coreset")}), flush=True)
             # Re-read before appending: a second process may write other arms to the same file.
