@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import MICRO, assert_usage_error, offline_env, one_torch_thread, run_cli, write_jsonl  # noqa: F401  (autouse fixtures, shared)
+from test_cli import MICRO, assert_usage_error, run_cli, write_jsonl
 
 from colm.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "offline_env")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_cli import (  # noqa: F401  (autouse fixtures, shared)
-    assert_usage_error,
-    offline_env,
-    one_torch_thread,
-    run_cli,
-    write_jsonl,
-)
+from test_cli import assert_usage_error, run_cli, write_jsonl
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "offline_env")  # tests/conftest.py
 
 # The reproduction: a 44-row, 3-source file, the tiny default model.
 R = ["--max-length", "48", "--per-device-train-batch-size", "2", "--save-steps", "2", "--disable-tqdm", "true"]

@@ -13,11 +13,7 @@ from colm.cli.args import DataArguments
 from colm.cli.train import parse
 from colm.data import DataError
 
-
-@pytest.fixture(autouse=True)
-def offline_env(monkeypatch, cache_dir):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("COLM_CACHE", str(cache_dir))
+pytestmark = pytest.mark.usefixtures("offline_env")  # tests/conftest.py
 
 
 def test_report_to_takes_several_values_and_a_yaml_list(tmp_path):
