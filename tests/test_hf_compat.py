@@ -24,6 +24,7 @@ PARAMETERS = {
     "_prepare_inputs": ["inputs"],
     "_get_num_items_in_batch": ["batch_samples", "device"],
     "_save_rng_state": ["output_dir"],
+    "_maybe_log_save_evaluate": ["tr_loss", "grad_norm"],
     "get_batch_samples": ["epoch_iterator", "num_batches", "device"],
     "training_step": ["model", "inputs", "num_items_in_batch"],
     "compute_loss": ["model", "inputs", "return_outputs", "num_items_in_batch"],

@@ -38,6 +38,8 @@ PRIVATE_MEMBERS: dict[str, str] = {
     "_get_num_items_in_batch": "counts the coreset's supervised tokens for num_items_in_batch, as the Trainer counts"
                                " a batch",
     "_save_rng_state": "overridden: runs inside every checkpoint save, before trainer_state.json marks it complete",
+    "_maybe_log_save_evaluate": "overridden: called after every optimizer step with the running loss and the"
+                                " gradient norm, before the Trainer logs or saves",
 }
 #: Public but loop-internal members the re-implemented rules read (checked by the same test).
 LOOP_MEMBERS: dict[str, str] = {
@@ -143,7 +145,7 @@ def keep_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class PrivateOverrides:
-    """The three private `transformers.Trainer` methods colm overrides, each handing over to a
+    """The four private `transformers.Trainer` methods colm overrides, each handing over to a
     colm method or attribute of the mixin. A base of `CoresetTrainerMixin`, so it sits ahead of
     the Trainer."""
 
@@ -163,6 +165,12 @@ class PrivateOverrides:
         if description == POOL_LOADER:
             return keep_rows
         return super()._get_collator_with_removed_columns(data_collator, description)  # type: ignore[misc]
+
+    def _maybe_log_save_evaluate(self, tr_loss: Any, grad_norm: Any, *args: Any, **kwargs: Any) -> None:
+        # Relies on: Trainer's loop calling this after every optimizer step with (tr_loss,
+        # grad_norm, ...), with self.control telling whether it will log or save.
+        self._check_before_log_or_save(tr_loss, grad_norm)  # type: ignore[attr-defined]
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)  # type: ignore[misc]
 
     def _save_rng_state(self, output_dir: str) -> None:
         # Relies on: Trainer._save_checkpoint calling this for every checkpoint, before

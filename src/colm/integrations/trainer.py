@@ -494,12 +494,11 @@ class CoresetTrainerMixin(PrivateOverrides):
             self._coreset_log_count = 0
         super().log(logs, *args, **kwargs)
 
-    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args: Any, **kwargs: Any) -> None:
+    def _check_before_log_or_save(self, tr_loss: Any, grad_norm: Any) -> None:
         # Only where the Trainer reads these numbers anyway (a log) or is about to save: no
         # per-step sync, and no checkpoint of NaN weights (colm.integrations.non_finite).
         if self.control.should_log or self.control.should_save:
             check_finite(self.state.global_step, tr_loss, grad_norm)
-        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _save_coreset_state(self, output_dir: str) -> None:
