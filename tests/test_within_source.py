@@ -153,3 +153,22 @@ def test_balanced_sample_edge_cases():
     assert balanced_sample(same, 3, selection_generator(0, 1, 0)).numel() == 3
     with pytest.raises(ValueError, match="budget"):
         balanced_sample(x, 7, selection_generator(0, 0, 0))
+
+
+def test_balanced_step_direction_depends_on_the_equations_only():
+    # The cube method's step direction must not depend on which basis of the null space the
+    # LAPACK kernel returns (it differed between two CPUs of the same machine kind and changed
+    # the picks): any basis of the same balancing equations, i.e. a @ r for an invertible r,
+    # gives the same direction, and the direction solves the equations.
+    from colm.selection.methods.balanced import _null_direction
+
+    g = torch.Generator().manual_seed(3)
+    for m, p in ((12, 5), (9, 1), (30, 8)):
+        a = torch.randn(m, p, generator=g, dtype=torch.float64)
+        r = torch.randn(p, p, generator=g, dtype=torch.float64) + 3 * torch.eye(p, dtype=torch.float64)
+        u, u_other_basis = _null_direction(a), _null_direction(a @ r)
+        assert u is not None and u_other_basis is not None
+        assert torch.allclose(a.T @ u, torch.zeros(p, dtype=torch.float64), atol=1e-10)
+        assert torch.allclose(u, u_other_basis, atol=1e-9), (m, p)
+        assert abs(float(u.norm()) - 1) < 1e-12
+    assert _null_direction(torch.randn(4, 6, generator=g, dtype=torch.float64)) is None  # m <= rank

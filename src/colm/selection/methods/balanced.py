@@ -84,13 +84,25 @@ def balanced_sample(x: Tensor, b: int, generator: torch.Generator, components: i
 
 def _null_direction(a: Tensor) -> Tensor | None:
     """A unit vector ``u`` ``[m]`` with ``a.T @ u = 0`` for ``a`` ``[m, p]``, or None when the
-    only solution is 0 (m <= rank(a))."""
+    only solution is 0 (m <= rank(a)).
+
+    Any such ``u`` keeps the draw unbiased, but it must not depend on the LAPACK kernel: a basis
+    of the null space (what a full SVD returns) is the kernel's choice and differed between two
+    CPUs of the same machine kind, changing the picks. Its projector ``I - q q^T`` (``q`` an
+    orthonormal basis of ``a``'s columns) is unique, so ``u`` is the projection of the first
+    coordinate axis with a part outside ``a``'s columns: the same on every machine up to rounding.
+    """
     m = a.shape[0]
-    _, sv, vh = torch.linalg.svd(a.T, full_matrices=True)  # a.T: [p, m]; vh: [m, m]
+    q, sv, _ = torch.linalg.svd(a, full_matrices=False)  # q: [m, min(m, p)]
     rank = int((sv > sv.max() * 1e-10).sum()) if sv.numel() else 0
     if rank >= m:
         return None
-    return vh[rank]  # orthogonal to every row of a.T
+    q = q[:, :rank]  # [m, r]
+    outside = 1 - (q * q).sum(dim=1)  # [m]: ||(I - q q^T) e_i||^2, summing to m - r >= 1
+    i = int(torch.nonzero(outside > 1e-6)[0])
+    u = -(q @ q[i])  # [m]: (I - q q^T) e_i
+    u[i] += 1
+    return u / u.norm()
 
 
 def fill(tasks: Sequence[SourceTask], config: CoresetConfig) -> list[Pick]:
