@@ -12,9 +12,9 @@ optimizer's Adam space (``feature="full_adam"``, colm.features.full), then
 
 Everything else is benchmarks/quality.py's protocol and code path (``run_arm``: the embedded
 default model, the shipped math mixture, 100 steps, b = 16, pool 2b, same seeds), so the
-controls (random_b, random_2b, stratified_b_of_2b, mean_match_pool) come from
-benchmarks/results/quality_runs.json; ``--check-control ARM`` reruns one of them on seed 0 and
-prints how far it lands from the stored run.
+controls (random_b, random_2b, stratified_b_of_2b, mean_match_pool) are its stored runs (the
+files of CONTROL_FILES); ``--check-control ARM`` reruns one of them on seed 0 and prints how far
+it lands from each stored copy.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/ceiling.py \\
         --arms ceiling_nnls_small,ceiling_nnls_none --seeds 0,1,2,3,4,5,6,7,8,9 \\
@@ -49,7 +49,14 @@ ARMS: dict[str, tuple[int, dict[str, Any]]] = {
     "ceiling_nnls_none": (1, {**FULL, "within_source": "nnls", "small_sources": "none"}),
 }
 CONTROLS = ("random_b", "random_2b", "stratified_b_of_2b", "mean_match_pool")
-QUALITY_RUNS = Path(__file__).resolve().parent / "results" / "quality_runs.json"
+RESULTS = Path(__file__).resolve().parent / "results"
+QUALITY_RUNS = RESULTS / "quality_runs.json"
+# random b's seeds 5-9 ran later, with the same protocol, into their own files (docs/benchmarks.md).
+CONTROL_FILES = (QUALITY_RUNS, *(RESULTS / f"quality_random_b_more_{part}_runs.json" for part in "abc"))
+# random b's seeds 0-4 rerun on another machine of the same kind: not used in the tables, kept to
+# show how far a control moves between machines (--check-control compares against it too).
+OTHER_MACHINE_RUNS = RESULTS / "quality_random_b_rerun_runs.json"
+SAME_PROTOCOL = ("steps", "batch", "lr", "max_length", "model_size", "eval_per_source")
 LOSSES = {"val_loss_mean": "mean over sources", "val_loss_natural": "natural mixture"}
 
 
@@ -95,16 +102,37 @@ def _data(args):
     return tokenizer, train, evald
 
 
+def stored_controls(settings: dict[str, Any], fail) -> list[dict[str, Any]]:
+    """The control runs of every file in CONTROL_FILES, each file checked to share the ceiling
+    runs' protocol, and no (arm, seed) stored twice."""
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in CONTROL_FILES:
+        stored = json.loads(path.read_text())
+        differ = [k for k in SAME_PROTOCOL if stored["settings"].get(k) != settings.get(k)]
+        if differ:
+            fail(f"{path.name} and the ceiling runs differ in {differ}")
+        for r in stored["runs"]:
+            if r["arm"] not in CONTROLS:
+                continue
+            if (r["arm"], r["seed"]) in runs:
+                fail(f"{path.name}: {r['arm']} seed {r['seed']} is stored twice")
+            runs[(r["arm"], r["seed"])] = r
+    return list(runs.values())
+
+
 def check_control(arm: str, args) -> None:
-    """Rerun a stored control on seed 0 and print its distance to quality_runs.json."""
-    stored = next(r for r in json.loads(QUALITY_RUNS.read_text())["runs"] if r["arm"] == arm and r["seed"] == 0)
+    """Rerun a stored control on seed 0 and print its distance to every stored copy of it (the
+    one in CONTROL_FILES, which --summarize uses, and the other machine's, if any)."""
+    copies = [(path.name, r) for path in (*CONTROL_FILES, OTHER_MACHINE_RUNS)
+              for r in json.loads(path.read_text())["runs"] if r["arm"] == arm and r["seed"] == 0]
     tokenizer, train, evald = _data(args)
     ga, overrides = quality.MAIN_ARMS.get(arm) or quality.CANDIDATES[arm]
     row = _run(arm, ga, overrides, 0, args, tokenizer, train, evald)
-    diffs = {k: abs(row["per_source"][k] - stored["per_source"][k]) for k in stored["per_source"]}
-    print(json.dumps({"arm": arm, "seed": 0, "stored_val_loss_mean": stored["val_loss_mean"],
-                      "rerun_val_loss_mean": row["val_loss_mean"], "exact": row["per_source"] == stored["per_source"],
-                      "max_abs_diff_per_source": max(diffs.values()), "step_s": row["step_s"]}))
+    for name, stored in copies:
+        diffs = {k: abs(row["per_source"][k] - stored["per_source"][k]) for k in stored["per_source"]}
+        print(json.dumps({"arm": arm, "seed": 0, "stored_in": name, "stored_val_loss_mean": stored["val_loss_mean"],
+                          "rerun_val_loss_mean": row["val_loss_mean"], "exact": row["per_source"] == stored["per_source"],
+                          "max_abs_diff_per_source": max(diffs.values()), "step_s": row["step_s"]}))
 
 
 def match_errors(args, pools: int = 5) -> None:
@@ -179,7 +207,7 @@ def paired(runs: list[dict[str, Any]], arm: str, base: str, key: str) -> dict[st
 def summarize(runs: list[dict[str, Any]], shares: dict[str, float]) -> str:
     """Markdown: per arm and loss, mean ± sd, paired differences vs the stratified control and
     vs random 2b, and the fraction of the random b -> random 2b gap recovered, computed on the
-    seeds the arm, random b and random 2b share (random b has seeds 0-4 in quality_runs.json),
+    seeds the arm, random b and random 2b share,
     so every fraction compares the same seeds."""
     for r in runs:
         r["val_loss_natural"] = natural_loss(r["per_source"], shares)
@@ -235,13 +263,8 @@ def main() -> None:
         check_control(args.check_control, args)
         return
     if args.summarize:
-        stored = json.loads(QUALITY_RUNS.read_text())
-        same = ("steps", "batch", "lr", "max_length", "model_size", "eval_per_source")
         mine = json.loads(args.out.read_text())
-        differ = [k for k in same if stored["settings"].get(k) != mine["settings"].get(k)]
-        if differ:
-            ap.error(f"the ceiling runs and quality_runs.json differ in {differ}")
-        controls = [r for r in stored["runs"] if r["arm"] in CONTROLS]
+        controls = stored_controls(mine["settings"], ap.error)
         print(summarize(controls + mine["runs"], training_shares(args.max_length)))
         return
     names = [n for n in args.arms.split(",") if n]
