@@ -94,7 +94,9 @@ def test_kv_cache_control_would_be_detected() -> None:
     (name, param), = find_target_parameters(model).items()
     replay = LastLayerReplay(model)
     replay.capture(batch)
-    replay._kwargs = {**replay._kwargs, "cache": DynamicCache(config=model.config), "use_cache": True}
+    # The layer's cache argument is `cache` in transformers 5.25, `past_key_values` in 5.20.
+    key = next(k for k in ("cache", "past_key_values") if k in replay._kwargs)
+    replay._kwargs = {**replay._kwargs, key: DynamicCache(config=model.config), "use_cache": True}
     replay.losses()  # fills the cache with unperturbed keys/values
     value = param.detach() + 0.5 * torch.randn(param.shape, generator=torch.Generator().manual_seed(5))
     with applied(param, value):

@@ -119,8 +119,13 @@ def read_wheel(path: Path) -> Wheel:
 
 def project_requirements() -> list[Requirement]:
     """colm's own runtime dependencies (pyproject.toml), which the device must also meet."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the installed colm's metadata lists the same ones
+        from importlib.metadata import requires
 
+        specs = [Requirement(r) for r in requires("colm") or []]
+        return [r for r in specs if r.marker is None or "extra" not in str(r.marker)]
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     return [Requirement(r) for r in data["project"]["dependencies"]]
 

@@ -10,8 +10,9 @@ Renamed fields (old names accepted with a FutureWarning until colm 0.3): ``seed`
 (peft's ``LoraConfig.target_modules`` names the modules LoRA adapts).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: with string annotations, typing.get_type_hints
+# (which HfArgumentParser and the CLI call on this class) fails on Python 3.10 at the InitVar
+# fields below; evaluated annotations work on every supported version.
 import dataclasses
 import warnings
 from collections.abc import Sequence
@@ -285,7 +286,7 @@ class CoresetConfig:
         it to the training seed first, see ``with_training_seed``)."""
         return 0 if self.selection_seed is None else self.selection_seed
 
-    def with_training_seed(self, seed: int) -> CoresetConfig:
+    def with_training_seed(self, seed: int) -> "CoresetConfig":
         """This config with ``selection_seed`` defaulted to the training seed ``seed`` (itself
         when ``selection_seed`` is already set)."""
         if self.selection_seed is not None:
@@ -297,7 +298,7 @@ class CoresetConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CoresetConfig:
+    def from_dict(cls, data: dict[str, Any]) -> "CoresetConfig":
         """The config a ``to_dict`` output (or a checkpoint's saved config, old field names
         included) describes."""
         known = {f.name for f in fields(cls)}
