@@ -12,7 +12,7 @@ optimizer's Adam space (``feature="full_adam"``, colm.features.full), then
 
 Everything else is benchmarks/quality.py's protocol and code path (``run_arm``: the embedded
 default model, the shipped math mixture, 100 steps, b = 16, pool 2b, same seeds), so the
-controls (random_b, random_2b, stratified_b_of_2b, mean_match_pool) are its stored runs (the
+controls (random_b, random_2b, stratified_b_of_2b, reweighted, mean_match_pool) are its stored runs (the
 files of CONTROL_FILES); ``--check-control ARM`` reruns one of them on seed 0 and prints how far
 it lands from each stored copy.
 
@@ -48,11 +48,15 @@ ARMS: dict[str, tuple[int, dict[str, Any]]] = {
     "ceiling_nnls_small": (1, {**FULL, "within_source": "nnls"}),
     "ceiling_nnls_none": (1, {**FULL, "within_source": "nnls", "small_sources": "none"}),
 }
-CONTROLS = ("random_b", "random_2b", "stratified_b_of_2b", "mean_match_pool")
+# The cheapest explanations of a ceiling arm's effect: random b and 2b, random fill with small
+# sources whole (stratified), a plain batch re-weighted to its source mix (no pool), and the
+# last-layer features the ceiling is measured against.
+CONTROLS = ("random_b", "random_2b", "stratified_b_of_2b", "reweighted", "mean_match_pool")
 RESULTS = Path(__file__).resolve().parent / "results"
 QUALITY_RUNS = RESULTS / "quality_runs.json"
 # random b's seeds 5-9 ran later, with the same protocol, into their own files (docs/benchmarks.md).
-CONTROL_FILES = (QUALITY_RUNS, *(RESULTS / f"quality_random_b_more_{part}_runs.json" for part in "abc"))
+CONTROL_FILES = (QUALITY_RUNS, RESULTS / "quality_reweighted_runs.json",
+                 *(RESULTS / f"quality_random_b_more_{part}_runs.json" for part in "abc"))
 # random b's seeds 0-4 rerun on another machine of the same kind: not used in the tables, kept to
 # show how far a control moves between machines (--check-control compares against it too).
 OTHER_MACHINE_RUNS = RESULTS / "quality_random_b_rerun_runs.json"
@@ -80,13 +84,13 @@ def _settings(args) -> dict[str, Any]:
     return {"steps": args.steps, "batch": args.batch, "lr": args.lr, "model_size": args.model_size}
 
 
-def _run(name: str, ga: int, overrides: dict[str, Any] | None, seed: int, args, tokenizer, train, evald) -> dict[str, Any]:
-    """One arm x seed through colm compare's harness, in quality.py's lab (the same code path)."""
-    from colm.compare.arms import Arm
+def _run(arm, seed: int, args, tokenizer, train, evald) -> dict[str, Any]:
+    """One arm (a colm.compare.arms.Arm) x seed through colm compare's harness, in quality.py's
+    lab (the same code path)."""
     from colm.compare.run import run_arm
 
     lab = quality.make_lab(_settings(args), tokenizer, train, evald)
-    return run_arm(Arm(name, accumulation=ga, coreset=overrides), seed, lab, args.steps)
+    return run_arm(arm, seed, lab, args.steps)
 
 
 def _data(args):
@@ -126,8 +130,7 @@ def check_control(arm: str, args) -> None:
     copies = [(path.name, r) for path in (*CONTROL_FILES, OTHER_MACHINE_RUNS)
               for r in json.loads(path.read_text())["runs"] if r["arm"] == arm and r["seed"] == 0]
     tokenizer, train, evald = _data(args)
-    ga, overrides = quality.MAIN_ARMS.get(arm) or quality.CANDIDATES[arm]
-    row = _run(arm, ga, overrides, 0, args, tokenizer, train, evald)
+    row = _run(quality.lab_arm(arm), 0, args, tokenizer, train, evald)
     for name, stored in copies:
         diffs = {k: abs(row["per_source"][k] - stored["per_source"][k]) for k in stored["per_source"]}
         print(json.dumps({"arm": arm, "seed": 0, "stored_in": name, "stored_val_loss_mean": stored["val_loss_mean"],
@@ -205,8 +208,8 @@ def paired(runs: list[dict[str, Any]], arm: str, base: str, key: str) -> dict[st
 
 
 def summarize(runs: list[dict[str, Any]], shares: dict[str, float]) -> str:
-    """Markdown: per arm and loss, mean ± sd, paired differences vs the stratified control and
-    vs random 2b, and the fraction of the random b -> random 2b gap recovered, computed on the
+    """Markdown: per arm and loss, mean ± sd, paired differences vs the stratified control, vs
+    the re-weighting control (no pool) and vs random 2b, and the fraction of the random b -> random 2b gap recovered, computed on the
     seeds the arm, random b and random 2b share,
     so every fraction compares the same seeds."""
     for r in runs:
@@ -217,14 +220,16 @@ def summarize(runs: list[dict[str, Any]], shares: dict[str, float]) -> str:
     out = []
     for key, label in LOSSES.items():
         out += [f"\n**{label}**\n",
-                "| arm | seeds | loss | minus stratified (paired, 95% CI, n) | minus random 2b (paired, 95% CI, n) "
-                "| gap random b -> random 2b recovered (seeds) |", "|---|---:|---|---|---|---:|"]
+                "| arm | seeds | loss | minus stratified (paired, 95% CI, n) | minus reweighted (paired, 95% CI, n) "
+                "| minus random 2b (paired, 95% CI, n) | gap random b -> random 2b recovered (seeds) |",
+                "|---|---:|---|---|---|---|---:|"]
         for arm, rs in arms.items():
             vs_strat = None if arm == "stratified_b_of_2b" else paired(runs, arm, "stratified_b_of_2b", key)
+            vs_rw = None if arm == "reweighted" else paired(runs, arm, "reweighted", key)
             vs_2b = None if arm == "random_2b" else paired(runs, arm, "random_2b", key)
             (rb, r2b, a), n = _on_common_seeds(runs, ["random_b", "random_2b", arm], key)
             out.append(f"| {arm} | {len(rs)} | {_stats([r[key] for r in rs])} | {_interval(vs_strat)} "
-                       f"| {_interval(vs_2b)} | {_fraction(rb - a, rb - r2b, n)} |")
+                       f"| {_interval(vs_rw)} | {_interval(vs_2b)} | {_fraction(rb - a, rb - r2b, n)} |")
         for ceiling in [a for a in arms if a.startswith("ceiling_")]:
             (st, mm, ce), n = _on_common_seeds(runs, ["stratified_b_of_2b", "mean_match_pool", ceiling], key)
             out.append(f"\n{ceiling} vs the stratified control on the {n} seeds both have with mean_match_pool: "
@@ -281,7 +286,8 @@ def main() -> None:
             if (name, seed) in done:
                 continue
             ga, overrides = ARMS[name]
-            row = _run(name, ga, overrides, seed, args, tokenizer, train, evald)
+            arm = quality.Arm(name, accumulation=ga, coreset=overrides)
+            row = _run(arm, seed, args, tokenizer, train, evald)
             row["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             print(json.dumps({k: v for k, v in row.items() if k not in ("per_source", "coreset")}), flush=True)
             # Re-read before appending: a second process may write other arms to the same file.
