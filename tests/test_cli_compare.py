@@ -121,6 +121,7 @@ def test_an_interrupted_compare_resumes_to_the_same_numbers(tmp_path, capsys, mo
     (["--arms", "plain,stratified", "--seeds", "0"], ["the interval needs >= 2 seeds"]),
     (["--arms", "stratified:pool_factor=0"], ["pool_factor"]),
     (["--seeds", "0,x"], ["--seeds"]),
+    (["--exact-match-per-source", "-1"], ["--exact-match-per-source", ">= 0"]),
 ])
 def test_bad_compare_input_is_one_line_exit_2_and_no_folder(extra, needles, tmp_path, capsys):
     data = user_folder(tmp_path / "my_data")
@@ -173,3 +174,35 @@ def test_compute_budget_calibrates_the_scoring_arm_and_gives_it_the_steps_that_f
     plan = json.loads((out / "report.json").read_text())["plan"]
     assert all(p["units"] <= plan["stratified"]["units"] + 1e-9 for p in plan.values())
     assert "calibrating the scoring cost" in stdout and "training-row equivalents" in (out / "report.md").read_text()
+
+
+def test_exact_match_rows_take_the_first_numeric_answers_of_every_source():
+    import datasets
+
+    from colm.compare.run import exact_match_rows
+
+    raw = datasets.Dataset.from_dict({
+        "source": ["a", "a", "a", "b", "b", "a"],
+        "prompt": ["p"] * 6,
+        "response": ["x. The answer is 1,200.", "The answer is (C).", "The answer is 3.5", "The answer is -2",
+                     "no answer here", "The answer is 4"],
+    })
+    picked = exact_match_rows(raw, 2)
+    assert list(picked["response"]) == ["x. The answer is 1,200.", "The answer is 3.5", "The answer is -2"]
+
+
+def test_compare_scores_exact_match_when_asked(tmp_path, capsys):
+    data = user_folder(tmp_path / "my_data")
+    out = tmp_path / "cmp"
+    code, stdout, err = run_cli(capsys, "compare", "--data", data, "--arms", "plain,stratified", "--seeds", "0,1",
+                                *MICRO, "--exact-match-per-source", "2", "--exact-match-max-new-tokens", "4",
+                                "--output-dir", out)
+    assert code == 0, err
+    runs = json.loads((out / "report.json").read_text())["runs"]
+    for r in runs:
+        assert r["exact_match"]["n"] == {"addition": 2, "product": 2, "riddle": 2}
+        assert 0.0 <= r["exact_match"]["overall"] <= 1.0
+    assert "## Exact match" in (out / "report.md").read_text()
+    assert "exact match" in stdout
+    header = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert header["settings"]["exact_match"] == {"per_source": 2, "max_new_tokens": 4}

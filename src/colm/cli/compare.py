@@ -42,6 +42,12 @@ def build_parser():
     g.add_argument("--budget", default="steps", choices=["steps", "compute"],
                    help="steps: every arm --max-steps; compute: the baseline --max-steps, every other arm the "
                         "steps whose compute (training rows + scoring rows x measured cost ratio) fits the same total")
+    g.add_argument("--exact-match-per-source", type=int, default=0, metavar="N",
+                   help="after training, greedy-decode the first N validation rows of every source whose "
+                        "reference ends in a numeric answer ('The answer is 72') and report exact match "
+                        "per source (0: off; prompt/response data only)")
+    g.add_argument("--exact-match-max-new-tokens", type=int, default=96, metavar="N",
+                   help="tokens generated per question for --exact-match-per-source")
     g.add_argument("--no-intervals", action="store_true",
                    help="report means only (allows a single seed: the interval needs >= 2 seeds)")
     parser.set_defaults(output_dir="runs/compare", save_strategy="no")
@@ -79,15 +85,21 @@ def parse(argv: Sequence[str]):
                          "give two or more, or --no-intervals")
     if targs.max_steps < 1:
         raise UsageError(f"--max-steps: colm compare trains a fixed number of steps per arm; got {targs.max_steps}")
+    if extra.exact_match_per_source < 0:
+        raise UsageError(f"--exact-match-per-source: expected an integer >= 0, got {extra.exact_match_per_source}")
+    if extra.exact_match_max_new_tokens < 1:
+        raise UsageError(f"--exact-match-max-new-tokens: expected an integer >= 1, "
+                         f"got {extra.exact_match_max_new_tokens}")
+    exact = (extra.exact_match_per_source, extra.exact_match_max_new_tokens)
     from colm.config import CoresetConfig
 
-    return model_args, data_args, targs, base or CoresetConfig(), arms, seeds, baseline, extra.budget, intervals
+    return model_args, data_args, targs, base or CoresetConfig(), arms, seeds, baseline, extra.budget, intervals, exact
 
 
 def run(argv: Sequence[str]) -> int:
     from colm.cli.settings import check_train_settings
 
-    model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals = parse(argv)
+    model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, exact = parse(argv)
     check_train_settings(model_args, data_args, targs)
     for arm in arms:  # every arm's config is valid before anything loads
         try:
@@ -100,14 +112,16 @@ def run(argv: Sequence[str]) -> int:
     with OutputDirLock(out, "--output-dir", "colm compare", command="colm compare " + " ".join(argv)) as lock:
         if lock.taken_over is not None:
             print(lock.takeover_note(), flush=True)
-        return _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out)
+        return _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out,
+                        exact)
 
 
-def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out: Path) -> int:
+def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out: Path,
+             exact: tuple[int, int] = (0, 96)) -> int:
     from colm.cli import dataprep, modeling
     from colm.cli.train import check_pool, check_small_sources
     from colm.compare import report
-    from colm.compare.run import Lab, ResultsFile, run_compare
+    from colm.compare.run import Lab, ResultsFile, exact_match_rows, run_compare
 
     # ---- load and check everything before writing anything
     model, tokenizer = modeling.load(model_args, seed=seeds[0])
@@ -115,6 +129,15 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
     data_seed = targs.data_seed if targs.data_seed is not None else targs.seed
     prep = dataprep.prepare(data_args, tokenizer, seed=data_seed, need_eval=True)
     sources = list(prep.train_stats["per_source"])
+    exact_raw = None
+    if exact[0]:
+        if "response" not in prep.eval_raw.column_names:
+            raise UsageError("--exact-match-per-source: needs prompt/response validation rows (chat rows "
+                             "have no single reference answer)")
+        exact_raw = exact_match_rows(prep.eval_raw, exact[0])
+        if len(exact_raw) == 0:
+            raise UsageError("--exact-match-per-source: no validation row's response ends in a numeric "
+                             "answer ('The answer is 72'); nothing to score")
     for arm in arms:
         cfg = arm.coreset_config(base, seeds[0])
         check_small_sources(cfg, sources)
@@ -135,6 +158,8 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
         batch=targs.per_device_train_batch_size * targs.gradient_accumulation_steps * targs.world_size,
         output_dir=out, eval_batch_size=max(8, targs.per_device_eval_batch_size),
         train_rows=dict(prep.train_stats["per_source"]),
+        exact_match_raw=exact_raw, template=data_args.template, max_new_tokens=exact[1],
+        max_prompt_length=data_args.max_length,
     )
     settings = {
         "arms": [a.name for a in arms], "seeds": seeds, "baseline": baseline, "budget": budget,
@@ -142,6 +167,8 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
         "data": dataclasses.asdict(data_args), "coreset": base.to_dict(),
         "learning_rate": targs.learning_rate, "train_rows": lab.train_rows,
     }
+    if exact[0]:  # recorded only when on, so results files written before the option still resume
+        settings["exact_match"] = {"per_source": exact[0], "max_new_tokens": exact[1]}
     # ---- from here on the output dir is written
     if data_args.overwrite_output_dir:  # start over: the previous comparison's runs are dropped
         (out / RESULTS_FILE).unlink(missing_ok=True)
@@ -157,8 +184,9 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
           f"{baseline}; {len(prep.train)} training / {len(prep.eval)} validation rows", flush=True)
 
     def finished(row: dict[str, Any]) -> None:
+        em = f", exact match {row['exact_match']['overall']:.3f}" if "exact_match" in row else ""
         print(f"  [{row['arm']} seed {row['seed']}] done: {row['steps']} steps, natural {row['val_loss_natural']:.4f}, "
-              f"mean over sources {row['val_loss_mean']:.4f}, worst {row['val_loss_worst']:.4f}", flush=True)
+              f"mean over sources {row['val_loss_mean']:.4f}, worst {row['val_loss_worst']:.4f}{em}", flush=True)
 
     plan = run_compare(arms, seeds, lab, steps=targs.max_steps, budget=budget, baseline=baseline,
                        results=results, progress=sys.stdout, after_run=finished)

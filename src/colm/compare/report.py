@@ -86,6 +86,31 @@ def loss_table(runs: Sequence[dict[str, Any]], baseline: str, *, intervals: bool
     return "\n".join(lines)
 
 
+def exact_match_table(runs: Sequence[dict[str, Any]], baseline: str, *, intervals: bool = True) -> str | None:
+    """Greedy-decoding exact match per arm (overall and mean over sources), when the runs have it."""
+    scored = [r for r in runs if r.get("exact_match")]
+    if not scored:
+        return None
+    arms = by_arm(scored)
+    base = {r["seed"]: r for r in arms.get(baseline, [])}
+    rows = ["| arm | questions | exact match, overall | minus " + baseline + " | exact match, mean over sources |",
+            "|---|---:|---|---|---|"]
+    for name, rs in arms.items():
+        overall = mean_sd([r["exact_match"]["overall"] for r in rs])
+        mean = mean_sd([r["exact_match"]["mean"] for r in rs])
+        d = None
+        if intervals and name != baseline and base:
+            try:
+                d = paired_difference({r["seed"]: r["exact_match"]["overall"] for r in rs},
+                                      {k: r["exact_match"]["overall"] for k, r in base.items()}).as_dict()
+            except IntervalError:
+                d = None
+        n = sum(rs[0]["exact_match"]["n"].values())
+        rows.append(f"| {name} | {n} | {_cell({'mean': overall[0], 'sd': overall[1]})} | {_diff(d)} | "
+                    f"{_cell({'mean': mean[0], 'sd': mean[1]})} |")
+    return "\n".join(rows)
+
+
 def compute_table(plan: dict[str, dict[str, Any]]) -> str:
     lines = ["| arm | steps | training rows / step | scoring rows / step | cost ratio "
              "| compute (training-row equivalents) |",
@@ -139,6 +164,8 @@ def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str
         f"Losses: {NATURAL_NOTE}. Differences are arm minus {baseline}, paired by seed, with a 95% "
         "Student-t interval (negative = the arm is better).", "",
         loss_table(runs, baseline, intervals=intervals), "",
+        *(["## Exact match (greedy decoding, numeric answers)", "", em, ""] if (em := exact_match_table(
+            runs, baseline, intervals=intervals)) else []),
         "## Compute per arm", "", compute_table(plan), "",
         "## Time and memory", "",
         "| arm | s / step (median) | training wall s (mean) | peak memory MiB (max over seeds) |",

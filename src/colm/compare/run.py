@@ -47,6 +47,12 @@ class Lab:
     output_dir: Path
     eval_batch_size: int = 32
     train_rows: dict[str, int] = field(default_factory=dict)
+    #: Raw validation rows scored by greedy generation after training (None: no exact match),
+    #: with the prompt template and generation length (see `exact_match_rows`).
+    exact_match_raw: Any = None
+    template: str | None = None
+    max_new_tokens: int = 96
+    max_prompt_length: int = 512
 
     def __post_init__(self) -> None:
         if not self.train_rows:
@@ -150,6 +156,8 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
             "val_loss_worst": val["worst"], "worst_source": val["worst_source"],
             "per_source": val["per_source"],
         })
+        if lab.exact_match_raw is not None:
+            row["exact_match"] = exact_match(model, lab)
     cost = arm_cost(arm, lab, seed)
     score_s = float(getattr(trainer, "score_seconds", 0.0))
     row.update({
@@ -163,6 +171,37 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
         "coreset": coreset.to_dict() if coreset else None, "sampler": arm.sampler,
     })
     return row
+
+
+def exact_match_rows(raw: Any, per_source: int) -> Any:
+    """The first `per_source` rows of every source whose reference ends in a numeric answer
+    ("The answer is 72"): answers that exact match can score without judging free text."""
+    from colm.evaluation import extract_answer
+
+    taken: Counter[str] = Counter()
+    keep = []
+    for i, (source, response) in enumerate(zip(raw["source"], raw["response"])):
+        answer = extract_answer(response).replace(",", "")
+        try:
+            float(answer)
+        except ValueError:
+            continue
+        if answer and taken[str(source)] < per_source:
+            taken[str(source)] += 1
+            keep.append(i)
+    return raw.select(keep)
+
+
+def exact_match(model: Any, lab: Lab) -> dict[str, Any]:
+    """Greedy-decoding exact match on `lab.exact_match_raw`: per source, mean over sources,
+    overall and the number of questions per source (the predictions are not kept)."""
+    from colm.data import DEFAULT_TEMPLATE
+    from colm.evaluation import generation_exact_match
+
+    got = generation_exact_match(model, lab.tokenizer, lab.exact_match_raw,
+                                 template=lab.template or DEFAULT_TEMPLATE, max_new_tokens=lab.max_new_tokens,
+                                 max_prompt_length=lab.max_prompt_length, batch_size=16)
+    return {k: got[k] for k in ("per_source", "mean", "overall", "n")}
 
 
 def calibrate_ratio(arm: Arm, lab: Lab, seed: int) -> float:
