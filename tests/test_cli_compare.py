@@ -206,3 +206,19 @@ def test_compare_scores_exact_match_when_asked(tmp_path, capsys):
     assert "exact match" in stdout
     header = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert header["settings"]["exact_match"] == {"per_source": 2, "max_new_tokens": 4}
+
+
+def test_a_config_file_holds_the_comparisons_own_options(tmp_path, capsys):
+    data = user_folder(tmp_path / "my_data")
+    config = tmp_path / "lab.yaml"
+    config.write_text("arms: plain,stratified\nseeds: 0,1\nbaseline: plain\nmax_steps: 2\n"
+                      "per_device_train_batch_size: 4\nmax_length: 64\n")
+    out = tmp_path / "cmp"
+    code, _, err = run_cli(capsys, "compare", "--config", config, "--data", data, "--output-dir", out)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["baseline"] == "plain" and report["settings"]["seeds"] == [0, 1]
+    assert {(r["arm"], r["steps"]) for r in report["runs"]} == {("plain", 2), ("stratified", 2)}
+    config.write_text("arms: plain,nonsense\n")
+    code, _, err = run_cli(capsys, "compare", "--config", config, "--data", data, "--output-dir", tmp_path / "x")
+    assert code == 2 and "unknown arm 'nonsense'" in err

@@ -20,36 +20,55 @@ DEFAULT_ARMS = "plain,accumulate2,reweighted,stratified"
 RESULTS_FILE = "results.jsonl"
 
 
+@dataclasses.dataclass
+class CompareArguments:
+    """The comparison's own options: a dataclass, so a `--config` YAML file can hold them too."""
+
+    _argument_group_name = "comparison"
+
+    arms: str = dataclasses.field(default=DEFAULT_ARMS, metadata={"help": (
+        "comma-separated arms: presets {presets}, each optionally with CoresetConfig overrides "
+        "PRESET:KEY=VALUE[:KEY=VALUE] (KEY=VALUE alone: on stratified)")})
+    seeds: str = dataclasses.field(default="0,1,2", metadata={
+        "help": "comma-separated seeds (model init, data order, selection)"})
+    baseline: str | None = dataclasses.field(default=None, metadata={
+        "help": "the arm every difference is paired against (default: stratified if listed, else the first)"})
+    budget: str = dataclasses.field(default="steps", metadata={"choices": ["steps", "compute"], "help": (
+        "steps: every arm --max-steps; compute: the baseline --max-steps, every other arm the steps whose "
+        "compute (training rows + scoring rows x measured cost ratio) fits the same total")})
+    exact_match_per_source: int = dataclasses.field(default=0, metadata={"help": (
+        "after training, greedy-decode the first N validation rows of every source whose reference ends "
+        "in a numeric answer ('The answer is 72') and report exact match per source (0: off; "
+        "prompt/response data only)")})
+    exact_match_max_new_tokens: int = dataclasses.field(default=96, metadata={
+        "help": "tokens generated per question for --exact-match-per-source"})
+    no_intervals: bool = dataclasses.field(default=False, metadata={
+        "help": "report means only (allows a single seed: the interval needs >= 2 seeds)"})
+
+
 def build_parser():
-    """`colm train`'s parser plus the comparison's options."""
+    """`colm train`'s options (its dataclasses and defaults) plus the comparison's (CompareArguments)."""
+    from colm.cli import args as cli_args
     from colm.cli import train
+    from colm.cli.identity import RunArguments
+
+    parser = cli_args.ColmArgumentParser.create(
+        [cli_args.ModelArguments, cli_args.DataArguments, cli_args.SelectionArguments,
+         RunArguments, cli_args.training_arguments_class(), CompareArguments],
+        prog="colm compare",
+        description=("Train every --arms arm for every --seeds seed from the same initialisation "
+                     "and data order, evaluate per source, and write report.md with the "
+                     "natural-mixture loss, the mean over sources and the worst source: mean +- sd "
+                     "and the paired difference to --baseline with a 95% t interval."),
+        usage="colm compare [--config FILE.yaml] [--arms A,B] [--seeds 0,1,2] [colm train options]",
+    )
+    cli_args.add_config_option(parser)
     from colm.compare.arms import PRESETS
 
-    parser = train.build_parser()
-    parser.prog = "colm compare"
-    parser.description = ("Train every --arms arm for every --seeds seed from the same initialisation "
-                          "and data order, evaluate per source, and write report.md with the "
-                          "natural-mixture loss, the mean over sources and the worst source: mean +- sd "
-                          "and the paired difference to --baseline with a 95% t interval.")
-    parser.usage = "colm compare [--config FILE.yaml] [--arms A,B] [--seeds 0,1,2] [colm train options]"
-    g = parser.add_argument_group("comparison")
-    g.add_argument("--arms", default=DEFAULT_ARMS,
-                   help=f"comma-separated arms: presets {', '.join(PRESETS)}, each optionally with "
-                        "CoresetConfig overrides PRESET:KEY=VALUE[:KEY=VALUE] (KEY=VALUE alone: on stratified)")
-    g.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (model init, data order, selection)")
-    g.add_argument("--baseline", default=None,
-                   help="the arm every difference is paired against (default: stratified if listed, else the first)")
-    g.add_argument("--budget", default="steps", choices=["steps", "compute"],
-                   help="steps: every arm --max-steps; compute: the baseline --max-steps, every other arm the "
-                        "steps whose compute (training rows + scoring rows x measured cost ratio) fits the same total")
-    g.add_argument("--exact-match-per-source", type=int, default=0, metavar="N",
-                   help="after training, greedy-decode the first N validation rows of every source whose "
-                        "reference ends in a numeric answer ('The answer is 72') and report exact match "
-                        "per source (0: off; prompt/response data only)")
-    g.add_argument("--exact-match-max-new-tokens", type=int, default=96, metavar="N",
-                   help="tokens generated per question for --exact-match-per-source")
-    g.add_argument("--no-intervals", action="store_true",
-                   help="report means only (allows a single seed: the interval needs >= 2 seeds)")
+    for action in parser._actions:  # the presets' names come from the one table that defines them
+        if action.dest == "arms":
+            action.help = (action.help or "").replace("{presets}", ", ".join(PRESETS))
+    parser.set_defaults(**train.TRAINING_DEFAULTS)
     parser.set_defaults(output_dir="runs/compare", save_strategy="no")
     return parser
 
