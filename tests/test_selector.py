@@ -460,3 +460,44 @@ def test_first_selection_on_real_features_follows_a_permutation(feature):
         sim = pairwise_similarity(normalized[rows].double(), "l1")
         for chosen in (base, moved):
             assert is_greedy_outcome(sim, [rows.index(i) for i in chosen if i in rows])
+
+
+FEATURE_METHODS = ["facility_location", "mean_match", "cluster_sample", "pps", "balanced", "nnls"]
+
+
+@pytest.mark.parametrize("method", FEATURE_METHODS)
+@pytest.mark.parametrize("second_moment", ["per_example", "pool"])
+def test_small_source_rows_need_no_features(method, second_moment):
+    # A small source is kept whole whatever its features say, so the trainer scores only the
+    # rows of large sources (rows_read) and passes zeros for the rest: the same coreset, with the
+    # same weights and Adam history, over three steps.
+    cfg = CoresetConfig(within_source=method, topk_dims=16, adam_second_moment=second_moment, selection_seed=3)
+    full, skipped = CoresetSelector(cfg, SIZES), CoresetSelector(cfg, SIZES)
+    for step in range(3):
+        feats, sources = pool(seed=10 + step)
+        read = skipped.rows_read(sources)
+        assert read.tolist() == [s not in ("rare", "tiny") for s in sources]
+        zeroed = feats * read[:, None]
+        a = full.select(feats, sources, 20)
+        b = skipped.select(zeroed, sources, 20, scored=read)
+        assert torch.equal(a.indices, b.indices)
+        assert torch.allclose(a.loss_weights, b.loss_weights) and torch.allclose(a.weights, b.weights)
+        assert b.stats["objective"] == pytest.approx(a.stats["objective"], rel=1e-5)
+    assert torch.allclose(full.normalizer.state_dict()["m"], skipped.normalizer.state_dict()["m"])
+    # The match error compares the coreset's mean with the pool's over the scored rows only.
+    w = b.loss_weights * read[b.indices]
+    coreset_mean = (w[:, None] * feats[b.indices]).sum(0) / w.sum()
+    pool_mean = feats[read].mean(0)
+    assert b.stats["match_error"] == pytest.approx(((coreset_mean - pool_mean).norm() / pool_mean.norm()).item(),
+                                                   rel=1e-4)
+
+
+def test_scored_must_cover_the_rows_a_selection_reads():
+    feats, sources = pool()
+    selector = CoresetSelector(CoresetConfig(within_source="facility_location", topk_dims=16), SIZES)
+    read = selector.rows_read(sources)
+    read[0] = False  # a row of a large source left unscored
+    with pytest.raises(ValueError, match="leaves out 1 large-source row"):
+        selector.select(feats, sources, 20, scored=read)
+    with pytest.raises(ValueError, match="bool tensor"):
+        selector.select(feats, sources, 20, scored=torch.ones(3, dtype=torch.bool))

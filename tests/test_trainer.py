@@ -424,3 +424,37 @@ def test_a_crafted_pickle_checkpoint_does_not_run_code(tmp_path):
     torn.write_bytes(b"\x10\x00\x00")
     with pytest.raises(ValueError, match="colm_selector.safetensors"):
         load_selector_state(torn)
+
+
+@pytest.mark.parametrize("config", [
+    CoresetConfig(pool_factor=2, within_source="facility_location", feature="zo", zo_probes=1),
+    CoresetConfig(pool_factor=2, within_source="mean_match", feature="exact", adam_second_moment="pool"),
+])
+def test_only_large_source_rows_are_scored_and_the_selections_are_unchanged(tmp_path, config, monkeypatch):
+    import colm.integrations.trainer as trainer_module
+
+    scored_rows = {}
+    real = trainer_module.gradient_features
+
+    def counting(model, batches, cfg, step, **kw):
+        scored_rows.setdefault(label, []).append(sum(b["input_ids"].shape[0] for b in batches))
+        return real(model, batches, cfg, step, **kw)
+
+    monkeypatch.setattr(trainer_module, "gradient_features", counting)
+    records, params = {}, {}
+    for label in ("large_only", "every_row"):
+        if label == "every_row":  # the behaviour before: every pool row scored
+            monkeypatch.setattr(CoresetTrainer, "_rows_to_score", lambda self, rows: None)
+        trainer = CoresetTrainer(
+            model=tiny_llama(), args=training_args(tmp_path / label, max_steps=4), train_dataset=mixture(SIZES),
+            data_collator=collator(), coreset_config=config, log_selections=True,
+        )
+        trainer.train()
+        records[label] = [json.loads(line) for line in open(tmp_path / label / SELECTIONS_FILE)]
+        params[label] = [p.detach().clone() for p in trainer.model.parameters()]
+    for a, b in zip(records["large_only"], records["every_row"]):
+        assert a["selected_ids"] == b["selected_ids"]
+    assert all(torch.equal(x, y) for x, y in zip(params["large_only"], params["every_row"]))
+    rare = [r["pool_sources"].get("rare", 0) for r in records["large_only"]]
+    assert scored_rows["every_row"] == [16] * 4  # pool = 2 x (4 x 2)
+    assert scored_rows["large_only"] == [16 - k for k in rare] and sum(rare) > 0

@@ -59,9 +59,31 @@ def _score_chunk(model: nn.Module, batch: Batch, config, step: int, targets) -> 
         replay.release()
 
 
+def _place(parts: list[torch.Tensor], placed: torch.Tensor, config, targets, device) -> torch.Tensor:
+    """The scored rows ``parts`` (in order) at the True positions of ``placed`` ``[n_local]``,
+    zeros elsewhere: ``[n_local, m]`` (zo coefficients) or ``[n_local, d]``."""
+    placed = torch.as_tensor(placed, dtype=torch.bool).cpu()
+    scored = torch.cat(parts, dim=0) if parts else None
+    n_scored = 0 if scored is None else scored.shape[0]
+    if n_scored != int(placed.sum()):
+        raise ValueError(f"gradient_features: `placed` marks {int(placed.sum())} rows but the batches hold {n_scored}")
+    if scored is not None:
+        width, dtype, where = scored.shape[1], scored.dtype, scored.device
+    else:  # this rank scored nothing: the width every rank agrees on, from the config and model
+        width = config.zo_probes if config.feature == "zo" else (
+            sum(p.numel() for p in targets.values()) if targets is not None else None)
+        if width is None:
+            raise ValueError("gradient_features: `placed` marks no row with feature='hidden'; score at least one")
+        dtype, where = torch.float32, device
+    out = torch.zeros((placed.numel(), width), dtype=dtype, device=where)
+    if scored is not None:
+        out[placed.to(where)] = scored
+    return out
+
+
 def gradient_features(
     model: nn.Module, batch: Batch | Sequence[Batch], config, step: int = 0, *, gather: bool = False,
-    optimizer: Any = None,
+    optimizer: Any = None, placed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-example features ``[n, d]`` (float32, on the model's device) of a pool.
 
@@ -78,11 +100,17 @@ def gradient_features(
             the same on every rank; without a process group it changes nothing.
         optimizer: the training optimizer (torch Adam/AdamW); needed only by ``"full_adam"``
             (full-model per-example gradients in its Adam space, a lab tool: colm.features.full).
+        placed: optional bool ``[n_local]``: the batches hold only the rows where it is True (in
+            order); every other row of the result is zero (zero SPSA coefficients for "zo"), so
+            the result keeps one row per pool row. Lets a caller skip rows a selection never
+            reads (``CoresetSelector.rows_read``). Not supported with "full_adam".
 
     The model is scored in eval mode and left exactly as it was: parameters bit-identical, modes,
     ``requires_grad`` and ``.grad`` restored, hooks removed, also when an error is raised.
     """
     batches = [batch] if isinstance(batch, Mapping) else list(batch)
+    if placed is not None and config.feature == "full_adam":
+        raise ValueError("gradient_features: `placed` is not supported with feature='full_adam'")
     if config.feature == "full_adam":
         with scoring_mode(model):
             return full_adam_features(model, batches, config, optimizer, gather=gather)
@@ -93,7 +121,10 @@ def gradient_features(
             _score_chunk(model, chunk, config, step, targets)
             for b in batches for chunk in _chunks(b, config.score_batch_size)
         ]
-    local = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # [n_local, m] or [n_local, d]
+    if placed is not None:
+        local = _place(parts, placed, config, targets, device)  # [n_local, m] or [n_local, d]
+    else:
+        local = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # [n_local, m] or [n_local, d]
     if gather:
         local = distributed.gather_rows(local)  # [N, .]
     if config.feature == "zo":

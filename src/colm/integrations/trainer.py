@@ -300,12 +300,12 @@ class CoresetTrainerMixin(PrivateOverrides):
         # Rows with no supervised token are no pool members: never scored, never selected.
         local_rows, unsupervised = self._supervised_only([row for chunk in chunks for row in chunk])
         self._fit_pseudo_sources_if_due()
-        features, score_ms = self._score_pool(local_rows)  # [N, d] over all ranks, or None
+        features, scored, score_ms = self._score_pool(local_rows)  # [N, d] over all ranks, or None
         pool_rows, unsupervised = self._gather_pool(local_rows, unsupervised, num_batches)
         sources = self._pool_sources(pool_rows)
         budget = step_budget(len(pool_rows), unsupervised, num_batches, self.coreset_config.pool_factor,
                              distributed.world_size())
-        selection = self.selector.select(features, sources, budget)
+        selection = self.selector.select(features, sources, budget, scored=scored)
         selection.stats["unsupervised_rows"] = float(unsupervised)
         self.last_selection = selection
         self._record_selection(selection, pool_rows, sources, score_ms)
@@ -335,22 +335,41 @@ class CoresetTrainerMixin(PrivateOverrides):
     def _score_chunk_size(self) -> int:
         return self.coreset_config.score_batch_size or self.args.per_device_train_batch_size
 
-    def _score_pool(self, local_rows: list[dict[str, Any]]) -> tuple[torch.Tensor | None, float]:
-        """The gradient features of the whole pool, assembled on every rank (None when the
-        selection looks at no feature), and the milliseconds this rank spent on them."""
+    def _score_pool(self, local_rows: list[dict[str, Any]]) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+        """The gradient features of the pool, assembled on every rank (None when the selection
+        looks at no feature); the bool mask [N] of the rows actually scored (None: all); and the
+        milliseconds this rank spent on them.
+
+        Only the rows the selection reads are scored: a small source is kept whole whatever its
+        features say, so its rows get zero features instead of a forward pass (with
+        pseudo-sources, whose clusters are known only after scoring, and with full_adam, every
+        row is scored)."""
         start = time.perf_counter()
-        features = None
-        if self.coreset_config.needs_features and not self._warming_up():
-            # This rank's rows, without gradients, in chunks that fit.
-            chunk = self._score_chunk_size()
-            score_batches = [
-                hf.to_device(self, self._collate(local_rows[i : i + chunk])) for i in range(0, len(local_rows), chunk)
-            ]
-            features = gradient_features(
-                self.model, score_batches, self.coreset_config, self.state.global_step, gather=True,
-                optimizer=self.optimizer,  # read only by feature='full_adam' (the optimizer's Adam state)
-            )  # [N, d]
-        return features, (time.perf_counter() - start) * 1e3
+        if not self.coreset_config.needs_features or self._warming_up():
+            return None, None, (time.perf_counter() - start) * 1e3
+        placed = self._rows_to_score(local_rows)  # [n_local] bool, or None for all
+        rows = local_rows if placed is None else [r for r, keep in zip(local_rows, placed.tolist()) if keep]
+        chunk = self._score_chunk_size()  # this rank's rows, without gradients, in chunks that fit
+        score_batches = [hf.to_device(self, self._collate(rows[i : i + chunk])) for i in range(0, len(rows), chunk)]
+        features = gradient_features(
+            self.model, score_batches, self.coreset_config, self.state.global_step, gather=True,
+            optimizer=self.optimizer,  # read only by feature='full_adam' (the optimizer's Adam state)
+            placed=placed,
+        )  # [N, d]
+        scored = None if placed is None else distributed.gather_rows(placed[:, None].to(torch.uint8))[:, 0].bool()
+        return features, scored, (time.perf_counter() - start) * 1e3
+
+    def _rows_to_score(self, local_rows: list[dict[str, Any]]) -> torch.Tensor | None:
+        """Bool [n_local]: this rank's rows of large sources (at least one row, so that every
+        rank scores something and the gathered features agree in width and dtype); None when
+        every row must be scored. Decided by the config alone, so every rank takes the same path."""
+        if self.pseudo_sources is not None or self.coreset_config.feature == "full_adam":
+            return None
+        assert self.selector is not None
+        placed = self.selector.rows_read([str(row.get(SOURCE, SINGLE_SOURCE)) for row in local_rows]).clone()
+        if placed.numel() and not bool(placed.any()):
+            placed[0] = True
+        return placed
 
     def _gather_pool(
         self, local_rows: list[dict[str, Any]], unsupervised: int, num_batches: int

@@ -179,8 +179,16 @@ class CoresetSelector:
         return torch.tensor(list(map(ids.__getitem__, sources)), dtype=torch.long)
 
     # --- the selection -------------------------------------------------------------------------
+    def rows_read(self, sources: Sequence[Any] | Tensor) -> Tensor:
+        """Bool ``[n]``: the pool rows whose features a selection reads, i.e. the rows of large
+        sources. A small source is kept whole whatever its features say, so a caller may skip
+        scoring its rows and pass zeros there with ``scored=rows_read(sources)``."""
+        ids = self._source_ids(sources, None)  # [n] host
+        return ~self._is_small[ids]
+
     def select(
-        self, features: Tensor | None, sources: Sequence[Any] | Tensor, budget: int
+        self, features: Tensor | None, sources: Sequence[Any] | Tensor, budget: int,
+        scored: Tensor | None = None,
     ) -> Selection:
         """Choose ``budget`` of the ``n`` pool examples.
 
@@ -192,6 +200,9 @@ class CoresetSelector:
             sources: ``n`` source labels (keys of ``source_sizes``, or their ``str``), or an
                 integer tensor ``[n]`` of keys.
             budget: coreset size, ``1 <= budget <= n``.
+            scored: optional bool ``[n]``, the rows whose features were computed; the others
+                must hold zeros. It must cover ``rows_read(sources)`` (the selection is then the
+                same as with every row scored); ``match_error`` compares means over it only.
 
         Returns:
             ``Selection`` on ``features``' device. ``stats``: ``kept_small`` (small-source
@@ -225,12 +236,25 @@ class CoresetSelector:
         ids = self._source_ids(sources, n)  # [n] host
         n = ids.numel()
         budget = check_budget(budget, 1, n, what="the pool size")
+        if scored is not None:
+            scored = self._check_scored(scored, ids)
         with torch.no_grad():
-            selection = self._select(features, ids, budget)
+            selection = self._select(features, ids, budget, scored)
         if selection.indices.unique().numel() != budget:  # every path guarantees it; be loud
             raise RuntimeError(f"internal error: the selection repeats a pool row ({selection.indices.tolist()})")
         selection.stats["select_ms"] = (time.perf_counter() - start) * 1e3
         return selection
+
+    def _check_scored(self, scored: Tensor, ids: Tensor) -> Tensor:
+        """``scored`` as a host bool ``[n]`` that covers every row a selection reads."""
+        scored = torch.as_tensor(scored).cpu()
+        if scored.dtype != torch.bool or scored.shape != ids.shape:
+            raise ValueError(f"scored must be a bool tensor [{ids.numel()}], got {scored.dtype} {tuple(scored.shape)}")
+        missing = ~scored & ~self._is_small[ids]
+        if bool(missing.any()):
+            raise ValueError(f"scored leaves out {int(missing.sum())} large-source row(s) whose features the "
+                             "selection reads (see rows_read)")
+        return scored
 
     def _plan(self, ids: Tensor, budget: int) -> _Plan:
         """Steps 2 and 6: who is kept whole, and each large source's share of the rest."""
@@ -251,7 +275,7 @@ class CoresetSelector:
         shares = split_budget(budget - kept.numel(), [counts[q] for q in large_q])
         return _Plan(counts, rows, present, large_q, shares, kept, n_small, overflow)
 
-    def _select(self, g: Tensor | None, ids: Tensor, budget: int) -> Selection:
+    def _select(self, g: Tensor | None, ids: Tensor, budget: int, scored: Tensor | None = None) -> Selection:
         device = g.device if g is not None else torch.device("cpu")
         ids_dev = ids.to(device)  # [n]
         uses_history = self.config.adam_normalize and self.config.needs_features and g is not None
@@ -271,7 +295,8 @@ class CoresetSelector:
         numbers = [objective]
         if g is not None:  # match error and the end of step 4: Adam history
             assert pool_total is not None  # computed whenever there are features
-            numbers.append(self._match_and_update(g, ids_dev, indices, loss_weight, pool_total, plan, uses_history))
+            numbers.append(self._match_and_update(g, ids_dev, indices, loss_weight, pool_total, plan, uses_history,
+                                                  scored))
         self.calls += 1
         stats = self._stats(plan, ids_dev.index_select(0, indices), numbers, with_features=g is not None)
         return Selection(indices=indices, weights=weight, stats=stats, loss_weights=loss_weight)
@@ -368,12 +393,18 @@ class CoresetSelector:
 
     def _match_and_update(
         self, g: Tensor, ids_dev: Tensor, indices: Tensor, loss_weight: Tensor, pool_total: Tensor,
-        plan: _Plan, update: bool,
+        plan: _Plan, update: bool, scored: Tensor | None = None,
     ) -> Tensor:
         """After step 7, one pass over the selected rows: the match error of the trained coreset, and
-        the Adam history update from the selected large-source rows. Returns the match error."""
+        the Adam history update from the selected large-source rows. Returns the match error
+        (over the ``scored`` rows only when given: unscored rows hold zeros, not features)."""
         n = g.shape[0]
         is_large_sel = (~self._is_small).to(g.device)[ids_dev.index_select(0, indices)]  # [budget]
+        if scored is not None:
+            n = int(scored.sum())
+            if n == 0:  # no large source in the pool: nothing was scored, nothing to compare or learn
+                return torch.zeros((), dtype=torch.float64, device=g.device)
+            loss_weight = loss_weight * scored.to(g.device)[indices].to(loss_weight.dtype)  # [budget]
         lin_w = [loss_weight / loss_weight.sum()]  # weighted mean of the trained coreset
         sq_w: Tensor | None = None
         update = update and plan.budget_large > 0
