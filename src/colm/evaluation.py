@@ -115,9 +115,15 @@ def mixture_losses(per_source: Mapping[str, float], train_rows: Mapping[str, int
 def with_natural(result: dict[str, Any], train_rows: Mapping[str, int]) -> dict[str, Any]:
     """A `per_source_loss` result plus "natural" (the natural-mixture loss) and
     "natural_weights" (each source's share of the training rows `train_rows`)."""
-    got = mixture_losses(result["per_source"], train_rows) if result["per_source"] else None
+    got = mixture_losses(result["per_source"], train_rows) if natural_defined(result["per_source"], train_rows) else None
     return result | {"natural": got["natural"] if got else math.nan,
                      "natural_weights": got["weights"] if got else {}}
+
+
+def natural_defined(per_source: Mapping[str, float], train_rows: Mapping[str, int]) -> bool:
+    """Whether some evaluated source has training rows (else the natural-mixture loss is
+    undefined: NaN in results, and said so, never an error after training)."""
+    return any(int(train_rows.get(s, 0)) > 0 for s in per_source)
 
 
 # ---------------------------------------------------------------- generation

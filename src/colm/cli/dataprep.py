@@ -9,7 +9,8 @@ from typing import Any
 from colm.cli.chat_format import as_chat, check_chat_template
 from colm.cli.empty_responses import check_empty_responses
 from colm.data import DataError, default_mixture_dir, load_mixture, tokenize_mixture
-from colm.data.mixture import split_of
+from colm.data.loading import LoadReport
+from colm.data.validation_data import choose_validation, match_sources
 
 #: Environment variable: 0 (or off/false/no) tokenizes afresh, neither reading nor writing the
 #: cache of tokenized data.
@@ -39,24 +40,21 @@ class Prepared:
     eval_spec: str | None
 
 
-def _load(spec: Any, split: str | None, data_args: Any, cap: int | None, seed: int):
+def _load(spec: Any, split: str | None, data_args: Any, cap: int | None, seed: int,
+          report: LoadReport | None = None):
     return load_mixture(
         spec, split=split,
         source_field=data_args.source_field, prompt_field=data_args.prompt_field,
         response_field=data_args.response_field, messages_field=data_args.messages_field,
-        sources=data_args.sources, max_examples_per_source=cap, seed=seed,
+        sources=data_args.sources, max_examples_per_source=cap, seed=seed, report=report,
     )
 
 
 def eval_spec_for(data_args: Any) -> tuple[Any, str | None]:
-    """(spec, split) of the validation data: --eval-data, else --data's validation split when
-    --data is a folder of split files that has one (the shipped mixture does), else (None, None)."""
-    if data_args.eval_data is not None:
-        return data_args.eval_data, data_args.eval_split
-    folder = Path(data_args.data).expanduser() if data_args.data is not None else default_mixture_dir()
-    if folder.is_dir() and any(split_of(p) == data_args.eval_split for p in folder.iterdir()):
-        return str(folder), data_args.eval_split
-    return None, None
+    """(spec, split) of the validation data by colm.data.validation_data's precedence rule:
+    --eval-data, else --data's own validation split, else (None, None)."""
+    choice = choose_validation(data_args.data, data_args.eval_data, data_args.eval_split)
+    return choice.spec, choice.split
 
 
 def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = False) -> Prepared:
@@ -66,7 +64,11 @@ def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = Fals
     split = data_args.train_split
     if Path(str(spec)).expanduser().is_file():
         split = None  # one file is one split
-    train_raw = _load(spec, split, data_args, data_args.max_examples_per_source, seed)
+    seen = LoadReport()
+    train_raw = _load(spec, split, data_args, data_args.max_examples_per_source, seed, seen)
+    train_sources = list(dict.fromkeys(map(str, train_raw["source"])))
+    if seen.source_missing and data_args.data is not None:
+        print(f"colm: note: {seen.source_note(train_sources)}", flush=True)
     empty = check_empty_responses(train_raw, spec, allow=data_args.allow_empty_responses)
     if data_args.use_chat_template:
         check_chat_template(tokenizer)
@@ -79,14 +81,20 @@ def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = Fals
     if train_stats["n_examples"] == 0:
         raise DataError(f"{spec}: no training example has a supervised token left after truncation "
                         f"to --max-length {data_args.max_length}")
-    eval_spec, eval_split = eval_spec_for(data_args)
+    choice = choose_validation(data_args.data, data_args.eval_data, data_args.eval_split)
+    eval_spec, eval_split = choice.spec, choice.split
     if eval_spec is None:
         if need_eval:
-            raise DataError("no validation data: pass --eval-data (a file or folder)")
+            raise DataError(f"no validation data: {choice.why.split(' (')[0]}; pass --eval-data (a file "
+                            "or folder), or put a validation file next to the training one (validation.jsonl)")
+        print(f"colm: {choice.line()}", flush=True)
         return Prepared(train_raw, train, train_stats, None, None, None, None)
-    if Path(str(eval_spec)).expanduser().is_file():
-        eval_split = None
-    eval_raw = _load(eval_spec, eval_split, data_args, data_args.max_eval_examples_per_source, seed)
+    print(f"colm: {choice.line()}", flush=True)
+    eval_seen = LoadReport()
+    eval_raw = _load(eval_spec, eval_split, data_args, data_args.max_eval_examples_per_source, seed, eval_seen)
+    eval_raw, note = match_sources(train_sources, eval_raw, eval_seen.source_missing)
+    if note is not None:
+        print(f"colm: note: {note}", flush=True)
     if data_args.use_chat_template:
         eval_raw = as_chat(eval_raw)
     evald, eval_stats = tokenize_mixture(

@@ -122,7 +122,7 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
 
     from colm.cli.memory import PeakMemory
     from colm.cli.train import make_trainer
-    from colm.evaluation import mixture_losses, per_source_loss
+    from colm.evaluation import mixture_losses, natural_defined, per_source_loss
 
     t0 = time.perf_counter()
     coreset = arm.coreset_config(lab.base_coreset, seed)
@@ -149,10 +149,13 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
         with torch.no_grad():
             val = per_source_loss(model, lab.evald, pad_token_id=lab.tokenizer.pad_token_id,
                                   batch_size=lab.eval_batch_size)
-        losses = mixture_losses(val["per_source"], lab.train_rows)
+        # No validation source with training rows: the natural mixture is undefined (NaN, said so
+        # before training by colm.data.validation_data), the other losses stand.
+        natural = (mixture_losses(val["per_source"], lab.train_rows)["natural"]
+                   if natural_defined(val["per_source"], lab.train_rows) else float("nan"))
         eval_s = time.perf_counter() - t1
         row.update({
-            "val_loss_natural": losses["natural"], "val_loss_mean": val["mean"],
+            "val_loss_natural": natural, "val_loss_mean": val["mean"],
             "val_loss_worst": val["worst"], "worst_source": val["worst_source"],
             "per_source": val["per_source"],
         })

@@ -1,11 +1,17 @@
 """Load a data mixture into one `datasets.Dataset` with a `source` column.
 
-Accepted inputs (`spec`):
-- a JSON Lines file, plain or gzip (`*.jsonl`, `*.jsonl.gz`), one JSON object per line;
-- a folder of such files, optionally narrowed to one split by file name
-  (`<source>.<split>.jsonl.gz`, as in the shipped mixture);
+Accepted inputs (`spec`), the layouts `datasets.load_dataset` reads:
+- one data file: JSON Lines (`*.jsonl`), JSON (`*.json`: JSON Lines, or one array of objects),
+  Parquet (`*.parquet`) or CSV (`*.csv`, every column read as text), the text kinds optionally
+  compressed (`.gz`, `.bz2`, `.xz`);
+- a folder of such files, narrowed to one split by file name: `train.jsonl` +
+  `validation.jsonl` (or `train-00000-of-00002.parquet` shards), or `<source>.<split>.jsonl.gz`
+  as in the shipped mixture (`colm.data.mixture` says how names are read);
 - a `datasets` dataset: an in-memory `Dataset`/`DatasetDict`, a folder written by
   `save_to_disk`, or a Hugging Face Hub id (offline: only a cached one, failing at once).
+
+JSON Lines files are read by colm's own line reader (its errors name the file and 1-based line);
+JSON arrays, Parquet and CSV by `datasets`' own loaders (errors name the file and 1-based row).
 
 Every example is either prompt/response or chat (`messages`: a list of {role, content} with the
 assistant's answer last). The result always uses the canonical column names `prompt`,
@@ -15,16 +21,27 @@ TRL's dataset formats are read without options: `prompt`/`completion` rows (the 
 defaults to `completion` when there is no `response`), and conversational `prompt`/`completion`
 rows (both lists of {role, content}) become one `messages` conversation. A missing field's error
 names the fields found and the option that maps them.
+
+Rows without a source field belong to the source their file is named after (`gsm8k.train.jsonl`
+-> gsm8k; `my_data/train.jsonl` -> my_data, the folder, so its validation file names the same
+source); `LoadReport` tells the caller how many rows had the field, for the note a command
+prints. A source field named explicitly (`source_field` other than "source") must be in every
+row: its absence is a DataError at load.
 """
 from __future__ import annotations
 
+import bz2
+import csv
+import contextlib
 import gzip
+import io
 import json
+import lzma
 import os
 import re
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
@@ -35,7 +52,7 @@ import pyarrow as pa
 from colm.columns import SOURCE
 from colm.data.errors import DataError
 from colm.data.hub import datasets_offline, hub_offline, looks_like_local_path
-from colm.data.mixture import is_jsonl, source_of, split_files, split_of
+from colm.data.mixture import default_source_of, kind_of, split_files, split_of, strip_suffix
 from colm.data.sources import count_sources
 
 MixtureSpec = Union[str, os.PathLike, datasets.Dataset, datasets.DatasetDict]  # noqa: UP007 (a runtime alias)
@@ -72,6 +89,31 @@ class Fields:
         return Fields(self.source, self.prompt, response, self.messages, conversational)
 
 
+@dataclass
+class LoadReport:
+    """What `load_mixture` saw of the rows' fields (filled when passed as `report=`)."""
+
+    source_field: str = SOURCE
+    #: The fields (columns) of the first row read.
+    fields: list[str] = field(default_factory=list)
+    rows_with_source: int = 0
+    rows_without_source: int = 0
+    #: What was read, in words (file names or the dataset's name).
+    read: list[str] = field(default_factory=list)
+
+    @property
+    def source_missing(self) -> bool:
+        """No row carried the source field: every source came from a file or folder name."""
+        return self.rows_with_source == 0 and self.rows_without_source > 0
+
+    def source_note(self, sources: Sequence[str]) -> str:
+        """One line for a command to print when no row had the source field."""
+        others = [f for f in self.fields if f != self.source_field]
+        return (f"no {self.source_field!r} field in the rows (their fields: {', '.join(others) or 'none'}): "
+                f"every row's source is its file's name ({', '.join(sorted(sources))}); if a field "
+                "names each row's source, pass --source-field FIELD (in Python source_field=)")
+
+
 def field_hint() -> str:
     """Which options map other field names (CLI flag, then load_mixture argument)."""
     return (
@@ -92,16 +134,19 @@ def load_mixture(
     sources: Sequence[str] | None = None,
     max_examples_per_source: int | None = None,
     seed: int = 0,
+    report: LoadReport | None = None,
 ) -> datasets.Dataset:
     """Load a mixture as a Dataset with columns prompt/response (or messages) and source.
 
     Args:
         spec: a JSONL(.gz) file, a folder of them, a saved or in-memory `datasets` dataset, or
             a Hub dataset id (see the module docstring).
-        split: for a folder, keep only files named `<source>.<split>.jsonl[.gz]`; for a
-            DatasetDict or Hub id, the split to take (default "train"). Ignored for one file.
+        split: for a folder, keep only files of that split (`<split>.<ext>` or
+            `<source>.<split>.<ext>`); for a DatasetDict or Hub id, the split to take (default
+            "train"). Ignored for one file.
         source_field: per-example source name; where an example lacks it, the file name stem
-            (`gsm8k` for `gsm8k.train.jsonl.gz`) or the dataset's name is used.
+            (`gsm8k` for `gsm8k.train.jsonl.gz`; the folder's name for `train.jsonl`) or the
+            dataset's name is used. A name other than "source" must be in every example.
         prompt_field, response_field: input field names of prompt/response examples.
         messages_field: input field name of chat examples.
         sources: keep only these source names; an unknown name is a DataError listing the
@@ -109,16 +154,19 @@ def load_mixture(
         max_examples_per_source: keep at most this many examples of each source, drawn
             uniformly with `seed` and kept in their original order.
         seed: seed of that draw.
+        report: a LoadReport to fill with the fields seen and how many rows had a source.
 
     Raises:
         DataError: for every kind of bad input, naming the file and 1-based line, or the field
             and what was expected.
     """
     fields = Fields(source_field, prompt_field, response_field, messages_field)
+    seen = report if report is not None else LoadReport()
+    seen.source_field = source_field
     if isinstance(spec, (datasets.Dataset, datasets.DatasetDict)):
-        columns = _from_dataset(spec, fields, split, default_source="dataset")
+        columns = _from_dataset(spec, fields, split, default_source="dataset", seen=seen)
     else:
-        columns = _from_path_or_id(os.fspath(spec), fields, split)
+        columns = _from_path_or_id(os.fspath(spec), fields, split, seen)
     columns = _filter_sources(columns, sources)
     if max_examples_per_source is not None:
         columns = _cap_per_source(columns, max_examples_per_source, seed)
@@ -139,27 +187,115 @@ def source_sizes(dataset: datasets.Dataset) -> dict[str, int]:
 # ---------------------------------------------------------------- resolving the spec
 
 
-def _from_path_or_id(spec: str, fields: Fields, split: str | None) -> dict[str, list]:
+def is_saved_dataset(path: Path) -> bool:
+    """Whether `path` is a folder written by `Dataset(Dict).save_to_disk`."""
+    return path.is_dir() and any((path / marker).exists() for marker in _SAVED_MARKERS)
+
+
+def _from_path_or_id(spec: str, fields: Fields, split: str | None, seen: LoadReport) -> dict[str, list]:
     path = Path(spec).expanduser()
     if path.is_file():
-        if not is_jsonl(path):
+        if kind_of(path) is None:
             raise DataError(
-                f"{path}: unsupported file type; expected a JSON Lines file (*.jsonl or *.jsonl.gz)"
+                f"{path}: unsupported file type; expected JSON Lines (*.jsonl), JSON (*.json), "
+                "Parquet (*.parquet) or CSV (*.csv), the text kinds optionally compressed (.gz, .bz2, .xz)"
             )
-        return _read_files([path], fields)
+        return _read_file(path, fields, seen)
     if path.is_dir():
-        if any((path / marker).exists() for marker in _SAVED_MARKERS):
+        if is_saved_dataset(path):
             try:
                 loaded = datasets.load_from_disk(str(path))
             except Exception as err:  # corrupt or foreign folder: say which one
                 raise DataError(f"{path}: could not load the saved dataset: {err}") from err
-            return _from_dataset(loaded, fields, split, default_source=path.name)
+            return _from_dataset(loaded, fields, split, default_source=path.name, seen=seen)
         files = split_files(split, path)
         check_no_duplicates(files)
-        return _read_files(files, fields)
+        columns: dict[str, list] = {}
+        for file in files:
+            _merge(columns, _read_file(file, fields, seen), file)
+        return columns
     if looks_like_local_path(spec):
         raise DataError(f"{spec}: no such file or folder")
-    return _from_dataset(_load_hub(spec, split), fields, split, default_source=spec.split("/")[-1])
+    return _from_dataset(_load_hub(spec, split), fields, split, default_source=spec.split("/")[-1], seen=seen)
+
+
+def _read_file(path: Path, fields: Fields, seen: LoadReport) -> dict[str, list]:
+    """One data file's rows as canonical columns, read by the loader its kind is for."""
+    kind = kind_of(path)
+    seen.read.append(str(path))
+    if kind == "jsonl" or (kind == "json" and _first_byte(path) != b"["):
+        return _read_files([path], fields, seen)
+    loaded = _load_with_datasets(path, kind or "json")
+    return _from_dataset(loaded, fields, None, default_source=default_source_of(path), seen=seen,
+                         label=str(path), row_base=1)
+
+
+def _merge(columns: dict[str, list], part: dict[str, list], path: Path) -> None:
+    """Append one file's columns; every file of a split must hold the same kind of rows."""
+    if not columns:
+        columns.update(part)
+        return
+    if set(part) != set(columns):
+        kind = "chat (messages)" if MESSAGES in part else "prompt/response"
+        raise DataError(f"{path}: {kind} rows, but the files before it hold "
+                        f"{'chat (messages)' if MESSAGES in columns else 'prompt/response'} rows; "
+                        "one split must hold one kind")
+    for key, values in part.items():
+        columns[key].extend(values)
+
+
+def _first_byte(path: Path) -> bytes:
+    """The first non-blank byte of a (possibly compressed) file: `[` marks a JSON array."""
+    with _open_binary(path) as handle:
+        while chunk := handle.read(4096):
+            stripped = chunk.lstrip()
+            if stripped:
+                return stripped[:1]
+    return b""
+
+
+_DATASETS_BUILDER = {"json": "json", "parquet": "parquet", "csv": "csv"}
+_KIND_NAME = {"json": "a JSON array of objects", "parquet": "Parquet", "csv": "CSV"}
+
+
+def _csv_header(path: Path) -> list[str]:
+    with _open_binary(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+        try:
+            return next(csv.reader(text), [])
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise DataError(f"{path}:1: unreadable CSV header ({err})") from err
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """`datasets`' "Generating train split" bars say nothing a user needs; turned off meanwhile."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            ds_logging.enable_progress_bar()
+
+
+def _load_with_datasets(path: Path, kind: str) -> datasets.Dataset:
+    """A JSON array, Parquet or CSV file read by `datasets.load_dataset`'s packaged loader (a
+    local file: no network). CSV columns are all read as text: a response "42" stays a string."""
+    kwargs: dict[str, Any] = {}
+    if kind == "csv":
+        header = _csv_header(path)
+        if not header:
+            raise DataError(f"{path}: empty file (no CSV header)")
+        kwargs = {"features": datasets.Features({name: datasets.Value("string") for name in header}),
+                  "keep_default_na": False}
+    try:
+        with datasets_offline(True), _quiet_datasets():
+            return datasets.load_dataset(_DATASETS_BUILDER[kind], data_files=str(path), split="train", **kwargs)
+    except Exception as err:  # a damaged file: datasets' reason, on one line
+        reason = " ".join(str(err).split())[:300]
+        raise DataError(f"{path}: could not read it as {_KIND_NAME[kind]} ({type(err).__name__}: {reason})") from err
 
 
 def _load_hub(name: str, split: str | None) -> datasets.Dataset | datasets.DatasetDict:
@@ -189,11 +325,11 @@ def check_no_duplicates(files: Sequence[Path]) -> None:
     seen: dict[Any, Path] = {}
     for path in files:
         stat = path.stat()
-        for key in (("name", source_of(path), split_of(path)), ("file", stat.st_dev, stat.st_ino)):
+        for key in (("name", strip_suffix(path.name)), ("file", stat.st_dev, stat.st_ino)):
             first = seen.setdefault(key, path)
             if first is not path:
                 split = split_of(path)
-                what = (f"both source {source_of(path)!r}" + (f", split {split!r}" if split else "")
+                what = (f"both {strip_suffix(path.name)!r}" + (f" (split {split!r})" if split else "")
                         if key[0] == "name" else "the same file")
                 raise DataError(
                     f"{first} and {path} are {what}: its examples would be loaded twice; keep one "
@@ -226,18 +362,24 @@ def _lone_surrogate(value: Any, name: str) -> tuple[str, int] | None:
     return None
 
 
+_OPENERS: dict[str, Any] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def _open_binary(path: Path) -> Any:
+    return _OPENERS.get(path.suffix, open)(path, "rb")
+
+
 def _open_lines(path: Path) -> Iterator[bytes]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as handle:
+    with _open_binary(path) as handle:
         yield from handle
 
 
-def _read_files(paths: Sequence[Path], fields: Fields) -> dict[str, list]:
+def _read_files(paths: Sequence[Path], fields: Fields, seen: LoadReport) -> dict[str, list]:
     """Stream every file line by line into canonical columns."""
     columns: dict[str, list] = {}
     for path in paths:
         before = len(columns.get(SOURCE, []))
-        stem = source_of(path)
+        stem = default_source_of(path)
         line_no = 0
         try:
             for line_no, raw in enumerate(_open_lines(path), start=1):
@@ -246,8 +388,10 @@ def _read_files(paths: Sequence[Path], fields: Fields) -> dict[str, list]:
                 record = _parse_line(raw, path, line_no)
                 if not columns:  # the first record fixes the format, and TRL's names
                     fields = fields.resolved(list(record), record)
-                _append(columns, record, fields, stem, f"{path}:{line_no}")
-        except (OSError, EOFError, zlib.error) as err:  # truncated or non-gzip .gz
+                    if not seen.fields:
+                        seen.fields = list(record)
+                _append(columns, record, fields, stem, f"{path}:{line_no}", seen)
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as err:  # truncated or non-gzip .gz
             raise DataError(f"{path}: unreadable after line {line_no}: {err}") from err
         if len(columns.get(SOURCE, [])) == before:
             raise DataError(f"{path}: empty file (no JSON objects)")
@@ -260,8 +404,10 @@ def _parse_line(raw: bytes, path: Path, line_no: int) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise DataError(f"{path}:{line_no}: not UTF-8 text ({err})") from err
     except json.JSONDecodeError as err:
+        hint = ("; a .json file holds one object per line (JSON Lines) or one array of objects"
+                if line_no == 1 and path.name.endswith((".json", ".json.gz", ".json.bz2", ".json.xz")) else "")
         raise DataError(
-            f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})"
+            f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno}){hint}"
         ) from err
     if not isinstance(record, dict):
         raise DataError(
@@ -279,7 +425,8 @@ def _parse_line(raw: bytes, path: Path, line_no: int) -> dict[str, Any]:
     return record
 
 
-def _append(columns: dict[str, list], record: dict, fields: Fields, stem: str, where: str) -> None:
+def _append(columns: dict[str, list], record: dict, fields: Fields, stem: str, where: str,
+            seen: LoadReport) -> None:
     """Check one record and add it to the columns; the first record fixes the format."""
     if not columns:
         if fields.conversational:
@@ -300,7 +447,15 @@ def _append(columns: dict[str, list], record: dict, fields: Fields, stem: str, w
         columns[RESPONSE].append(_string_field(record, fields.response, where))
     else:
         columns[MESSAGES].append(_messages_field(record, fields.messages, where))
-    columns[SOURCE].append(_source_value(record.get(fields.source), stem, fields.source, where))
+    value = record.get(fields.source)
+    if value is None:
+        seen.rows_without_source += 1
+        if fields.source != SOURCE:  # a field the user named must be there
+            raise DataError(f"{where}: missing field {fields.source!r} (--source-field); the object "
+                            f"has fields {sorted(record)}")
+    else:
+        seen.rows_with_source += 1
+    columns[SOURCE].append(_source_value(value, stem, fields.source, where))
 
 
 def _conversation(record: dict, fields: Fields, where: str) -> list[dict[str, str]]:
@@ -371,7 +526,13 @@ def _from_dataset(
     fields: Fields,
     split: str | None,
     default_source: str,
+    seen: LoadReport | None = None,
+    label: str | None = None,
+    row_base: int = 0,
 ) -> dict[str, list]:
+    """Canonical columns of a dataset; errors say `label` (default: the dataset's name) and the
+    row, numbered from `row_base` (0 as `datasets` indexes rows, 1 for a file's rows)."""
+    seen = seen if seen is not None else LoadReport()
     if isinstance(data, datasets.DatasetDict):
         name = split or "train"
         if name not in data:
@@ -380,10 +541,12 @@ def _from_dataset(
             )
         data = data[name]
     cols = data.column_names
-    where = f"dataset {default_source!r}"  # rows below are 0-based, as datasets indexes them
+    if not seen.fields:
+        seen.fields = list(cols)
+    where = label or f"dataset {default_source!r}"
     fields = fields.resolved(cols, data[0] if len(data) else None)
     if fields.conversational:
-        out = {MESSAGES: [_conversation(row, fields, f"{where}, row {i}")
+        out = {MESSAGES: [_conversation(row, fields, f"{where}, row {i + row_base}")
                           for i, row in enumerate(data.select_columns([fields.prompt, fields.response]))]}
     elif fields.prompt in cols:
         for name in (fields.prompt, fields.response):
@@ -395,13 +558,13 @@ def _from_dataset(
             bad = next((i for i, v in enumerate(out[key]) if not isinstance(v, str)), None)
             if bad is not None:
                 raise DataError(
-                    f"{where}, row {bad}: column {key!r} must hold strings, got "
+                    f"{where}, row {bad + row_base}: column {key!r} must hold strings, got "
                     f"{type(out[key][bad]).__name__}"
                 )
     elif fields.messages in cols:
         out = {
             MESSAGES: [
-                _messages_field({fields.messages: m}, fields.messages, f"{where}, row {i}")
+                _messages_field({fields.messages: m}, fields.messages, f"{where}, row {i + row_base}")
                 for i, m in enumerate(data[fields.messages])
             ]
         }
@@ -412,18 +575,26 @@ def _from_dataset(
         )
     if len(data) == 0:
         raise DataError(f"{where}: empty (no rows)")
-    out[SOURCE] = _dataset_sources(data, fields.source, default_source)
+    out[SOURCE] = _dataset_sources(data, fields.source, default_source, seen, where)
     return out
 
 
-def _dataset_sources(data: datasets.Dataset, name: str, default: str) -> list[str]:
+def _dataset_sources(data: datasets.Dataset, name: str, default: str, seen: LoadReport, where: str) -> list[str]:
     if name not in data.column_names:
+        if name != SOURCE:  # a column the user named must be there
+            raise DataError(f"{where}: missing column {name!r} (--source-field); columns are {data.column_names}")
+        seen.rows_without_source += len(data)
         return [default] * len(data)
     feature = data.features[name]
     values = list(data[name])
     if isinstance(feature, datasets.ClassLabel):  # integer labels: use their names
+        seen.rows_with_source += len(values)
         return [feature.int2str(v) for v in values]
-    return [default if v is None else str(v) for v in values]
+    # An empty CSV cell reads as "": no source, like a missing JSON field.
+    missing = sum(1 for v in values if v is None or v == "")
+    seen.rows_without_source += missing
+    seen.rows_with_source += len(values) - missing
+    return [default if v is None or v == "" else str(v) for v in values]
 
 
 # ---------------------------------------------------------------- selection
