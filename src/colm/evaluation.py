@@ -115,7 +115,8 @@ def mixture_losses(per_source: Mapping[str, float], train_rows: Mapping[str, int
 def with_natural(result: dict[str, Any], train_rows: Mapping[str, int]) -> dict[str, Any]:
     """A `per_source_loss` result plus "natural" (the natural-mixture loss) and
     "natural_weights" (each source's share of the training rows `train_rows`)."""
-    got = mixture_losses(result["per_source"], train_rows) if natural_defined(result["per_source"], train_rows) else None
+    defined = natural_defined(result["per_source"], train_rows)
+    got = mixture_losses(result["per_source"], train_rows) if defined else None
     return result | {"natural": got["natural"] if got else math.nan,
                      "natural_weights": got["weights"] if got else {}}
 

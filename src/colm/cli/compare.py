@@ -140,7 +140,7 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
     from colm.cli import dataprep, modeling
     from colm.cli.train import check_pool, check_small_sources
     from colm.compare import report
-    from colm.compare.run import Lab, ResultsFile, exact_match_rows, run_compare
+    from colm.compare.run import Lab, ResultsFile, costed_plan, exact_match_rows, run_compare
 
     # ---- load and check everything before writing anything
     model, tokenizer = modeling.load(model_args, seed=seeds[0])
@@ -211,7 +211,7 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
                        results=results, progress=sys.stdout, after_run=finished)
     wanted = {(a.name, s) for a in arms for s in seeds}
     runs = [r for r in results.runs if (r["arm"], r["seed"]) in wanted]
-    paths = report.write(out, runs=runs, plan=plan, baseline=baseline, budget=budget,
+    paths = report.write(out, runs=runs, plan=costed_plan(plan, runs), baseline=baseline, budget=budget,
                          settings={**settings, "command": "colm compare " + " ".join(argv)},
                          intervals=intervals, harness=report.harness_overhead(runs))
     print()

@@ -124,6 +124,8 @@ def train_markdown(report: dict[str, Any]) -> str:
         f"({report['time']['steps']} steps)",
         f"- peak memory: {mib(report['memory']['peak_bytes'])} ({report['memory']['description']})",
         f"- final training loss: {report.get('train_loss')}",
+        *([f"- resumed from {report['resumed_from']} (the numbers cover the whole run)"]
+          if report.get("resumed_from") else []),
         "",
         "## Data",
         "",
@@ -147,21 +149,26 @@ def train_markdown(report: dict[str, Any]) -> str:
         headers += ["pool share", "selected share"]
     if val:
         headers += ["validation loss"]
+    whole = kept_whole_sources(cfg["coreset"], train_sizes)
     rows = []
     for s in sorted(train_sizes, key=lambda s: -train_sizes[s]):
-        row: list[Any] = [s, train_sizes[s]]
+        row: list[Any] = [f"{s} *" if s in whole else s, train_sizes[s]]
         if shares:
             row += _shares_of(shares, s)
         if val:
             row.append(val["per_source"].get(s, math.nan))
         rows.append(row)
     lines += ["## Per source", "", table(headers, rows), ""]
+    if whole:
+        lines += ["\\* kept whole: every pool row of these small sources is trained, the selection picks "
+                  "among the rest.", ""]
     if val:
         natural = val.get("natural")
         lines += [
             "Validation loss: "
             + (f"natural mixture {natural:.4f} (each source weighted by its share of the training "
-               "rows: the loss a large random batch optimizes), " if natural is not None else "")
+               "rows: the loss a large random batch optimizes), " if natural is not None and math.isfinite(natural)
+               else "natural mixture undefined (no validation source is a training source), ")
             + f"mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} "
             f"({val['worst_source']}), token-weighted {val['overall']:.4f}.", "",
         ]
@@ -170,6 +177,19 @@ def train_markdown(report: dict[str, Any]) -> str:
               "- selections.jsonl: every step's pool and selected examples (with selection on)",
               "- report.json: this report, machine-readable", ""]
     return "\n".join(lines)
+
+
+def kept_whole_sources(coreset: dict[str, Any] | None, train_sizes: dict[str, int]) -> set[str]:
+    """The sources a run's selection keeps whole: its CoresetConfig's small sources (none without
+    a pool or with pseudo-sources, whose clusters are reported on their own)."""
+    from colm.selection.budget import small_sources
+
+    if not coreset or coreset.get("pool_factor", 1) < 2 or coreset.get("pseudo_sources"):
+        return set()
+    try:
+        return set(map(str, small_sources(coreset.get("small_sources", "below_mean"), train_sizes)))
+    except ValueError:
+        return set()
 
 
 def _shares_of(shares: dict[str, Any], source: str) -> list[float]:

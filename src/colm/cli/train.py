@@ -362,7 +362,10 @@ def _print_summary(report: dict[str, Any], text_table: Any) -> None:
     if val:
         rows = [[s, v] for s, v in val["per_source"].items()]
         print(text_table(["source", "validation loss"], rows))
-        print(f"natural mixture {val['natural']:.4f} (sources weighted by their share of the training rows), "
+        natural = (f"natural mixture {val['natural']:.4f} (sources weighted by their share of the training rows)"
+                   if val["natural"] == val["natural"] else "natural mixture undefined (no validation source is a "
+                   "training source)")
+        print(f"{natural}, "
               f"mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} ({val['worst_source']})")
     print(f"report: {Path(report['output_dir']) / 'report.md'}")
     sys.stdout.flush()

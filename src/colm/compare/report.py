@@ -48,6 +48,9 @@ def summarize_arms(runs: Sequence[dict[str, Any]], baseline: str, *, intervals: 
             "losses": {},
         }
         for key, _ in LOSSES:
+            if all(not _finite(r.get(key)) for r in runs):  # e.g. natural: no validation source was trained on
+                entry["losses"][key] = {"mean": math.nan, "sd": math.nan, "paired": None, "undefined": True}
+                continue
             m, sd = mean_sd([r[key] for r in rs])
             d = None
             if intervals and name != baseline:
@@ -58,7 +61,13 @@ def summarize_arms(runs: Sequence[dict[str, Any]], baseline: str, *, intervals: 
     return out
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def _cell(x: dict[str, Any]) -> str:
+    if x.get("undefined"):
+        return "undefined"
     return f"{x['mean']:.3f}" if math.isnan(x["sd"]) else f"{x['mean']:.3f} ± {x['sd']:.3f}"
 
 
@@ -111,33 +120,83 @@ def exact_match_table(runs: Sequence[dict[str, Any]], baseline: str, *, interval
     return "\n".join(rows)
 
 
+def kept_whole(runs: Sequence[dict[str, Any]], train_rows: dict[str, int]) -> dict[str, list[str]]:
+    """Per arm, the sources its selection keeps whole (every pool row of them): the small
+    sources of its CoresetConfig; none for arms without a pool."""
+    from colm.selection.budget import small_sources
+
+    out: dict[str, list[str]] = {}
+    for name, rs in by_arm(runs).items():
+        cfg = rs[0].get("coreset") or {}
+        if cfg.get("pool_factor", 1) > 1 and not cfg.get("pseudo_sources"):
+            try:
+                out[name] = sorted(map(str, small_sources(cfg.get("small_sources", "below_mean"), train_rows)))
+            except ValueError:
+                out[name] = []
+        else:
+            out[name] = []
+    return out
+
+
+def per_source_table(runs: Sequence[dict[str, Any]], train_rows: dict[str, int]) -> str | None:
+    """Markdown: validation loss per source (mean over seeds) per arm; * marks a source that some
+    arm keeps whole, with the arms that do in the last column."""
+    arms = by_arm([r for r in runs if r.get("per_source")])
+    if not arms:
+        return None
+    whole = kept_whole(runs, train_rows)
+    sources = sorted({s for rs in arms.values() for r in rs for s in r["per_source"]})
+    lines = ["| source | training rows | " + " | ".join(arms) + " | kept whole by |",
+             "|---|---:|" + "---:|" * len(arms) + "---|"]
+    for src in sources:
+        cells = []
+        for rs in arms.values():
+            vals = [r["per_source"][src] for r in rs if _finite(r["per_source"].get(src))]
+            cells.append(f"{sum(vals) / len(vals):.3f}" if vals else "—")
+        keepers = [a for a in arms if src in whole.get(a, [])]
+        name = f"{src} *" if keepers else src
+        lines.append(f"| {name} | {train_rows.get(src, 0)} | " + " | ".join(cells)
+                     + f" | {', '.join(keepers) or '—'} |")
+    return "\n".join(lines)
+
+
 def compute_table(plan: dict[str, dict[str, Any]]) -> str:
     lines = ["| arm | steps | training rows / step | scoring rows / step | cost ratio "
              "| compute (training-row equivalents) |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, p in plan.items():
+        ratio = ("—" if not p["scoring_rows_per_step"] else
+                 f"{p['ratio']:.3f}" + (f" ({p['ratio_from']})" if p.get("ratio_from") else ""))
         lines.append(f"| {name} | {p['steps']} | {p['train_rows_per_step']} | {p['scoring_rows_per_step']} "
-                     f"| {p['ratio']:.3f} | {p['units']:.0f} |")
+                     f"| {ratio} | {p['units']:.0f} |")
     return "\n".join(lines)
 
 
-def plot(arms: list[dict[str, Any]], baseline: str, path: Path) -> None:
-    """Paired difference to the baseline (95% interval) per arm, one panel per loss."""
+def plot(arms: list[dict[str, Any]], baseline: str, path: Path, budget: str = "steps") -> None:
+    """Paired difference to the baseline (95% interval) per arm, one panel per loss; each arm's
+    label carries its steps, the title the budget."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     others = [a for a in arms if a["arm"] != baseline]
-    fig, axes = plt.subplots(1, len(LOSSES), figsize=(4 * len(LOSSES), 0.5 + 0.45 * max(1, len(others))), squeeze=False)
+    fig, axes = plt.subplots(1, len(LOSSES), figsize=(5 * len(LOSSES), 2.0 + 0.5 * max(1, len(others))), squeeze=False)
     for ax, (key, title) in zip(axes[0], LOSSES):
         for i, a in enumerate(others):
             d = a["losses"][key]["paired"]
             if d is not None:
                 ax.errorbar(d["mean"], i, xerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]], fmt="o", capsize=3)
         ax.axvline(0, color="gray", lw=1)
-        ax.set_yticks(range(len(others)), [a["arm"] for a in others])
+        ax.set_yticks(range(len(others)), [f"{a['arm']} ({','.join(map(str, a['steps']))} steps)" for a in others]
+                      if key == LOSSES[0][0] else [""] * len(others))
+        ax.set_ylim(-0.6, len(others) - 0.4)
         ax.set_title(f"{title}\nminus {baseline} (lower = better)", fontsize=9)
+        ax.set_xlabel("validation loss difference, mean and 95% t interval over seeds", fontsize=8)
+    base = next((a for a in arms if a["arm"] == baseline), None)
+    base_steps = ",".join(map(str, base["steps"])) if base else "?"
+    fig.suptitle(f"budget: {'equal optimizer steps' if budget == 'steps' else 'equal compute'}; "
+                 f"{baseline}: {base_steps} steps", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -151,7 +210,11 @@ def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str
     arms = summarize_arms(runs, baseline, intervals=intervals)
     png = out / "compare.png"
     if intervals:
-        plot(arms, baseline, png)
+        plot(arms, baseline, png, budget)
+    from colm.compare.verdict import verdict
+
+    train_rows = settings.get("train_rows", {})
+    per_source = per_source_table(runs, train_rows)
     budget_text = ("equal optimizer steps" if budget == "steps" else
                    f"equal compute: {baseline} trains its steps, every other arm the whole steps whose "
                    "compute fits the same total; compute = training rows + scoring-pass rows x their "
@@ -161,9 +224,13 @@ def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str
         "# colm compare", "",
         f"Arms: {', '.join(plan)}; seeds: {', '.join(map(str, settings['seeds']))}; baseline: {baseline}; "
         f"budget: {budget_text}. Every arm of a seed starts from the same initialisation and data order.", "",
+        *verdict(arms, baseline, plan, intervals=intervals, budget=budget),
+        "## Losses", "",
         f"Losses: {NATURAL_NOTE}. Differences are arm minus {baseline}, paired by seed, with a 95% "
         "Student-t interval (negative = the arm is better).", "",
         loss_table(runs, baseline, intervals=intervals), "",
+        *(["## Per source", "", "Validation loss per source, mean over seeds; * = kept whole (every pool "
+            "row of it trained) by the arms named in the last column.", "", per_source, ""] if per_source else []),
         *(["## Exact match (greedy decoding, numeric answers)", "", em, ""] if (em := exact_match_table(
             runs, baseline, intervals=intervals)) else []),
         "## Compute per arm", "", compute_table(plan), "",

@@ -308,3 +308,33 @@ def run_compare(arms: Sequence[Arm], seeds: Sequence[int], lab: Lab, *, steps: i
             if after_run is not None:
                 after_run(row)
     return plan
+
+
+def costed_plan(plan: dict[str, dict[str, Any]], runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The plan with every scoring arm's compute counted at a measured cost ratio, never 0.
+
+    Under --budget compute the ratio comes from the calibration run (kept, labelled so); under
+    --budget steps no calibration runs, so it is measured from the arm's own runs (scoring
+    seconds per row over training seconds per row, mean over seeds)."""
+    out = {}
+    for name, p in plan.items():
+        p = dict(p)
+        if p["scoring_rows_per_step"]:
+            if p["ratio"] > 0:
+                p["ratio_from"] = "calibration run"
+            else:
+                cost = StepCost(p["train_rows_per_step"], p["scoring_rows_per_step"])
+                ratios = []
+                for r in runs:
+                    if r["arm"] == name and r.get("steps"):
+                        try:
+                            ratios.append(measured_ratio(r["wall_s"] / r["steps"], r["score_s"] / r["steps"], cost))
+                        except ValueError:
+                            continue
+                if ratios:
+                    p["ratio"] = statistics.mean(ratios)
+                    p["ratio_from"] = "measured in its runs"
+                    p["units_per_step"] = cost.units(p["ratio"])
+                    p["units"] = p["steps"] * p["units_per_step"]
+        out[name] = p
+    return out

@@ -31,8 +31,8 @@ row: its absence is a DataError at load.
 from __future__ import annotations
 
 import bz2
-import csv
 import contextlib
+import csv
 import gzip
 import io
 import json

@@ -35,7 +35,7 @@ SPLIT_NAMES = ("train", "validation", "valid", "val", "dev", "eval", "test")
 #: Names a validation split goes by; `--eval-split validation` (the default) takes any of them.
 VALIDATION_NAMES = ("validation", "valid", "val", "dev", "eval")
 # `train-00000-of-00002` (the Hub's shard names), `train_part1`: the split, then a separator.
-_SPLIT_SHARD = re.compile(r"^(%s)(?:[-_][\w-]*)?$" % "|".join(SPLIT_NAMES))
+_SPLIT_SHARD = re.compile(r"^(" + "|".join(SPLIT_NAMES) + r")(?:[-_][\w-]*)?$")
 
 
 def default_mixture_dir() -> Path:

@@ -1,0 +1,62 @@
+"""A new user's own folder, end to end: `train.jsonl` + `validation.jsonl` (no source field) runs
+through `colm compare` to a report with both losses, intervals and a verdict; validation sources
+that match no training source still give a finished run (no "internal error")."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from colm.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "offline_env")  # tests/conftest.py
+MICRO = ["--max-steps", "3", "--per-device-train-batch-size", "4", "--max-length", "64", "--learning-rate", "3e-3"]
+
+
+def rows(n: int, offset: int, source: str | None = None) -> str:
+    out = []
+    for i in range(n):
+        a, b = 3 + i + offset, 1 + i % 7
+        row = {"prompt": f"What is {a} plus {b}?", "response": f"{a} + {b} = {a + b}. The answer is {a + b}."}
+        if source is not None:
+            row["source"] = source
+        out.append(json.dumps(row))
+    return "\n".join(out) + "\n"
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_train_and_validation_jsonl_folder_runs_through_compare(tmp_path, capsys):
+    data = tmp_path / "my_data"
+    data.mkdir()
+    (data / "train.jsonl").write_text(rows(40, 0))
+    (data / "validation.jsonl").write_text(rows(6, 100))
+    out = tmp_path / "cmp"
+    code, stdout, err = run_cli(capsys, "compare", "--data", data, "--arms", "plain,stratified", "--seeds", "0,1",
+                                *MICRO, "--output-dir", out)
+    assert code == 0, err
+    assert "validating on" in stdout and "--source-field" in stdout  # the choice and the note, at the start
+    md = (out / "report.md").read_text()
+    assert md.index("## Verdict") < md.index("## Losses")
+    assert "natural mixture" in md and "mean over sources" in md and "95%" in md
+    assert "[" in md.split("| plain |")[1].splitlines()[0]  # plain's row has intervals
+    assert "| my_data |" in md  # the per-source table: one source, named after the folder
+
+
+def test_validation_sources_that_are_no_training_source_still_finish_the_run(tmp_path, capsys):
+    train, valid = tmp_path / "t.jsonl", tmp_path / "v.jsonl"
+    train.write_text(rows(24, 0, "arith"))
+    valid.write_text(rows(4, 100, "other"))
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", "--data", train, "--eval-data", valid, *MICRO,
+                                "--output-dir", out, "--disable-tqdm", "true")
+    assert code == 0, err
+    assert "internal error" not in err
+    note = stdout.index("natural-mixture loss is undefined")
+    assert note < stdout.index("trained 3 steps")  # said before training
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation"]["natural"] is None and report["validation"]["per_source"]["other"] > 0
