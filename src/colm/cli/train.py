@@ -144,12 +144,15 @@ def make_trainer(
     from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from colm.config import CoresetConfig
     from colm.integrations.trainer import CoresetTrainer
 
     trainer = CoresetTrainer(
         model=model, args=targs, train_dataset=train_dataset, processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        coreset_config=coreset, log_selections=log_selections and coreset is not None,
+        # pool_factor=1 for no selection: None would warn that the config was forgotten
+        coreset_config=coreset if coreset is not None else CoresetConfig(pool_factor=1),
+        log_selections=log_selections and coreset is not None,
         callbacks=list(callbacks), train_sampler=train_sampler,
     )
     # transformers' bar (or its raw-dict printer) would duplicate ours.

@@ -142,7 +142,10 @@ class CoresetTrainerMixin(PrivateOverrides):
             ratios matter). Default: counted from train_dataset, in order of first appearance
             (`colm.data.sources`; a given dict keeps its order, which breaks selection ties);
             required when train_dataset is a stream (an IterableDataset or any iterable without len()).
+        source_column: the column naming each row's source, when it is not `source` (renamed to
+            `source` in train_dataset and eval_dataset; a `datasets.Dataset` is needed).
         All other arguments are the base trainer's (bound by its signature, by position or keyword).
+        evaluate() adds the per-source losses (colm.integrations.eval_sources).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -166,8 +169,15 @@ class CoresetTrainerMixin(PrivateOverrides):
         log_selections: bool = False,
         source_sizes: dict[str, int] | None = None,
         train_sampler: Any = None,
+        source_column: str = SOURCE,
         **kwargs: Any,
     ) -> None:
+        if coreset_config is None:
+            logger.warning(
+                "%s without coreset_config trains with no selection (like the base trainer); pass "
+                "coreset_config=CoresetConfig() for colm's default (a pool of 2x the batch, small sources "
+                "kept whole), or CoresetConfig(pool_factor=1) to say plain training is meant", type(self).__name__,
+            )
         config = coreset_config or CoresetConfig(pool_factor=1)
         # The base trainer's own parameters `args` and `train_dataset`, however they are passed.
         signatures = (inspect.signature(super().__init__), inspect.signature(Trainer))
@@ -183,6 +193,10 @@ class CoresetTrainerMixin(PrivateOverrides):
             # shard per process keeps them Python rows (as TRL does for its streams).
             training_args.accelerator_config.dispatch_batches = False
         super().__init__(*args, **kwargs)
+        if source_column != SOURCE:  # the rest of colm reads `source`: the column is renamed once
+            self.train_dataset = with_source_column(self.train_dataset, source_column, "train_dataset")
+            self.eval_dataset = with_source_column(self.eval_dataset, source_column, "eval_dataset")
+        self._eval_target: Any = None
         # Before anything trains (and above, before the base prepares the data when args are
         # given): a launch where torch.distributed and the Trainer count different processes
         # would train diverging copies on duplicated pools, without any error.
@@ -227,9 +241,13 @@ class CoresetTrainerMixin(PrivateOverrides):
             return CoresetSelector(self.coreset_config, given_source_sizes(self.source_sizes))
         sizes = count_sources(source_labels(dataset))  # first appearance: the source order
         if list(sizes) == [SINGLE_SOURCE]:
+            columns = getattr(dataset, "column_names", None)
+            if columns is None and len(dataset) and isinstance(dataset[0], dict):
+                columns = list(dataset[0])
             logger.warning(
-                "train_dataset has no %r column: every example is treated as one source, so no "
-                "source is kept whole", SOURCE,
+                "train_dataset has no %r column (its columns: %s): every example is treated as one source, "
+                "so no source is kept whole; name the column of your sources with source_column=", SOURCE,
+                ", ".join(map(str, columns or [])) or "unknown",
             )
         return CoresetSelector(self.coreset_config, sizes)
 
@@ -519,6 +537,42 @@ class CoresetTrainerMixin(PrivateOverrides):
         if self.control.should_log or self.control.should_save:
             check_finite(self.state.global_step, tr_loss, grad_norm)
 
+    # ---- evaluation -------------------------------------------------------------------------
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval",
+                 *args: Any, **kwargs: Any) -> dict[str, float]:
+        """The base trainer's evaluate(), plus the per-source losses of `colm train` (see
+        colm.integrations.eval_sources) when the validation rows carry a source."""
+        target = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(eval_dataset, str) and isinstance(self.eval_dataset, dict):  # one of several, by name
+            target = self.eval_dataset[eval_dataset]
+        self._eval_target = None if isinstance(target, dict) else target
+        try:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, *args, **kwargs)
+        finally:
+            self._eval_target = None
+
+    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: Any = None,
+                        ignore_keys: Any = None, metric_key_prefix: str = "eval") -> Any:
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        if self._eval_target is not None:  # into the metrics the Trainer then logs and returns
+            output.metrics.update(self._per_source_metrics(self._eval_target, metric_key_prefix))
+        return output
+
+    def _per_source_metrics(self, dataset: Any, prefix: str) -> dict[str, float]:
+        from colm.integrations.eval_sources import has_sources, per_source_metrics
+
+        if not has_sources(dataset):
+            return {}
+        if self.source_sizes is not None:
+            train_rows = dict(self.source_sizes)
+        elif self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
+            train_rows = count_sources(source_labels(self.train_dataset))
+        else:
+            train_rows = {}
+        return per_source_metrics(self.model, dataset, lambda rows: hf.to_device(self, self._collate(rows)),
+                                  self.args.per_device_eval_batch_size, train_rows, prefix)
+
     # ---- checkpoints ------------------------------------------------------------------------
     def _save_coreset_state(self, output_dir: str) -> None:
         """Write the selector (and pseudo-source) state into a checkpoint being saved.
@@ -573,12 +627,34 @@ class CoresetTrainerMixin(PrivateOverrides):
             truncate_jsonl(os.path.join(self.args.output_dir, SELECTIONS_FILE), checkpoint_step(checkpoint))
 
 
+def with_source_column(dataset: Any, column: str, what: str) -> Any:
+    """`dataset` with its `column` renamed to `source` (datasets' rename_column; each of a dict of
+    datasets); None stays None. A dataset without the column, or with both, is refused by name."""
+    if dataset is None:
+        return None
+    if isinstance(dataset, dict):
+        return {k: with_source_column(v, column, f"{what}[{k!r}]") for k, v in dataset.items()}
+    names = getattr(dataset, "column_names", None)
+    if names is None or not hasattr(dataset, "rename_column"):
+        raise TypeError(f"source_column={column!r}: {what} is a {type(dataset).__name__}; renaming a column needs "
+                        "a datasets.Dataset (or name the key 'source' in your rows)")
+    if column not in names:
+        raise ValueError(f"source_column={column!r}: {what} has no such column; its columns are {names}")
+    if SOURCE in names:
+        raise ValueError(f"source_column={column!r}: {what} also has a {SOURCE!r} column; drop one of them")
+    return dataset.rename_column(column, SOURCE)
+
+
 class CoresetTrainer(CoresetTrainerMixin, Trainer):
     """`transformers.Trainer` that trains each step on a coreset of a larger pool (CoLM).
 
     Args:
-        coreset_config: the selection settings; None or `pool_factor=1` trains like `Trainer`.
+        coreset_config: the selection settings; None (a warning) or `pool_factor=1` trains like `Trainer`.
         log_selections: also write every step's selected example ids to
             `<output_dir>/selections.jsonl` (main process only).
+        source_column: the column naming each row's source, when it is not `source`.
+        evaluate() returns and logs, besides `eval_loss`, each source's loss (`eval_loss/<source>`)
+        and the natural-mixture, mean and worst losses (`eval_loss_natural`, `eval_loss_mean`,
+        `eval_loss_worst`), as `colm train` reports them (colm.integrations.eval_sources).
         All other arguments are `transformers.Trainer`'s.
     """
