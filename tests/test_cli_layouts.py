@@ -60,3 +60,29 @@ def test_validation_sources_that_are_no_training_source_still_finish_the_run(tmp
     assert note < stdout.index("trained 3 steps")  # said before training
     report = json.loads((out / "report.json").read_text())
     assert report["validation"]["natural"] is None and report["validation"]["per_source"]["other"] > 0
+    # colm evaluate without --data: the run's own validation data (not the shipped mixture), and a
+    # second evaluation says it replaces the first's eval.json
+    code, stdout, err = run_cli(capsys, "evaluate", "--checkpoint", out, "--disable-tqdm")
+    assert code == 0, err
+    assert f"evaluating on {valid}: the run's own validation data" in stdout
+    evaluated = json.loads((out / "eval.json").read_text())["loss"]["per_source"]
+    assert evaluated == pytest.approx(report["validation"]["per_source"], rel=1e-4)
+    code, stdout, err = run_cli(capsys, "evaluate", "--checkpoint", out, "--disable-tqdm")
+    assert code == 0 and "note: replacing the earlier" in stdout
+
+
+def test_evaluate_picks_the_data_the_run_recorded(tmp_path):
+    from argparse import Namespace
+
+    from colm.cli.errors import UsageError
+    from colm.cli.evaluate import evaluation_data
+
+    shipped = tmp_path / "shipped"
+    ns = Namespace(data=None, split=None)
+    assert evaluation_data(ns, {}, shipped)[0] == shipped  # not a colm run
+    mine = {"data": "/d", "validation": {"data": "/d", "split": "val"}}
+    assert evaluation_data(ns, mine, shipped)[:2] == ("/d", "val")
+    assert "shipped" in evaluation_data(ns, {"data": None, "validation": {"data": None, "split": None}}, shipped)[2]
+    with pytest.raises(UsageError, match="without validation data"):
+        evaluation_data(ns, {"data": "/d", "validation": {"data": None, "split": None}}, shipped)
+    assert evaluation_data(Namespace(data="/x", split=None), mine, shipped)[:2] == ("/x", "validation")

@@ -24,9 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="model folder to evaluate")
     p.add_argument("--data", default=None,
-                   help="validation data: JSONL(.gz) file, folder of split files, saved dataset or "
-                        "Hub id (default: the shipped math mixture)")
-    p.add_argument("--split", default="validation", help="split of a folder or dataset to use")
+                   help="validation data: a JSON Lines/JSON/Parquet/CSV file, a folder of split files, a "
+                        "saved dataset or a Hub id (default: the validation data the run recorded; the "
+                        "shipped math mixture for a run trained on it or a model colm did not train)")
+    p.add_argument("--split", default=None,
+                   help="split of a folder or dataset to use (default: the run's, else validation)")
     p.add_argument("--sources", nargs="+", default=None, help="evaluate these sources only")
     p.add_argument("--max-examples-per-source", type=int, default=None,
                    help="at most this many examples per source (drawn with --seed)")
@@ -37,16 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-chat-template", choices=["true", "false"], default=None,
                    help="render prompt/response rows with the tokenizer's chat template, as "
                         "`colm train --use-chat-template` does (default: the training run's, else false)")
-    p.add_argument("--source-field", default="source")
-    p.add_argument("--prompt-field", default="prompt")
-    p.add_argument("--response-field", default="response")
-    p.add_argument("--messages-field", default="messages")
+    p.add_argument("--source-field", default=None, help="default: the run's, else source")
+    p.add_argument("--prompt-field", default=None, help="default: the run's, else prompt")
+    p.add_argument("--response-field", default=None, help="default: the run's, else response")
+    p.add_argument("--messages-field", default=None, help="default: the run's, else messages")
     p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
     p.add_argument("--generate", action="store_true",
                    help="also generate greedily and score exact match of the extracted answer")
     p.add_argument("--max-new-tokens", type=int, default=64, help="generation length limit")
     p.add_argument("--output", default=None, metavar="FILE.json",
-                   help="write the results as JSON (default: <checkpoint>/eval.json)")
+                   help="write the results as JSON (default: <checkpoint>/eval.json; an earlier one "
+                        "is replaced, and the command says so)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-source subsampling")
     p.add_argument("--disable-tqdm", action="store_true",
                    help="no progress bars (loading, tokenization, evaluation, generation); they are "
@@ -87,12 +90,15 @@ def run(argv: Sequence[str]) -> int:
     if chat and ns.template:
         raise UsageError("--template: prompts are rendered with the chat template (--use-chat-template, "
                          "or the training run's); give --use-chat-template false to use --template")
-    spec = ns.data if ns.data is not None else default_mixture_dir()
-    split = None if Path(str(spec)).expanduser().is_file() else ns.split
+    spec, split, why = evaluation_data(ns, info, default_mixture_dir())
+    split = None if Path(str(spec)).expanduser().is_file() else split
+    fields = {name: getattr(ns, name) or (info.get("fields") or {}).get(name) or default
+              for name, default in (("source_field", "source"), ("prompt_field", "prompt"),
+                                    ("response_field", "response"), ("messages_field", "messages"))}
+    print(f"colm evaluate: evaluating on {spec}" + (f" (split {split!r})" if split else "") + f": {why}", flush=True)
     # Data first: a data error should not wait for a model to load.
     raw = load_mixture(
-        spec, split=split, source_field=ns.source_field, prompt_field=ns.prompt_field,
-        response_field=ns.response_field, messages_field=ns.messages_field, sources=ns.sources,
+        spec, split=split, **fields, sources=ns.sources if ns.sources is not None else info.get("sources"),
         max_examples_per_source=ns.max_examples_per_source, seed=ns.seed,
     )
     model, tokenizer, _ = modeling.load_checkpoint(ckpt)
@@ -125,10 +131,33 @@ def run(argv: Sequence[str]) -> int:
     print(text_table(*result_rows(loss, generation, all_truncated)))
     for line in notes(loss, generation, stats, all_truncated, max_length):
         print(line)
+    if output.exists():
+        print(f"note: replacing the earlier {output} (pass --output FILE.json to keep both)")
     atomic_write_json(output, result)
     print(f"results: {output}")
     sys.stdout.flush()
     return 0
+
+
+def evaluation_data(ns: Any, info: dict[str, Any], shipped: Path) -> tuple[Any, str, str]:
+    """(spec, split, why) of the data to evaluate on: --data; else the run's recorded validation
+    data; else the shipped mixture when the run trained on it (or colm did not train the model).
+    A run that recorded training data but no validation data needs --data."""
+    if ns.data is not None:
+        return ns.data, ns.split or "validation", "--data"
+    if "validation" not in info:  # not a colm run, or one from before runs recorded their data
+        why = ("the model's folder records no colm run" if not info else "the run recorded no data")
+        return shipped, ns.split or "validation", f"the shipped math mixture ({why}; pass --data for other data)"
+    recorded = info["validation"]
+    split = ns.split or recorded.get("split") or "validation"
+    if recorded.get("data") is not None:
+        same = Path(str(recorded["data"])).resolve() == shipped.resolve()
+        return recorded["data"], split, ("the shipped math mixture, as the run trained on it" if same
+                                         else "the run's own validation data")
+    if info.get("data") is None:
+        return shipped, ns.split or "validation", "the shipped math mixture, as the run trained on it"
+    raise UsageError(f"--data: the run trained on {info['data']} without validation data, so there is nothing of "
+                     "its own to evaluate on; pass --data (a file or folder of validation rows)")
 
 
 def natural_mixture(per_source: dict[str, float], ckpt: Path) -> dict[str, Any]:

@@ -70,7 +70,22 @@ def run_info(model_args: Any, data_args: Any, seed: int) -> dict[str, Any]:
         "template": data_args.template,
         "use_chat_template": data_args.use_chat_template,
         "max_length": data_args.max_length,
+        # The data, so `colm evaluate --checkpoint RUN` validates on the run's own by default.
+        "data": _absolute_if_local(data_args.data),
+        "validation": _validation_of(data_args),
+        "fields": {"source_field": data_args.source_field, "prompt_field": data_args.prompt_field,
+                   "response_field": data_args.response_field, "messages_field": data_args.messages_field},
+        "sources": data_args.sources,
     }
+
+
+def _validation_of(data_args: Any) -> dict[str, Any]:
+    """{"data": spec or None, "split": ...} of the run's validation data (colm.data.validation_data)."""
+    from colm.data.validation_data import choose_validation
+
+    choice = choose_validation(data_args.data, data_args.eval_data, data_args.eval_split)
+    spec = choice.spec if choice.spec is None or not isinstance(choice.spec, str) else _absolute_if_local(choice.spec)
+    return {"data": spec, "split": choice.split}
 
 
 def _absolute_if_local(model: str | None) -> str | None:
