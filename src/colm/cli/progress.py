@@ -121,6 +121,46 @@ class ProgressBar(TrainerCallback):
             self.bar = None
 
 
+class LogLines(TrainerCallback):
+    """With the bar off (--disable-tqdm true: log files, batch jobs), one console line per
+    training log and per validation, as they happen, instead of nothing until the end."""
+
+    def __init__(self, desc: str = "colm train", file: Any = None) -> None:
+        self.desc = desc
+        self.file = file or sys.stdout
+        self.started = time.perf_counter()
+        self.state: Any = None  # the Trainer's state (one object, updated in place)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.state = time.perf_counter(), state
+
+    def _print(self, step: int, text: str) -> None:
+        if self.state is None or self.state.is_world_process_zero:
+            total = self.state.max_steps if self.state is not None else "?"
+            print(f"{self.desc}: step {step}/{total}  {text}  [{time.perf_counter() - self.started:.0f} s]",
+                  file=self.file, flush=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        parts = [f"loss {logs['loss']:.4f}"]
+        if "grad_norm" in logs:
+            parts.append(f"grad norm {logs['grad_norm']:.3g}")
+        if "learning_rate" in logs:
+            parts.append(f"lr {logs['learning_rate']:.3g}")
+        ms = sum(logs.get(k, 0.0) for k in ("coreset/select_ms", "coreset/score_ms"))
+        if ms:
+            parts.append(f"selection {ms:.0f} ms/step")
+        self._print(state.global_step, ", ".join(parts))
+
+    def show_eval(self, step: int, result: dict[str, Any]) -> None:
+        natural = result.get("natural")
+        text = "validation: " + (f"natural mixture {natural:.4f}, " if isinstance(natural, float) and
+                                 math.isfinite(natural) else "")
+        text += f"mean over sources {result['mean']:.4f}, worst {result['worst']:.4f} ({result['worst_source']})"
+        self._print(step, text)
+
+
 def eval_record(step: int, result: dict[str, Any]) -> dict[str, Any]:
     """The metrics line of one validation: mean over sources, worst source, the token-weighted
     loss over the whole validation set, each source's loss, and the natural-mixture loss when the

@@ -193,7 +193,15 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     from colm.cli import dataprep, modeling
     from colm.cli import identity as run_identity
     from colm.cli.memory import PeakMemory
-    from colm.cli.progress import BackendReporter, MetricsFile, PeriodicEval, ProgressBar, StepTimer, eval_record
+    from colm.cli.progress import (
+        BackendReporter,
+        LogLines,
+        MetricsFile,
+        PeriodicEval,
+        ProgressBar,
+        StepTimer,
+        eval_record,
+    )
     from colm.cli.report import (
         selection_summary,
         text_table,
@@ -243,13 +251,17 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     callbacks: list[Any] = [timer, metrics, LogAtEverySave()]
     train_rows = prep.train_stats["per_source"]  # the natural mixture's weights
     progress = None if targs.disable_tqdm else ProgressBar("colm train")
+    lines = LogLines("colm train") if targs.disable_tqdm else None  # batch jobs: a line per log
+    if lines is not None:
+        callbacks.append(lines)
     reporter = BackendReporter()  # validation to every --report-to backend, as eval/* tags
     if eval_every:
         callbacks.append(PeriodicEval(
             (), lambda m: with_natural(per_source_loss(m, prep.eval, pad_token_id=pad_id, batch_size=batch),
                                        train_rows),
             every=eval_every, metrics=metrics, timer=timer,
-            on_result=progress.show_eval if progress is not None else None, report=reporter,
+            on_result=progress.show_eval if progress is not None else lines.show_eval if lines is not None else None,
+            report=reporter,
         ))
     trainer = None
     try:

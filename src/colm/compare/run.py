@@ -284,6 +284,28 @@ def plan_steps(arms: Sequence[Arm], baseline: Arm, lab: Lab, steps: int, budget:
     return plan
 
 
+class TimeLeft:
+    """An estimate of a comparison's time left: seconds per optimizer step measured over the runs
+    finished in this session (setup and evaluation included), times the steps still to run."""
+
+    def __init__(self, plan: dict[str, dict[str, Any]]) -> None:
+        self.plan = plan
+        self.seconds = 0.0
+        self.steps = 0
+
+    def add(self, steps: int, seconds: float) -> None:
+        self.seconds += seconds
+        self.steps += max(1, steps)
+
+    def words(self, remaining: Sequence[tuple[str, int]], results: ResultsFile) -> str:
+        """", about 3 min left" over the (arm, seed) runs not yet done; "" before a run has finished."""
+        if not self.steps:
+            return ""
+        todo = sum(max(1, self.plan[arm]["steps"]) for arm, seed in remaining if not results.done(arm, seed))
+        left = self.seconds / self.steps * todo
+        return f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
+
+
 def run_compare(arms: Sequence[Arm], seeds: Sequence[int], lab: Lab, *, steps: int, budget: str,
                 baseline: str, results: ResultsFile, progress: TextIO | None = sys.stderr,
                 after_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
@@ -297,16 +319,23 @@ def run_compare(arms: Sequence[Arm], seeds: Sequence[int], lab: Lab, *, steps: i
                           file=progress, flush=True)
                 results.add_ratio(arm.name, calibrate_ratio(arm, lab, seeds[0]))
     plan = plan_steps(arms, base, lab, steps, budget, results.ratios)
-    for seed in seeds:
-        for arm in arms:
-            if results.done(arm.name, seed):
-                continue
-            row = run_arm(arm, seed, lab, plan[arm.name]["steps"], progress=progress)
-            row.update(budget=budget, units=plan[arm.name]["units"], ratio=plan[arm.name]["ratio"],
-                       date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-            results.add_run(row)
-            if after_run is not None:
-                after_run(row)
+    order = [(arm, seed) for seed in seeds for arm in arms]
+    eta = TimeLeft(plan)
+    for k, (arm, seed) in enumerate(order, start=1):
+        if results.done(arm.name, seed):
+            continue
+        if progress is not None:
+            left = eta.words([(a.name, s) for a, s in order[k - 1:]], results)
+            print(f"colm compare: run {k} of {len(order)}: {arm.name}, seed {seed}, "
+                  f"{plan[arm.name]['steps']} steps{left}", file=progress, flush=True)
+        started = time.perf_counter()
+        row = run_arm(arm, seed, lab, plan[arm.name]["steps"], progress=progress)
+        eta.add(plan[arm.name]["steps"], time.perf_counter() - started)
+        row.update(budget=budget, units=plan[arm.name]["units"], ratio=plan[arm.name]["ratio"],
+                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        results.add_run(row)
+        if after_run is not None:
+            after_run(row)
     return plan
 
 
