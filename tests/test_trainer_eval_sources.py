@@ -71,3 +71,14 @@ def test_the_trl_trainer_reports_per_source_losses_too(tmp_path):
     got = trainer.evaluate()
     assert {"eval_loss_mean", "eval_loss_worst", "eval_loss_natural"} <= set(got)
     assert any(key.startswith("eval_loss/") for key in got)
+
+
+def test_step_logs_leave_out_what_cannot_change_under_the_method(tmp_path):
+    cfg = CoresetConfig(within_source="random", small_sources="none")  # no scoring, nothing kept whole
+    trainer = CoresetTrainer(model=tiny_llama(), args=training_args(tmp_path, max_steps=2), train_dataset=mixture(SIZES),
+                             data_collator=collator(), coreset_config=cfg)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all("coreset/select_ms" in h for h in logged)
+    for key in ("coreset/score_ms", "coreset/adam_step", "coreset/kept_small", "coreset/dropped_small"):
+        assert not any(key in h for h in logged), key

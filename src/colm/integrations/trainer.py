@@ -494,12 +494,14 @@ class CoresetTrainerMixin(PrivateOverrides):
     def _record_selection(
         self, selection: Selection, pool_rows: list[dict[str, Any]], sources: list[str], score_ms: float
     ) -> None:
-        stats = {f"coreset/{k}": float(v) for k, v in selection.stats.items()}
+        quiet = constant_stats(self.coreset_config)
+        stats = {f"coreset/{k}": float(v) for k, v in selection.stats.items() if k not in quiet}
         # The selector counts the sources present in the pool; every source it knows is logged
         # at every step (0 when absent), so each selected/<source> series has no gaps.
         for name in self.selector.source_sizes:
             stats.setdefault(f"coreset/selected/{name}", 0.0)
-        stats["coreset/score_ms"] = score_ms
+        if "score_ms" not in quiet:
+            stats["coreset/score_ms"] = score_ms
         self.score_seconds += score_ms / 1e3
         self._coreset_log_count += 1
         self._add_to_step_stats(stats)
@@ -625,6 +627,18 @@ class CoresetTrainerMixin(PrivateOverrides):
         """Drop logged selections past the checkpoint: the resumed run writes them again."""
         if self.is_world_process_zero():
             truncate_jsonl(os.path.join(self.args.output_dir, SELECTIONS_FILE), checkpoint_step(checkpoint))
+
+
+def constant_stats(config: CoresetConfig) -> frozenset[str]:
+    """Selection statistics that cannot change under `config`, left out of every step's log: no
+    scoring pass (no score time, no Adam history) when the selection looks at no feature, and
+    no kept or dropped small source when no source is small."""
+    quiet = set()
+    if not config.needs_features:
+        quiet |= {"score_ms", "adam_step"}
+    if config.small_sources == "none":
+        quiet |= {"kept_small", "dropped_small"}
+    return frozenset(quiet)
 
 
 def with_source_column(dataset: Any, column: str, what: str) -> Any:
