@@ -70,24 +70,28 @@ class DataArguments:
 
     data: str | None = field(
         default=None,
-        metadata={"help": "Training data: a JSONL(.gz) file, a folder of <source>.<split>.jsonl[.gz] "
-                          "files, a saved `datasets` folder or a Hub dataset id. Default: the "
-                          "14-source math mixture shipped with colm."},
+        metadata={"help": "Training data: a JSON Lines, JSON, Parquet or CSV file (compressed or not), a "
+                          "folder of train/validation files or of <source>.<split> files, a save_to_disk "
+                          "folder or a Hub dataset id. Default: the 14-source math mixture shipped with colm."},
     )
     train_split: str = field(
         default="train", metadata={"help": "Split of --data to train on (folders and datasets)."}
     )
     eval_data: str | None = field(
         default=None,
-        metadata={"help": "Validation data (same formats as --data). Default: the --eval-split "
-                          "files of --data when it is a folder that has them, else none."},
+        metadata={"help": "Validation data (same formats as --data); wins over --data's own "
+                          "validation split. Default: --data's --eval-split split when it has one "
+                          "(folder files or a save_to_disk split), else none."},
     )
     eval_split: str = field(
-        default="validation", metadata={"help": "Split used for validation."}
+        default="validation", metadata={"help": "Split used for validation (the default also takes "
+                                                "val, dev and eval)."}
     )
     source_field: str = field(
         default="source",
-        metadata={"help": "Field naming each example's source (default from the file name)."},
+        metadata={"help": "Field naming each example's source. Rows without `source` belong to their "
+                          "file's source (the folder's for train.jsonl); another name given here must "
+                          "be in every row."},
     )
     prompt_field: str = field(default="prompt", metadata={"help": "Field of the prompt."})
     response_field: str = field(default="response", metadata={"help": "Field of the response."})
