@@ -187,8 +187,9 @@ def test_validation_without_source_against_one_training_source_is_that_source(tm
 
 def test_validation_sources_that_match_no_training_source_are_said_and_natural_is_nan(tmp_path: Path):
     valid = load_mixture(write(tmp_path / "v.jsonl", [dict(r, source="other") for r in VALID]))
-    kept, note = match_sources(["add", "dbl"], valid, False)
+    kept, note = match_sources(["add", "dbl"], valid, False, ["prompt", "response", "source", "task"])
     assert set(kept["source"]) == {"other"}
     assert "natural-mixture loss is undefined" in note and "--source-field" in note
+    assert "(the validation rows' fields: prompt, response, source, task)" in note
     got = with_natural({"per_source": {"other": 2.0}, "mean": 2.0}, {"add": 5, "dbl": 3})
     assert math.isnan(got["natural"]) and got["mean"] == 2.0  # no exception: the run reports the rest

@@ -204,7 +204,9 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
 
     def finished(row: dict[str, Any]) -> None:
         em = f", exact match {row['exact_match']['overall']:.3f}" if "exact_match" in row else ""
-        print(f"  [{row['arm']} seed {row['seed']}] done: {row['steps']} steps, natural {row['val_loss_natural']:.4f}, "
+        natural = row["val_loss_natural"]
+        natural_text = f"{natural:.4f}" if natural == natural else "undefined"  # NaN: no validation source trained on
+        print(f"  [{row['arm']} seed {row['seed']}] done: {row['steps']} steps, natural {natural_text}, "
               f"mean over sources {row['val_loss_mean']:.4f}, worst {row['val_loss_worst']:.4f}{em}", flush=True)
 
     plan = run_compare(arms, seeds, lab, steps=targs.max_steps, budget=budget, baseline=baseline,

@@ -92,7 +92,7 @@ def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = Fals
     print(f"colm: {choice.line()}", flush=True)
     eval_seen = LoadReport()
     eval_raw = _load(eval_spec, eval_split, data_args, data_args.max_eval_examples_per_source, seed, eval_seen)
-    eval_raw, note = match_sources(train_sources, eval_raw, eval_seen.source_missing)
+    eval_raw, note = match_sources(train_sources, eval_raw, eval_seen.source_missing, eval_seen.fields)
     if note is not None:
         print(f"colm: note: {note}", flush=True)
     if data_args.use_chat_template:

@@ -78,12 +78,14 @@ def choose_validation(data: Any, eval_data: Any, eval_split: str = "validation")
                                         "(no validation loss is reported)")
 
 
-def match_sources(train_sources: list[str], eval_dataset: Any, eval_source_missing: bool) -> tuple[Any, str | None]:
+def match_sources(train_sources: list[str], eval_dataset: Any, eval_source_missing: bool,
+                  fields: list[str] | None = None) -> tuple[Any, str | None]:
     """(validation dataset, a note or None) after checking its sources against training's.
 
     Validation rows without a source field, against training data of one source: they are that
     source (renamed, noted). Validation sources that are no training source: a note saying the
-    natural-mixture loss is undefined for them (the run still reports per-source and mean losses).
+    natural-mixture loss is undefined for them (the run still reports per-source and mean losses);
+    `fields` (the validation rows' fields) are listed in it, to find the one naming the source.
     """
     eval_sources = sorted(set(map(str, eval_dataset["source"])))
     known = set(train_sources)
@@ -100,4 +102,5 @@ def match_sources(train_sources: list[str], eval_dataset: Any, eval_source_missi
                          f"data's one source {only!r}")
     return eval_dataset, (f"no validation source {eval_sources} is a training source {sorted(known)}: "
                           "the natural-mixture loss is undefined; the per-source losses and their mean are "
-                          "still reported. If another field names each row's source, pass --source-field FIELD")
+                          "still reported. If another field names each row's source, pass --source-field FIELD"
+                          + (f" (the validation rows' fields: {', '.join(fields)})" if fields else ""))
