@@ -40,6 +40,8 @@ def test_a_train_and_validation_jsonl_folder_runs_through_compare(tmp_path, caps
                                 *MICRO, "--output-dir", out)
     assert code == 0, err
     assert "validating on" in stdout and "--source-field" in stdout  # the choice and the note, at the start
+    assert "colm compare: run 1 of 4: plain, seed 0" in stdout and "run 4 of 4: stratified, seed 1" in stdout
+    assert " left" in stdout.split("run 2 of 4")[1].splitlines()[0]  # an estimate of the time left
     md = (out / "report.md").read_text()
     assert md.index("## Verdict") < md.index("## Losses")
     assert "natural mixture" in md and "mean over sources" in md and "95%" in md
@@ -53,11 +55,14 @@ def test_validation_sources_that_are_no_training_source_still_finish_the_run(tmp
     valid.write_text(rows(4, 100, "other"))
     out = tmp_path / "run"
     code, stdout, err = run_cli(capsys, "train", "--data", train, "--eval-data", valid, *MICRO,
-                                "--output-dir", out, "--disable-tqdm", "true")
+                                "--output-dir", out, "--disable-tqdm", "true", "--logging-steps", "1")
     assert code == 0, err
     assert "internal error" not in err
     note = stdout.index("natural-mixture loss is undefined")
     assert note < stdout.index("trained 3 steps")  # said before training
+    # tqdm off (a batch job): a line per training log as it happens, before the summary
+    for step in (1, 2, 3):
+        assert stdout.index(f"colm train: step {step}/3  loss ") < stdout.index("trained 3 steps")
     report = json.loads((out / "report.json").read_text())
     assert report["validation"]["natural"] is None and report["validation"]["per_source"]["other"] > 0
     # colm evaluate without --data: the run's own validation data (not the shipped mixture), and a
