@@ -160,7 +160,9 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
             "per_source": val["per_source"],
         })
         if lab.exact_match_raw is not None:
+            t2 = time.perf_counter()
             row["exact_match"] = exact_match(model, lab)
+            row["exact_match_s"] = time.perf_counter() - t2
     cost = arm_cost(arm, lab, seed)
     score_s = float(getattr(trainer, "score_seconds", 0.0))
     row.update({
