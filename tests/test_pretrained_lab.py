@@ -24,7 +24,7 @@ def test_the_lab_config_parses_into_the_issue_arms():
     assert all(n in PRESETS for n in names)
     assert seeds == list(range(10)) and baseline == "stratified" and budget == "steps" and intervals
     assert targs.per_device_train_batch_size == 8 and data_args.max_length == 128 and targs.max_steps >= 20
-    assert exact[0] > 0
+    assert exact[0] == 0  # off: the sweep got 0-1 of 72 questions right (lab.yaml says why)
     for arm in arms:  # every arm's CoresetConfig is valid on the run's base config
         arm.coreset_config(base, 0)
 
