@@ -223,7 +223,7 @@ def plot(arms: list[dict[str, Any]], baseline: str, path: Path, budget: str = "s
 def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str, Any]], baseline: str,
           budget: str, settings: dict[str, Any], intervals: bool, harness: dict[str, float]) -> list[Path]:
     """report.md, report.json and compare.png into `out`; returns the paths written."""
-    from colm.files import atomic_write_json
+    from colm.files import atomic_write_json, atomic_write_text, writing
 
     try:
         arms = summarize_arms(runs, baseline, intervals=intervals)
@@ -232,7 +232,8 @@ def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str
         arms = summarize_arms(runs, baseline, intervals=False)
     png = out / "compare.png"
     if intervals:
-        plot(arms, baseline, png, budget)
+        with writing(f"writing {png.name}", png):
+            plot(arms, baseline, png, budget)
     from colm.compare.verdict import verdict
 
     train_rows = settings.get("train_rows", {})
@@ -274,7 +275,7 @@ def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str
         lines += [changes_markdown(settings["changed_settings"])]
     lines += ["Files: report.json (every number), results.jsonl (one line per arm x seed; a rerun "
               "resumes from it).", ""]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(out / "report.md", "\n".join(lines))
     atomic_write_json(out / "report.json", {
         "settings": settings, "baseline": baseline, "budget": budget, "plan": plan,
         "arms": arms, "harness": harness, "natural_note": NATURAL_NOTE, "runs": list(runs),

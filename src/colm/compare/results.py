@@ -108,7 +108,7 @@ class ResultsFile:
                         f"are intact: delete line {number} (its run is then trained again), or use "
                         "another --output-dir") from None
                 # the last line, torn by a kill or a full disk: keep everything before it
-                with writing("truncating a torn line of", self.path):
+                with writing(f"cutting a torn line off {self.path.name}", self.path):
                     with open(self.path, "r+b") as f:
                         f.truncate(start)
                 self.notes.append(f"{self.path}:{number}: dropped a torn last line (a write cut short); "
@@ -117,7 +117,7 @@ class ResultsFile:
                 break
             records.append((number, record))
         if raw and not raw.endswith(b"\n") and not self.notes:  # a complete last line without its newline
-            with writing("appending to", self.path):
+            with writing(f"appending to {self.path.name}", self.path):
                 with open(self.path, "ab") as f:
                     f.write(b"\n")
         return records
@@ -209,7 +209,7 @@ class ResultsFile:
         # One line per finished unit, flushed to disk: a kill loses at most the run in progress.
         # NaN is no JSON: a non-finite number is written as null (strict readers reject NaN).
         line = json.dumps(finite_json(record), default=str, allow_nan=False) + "\n"
-        with writing("appending to", self.path):
+        with writing(f"appending to {self.path.name}", self.path):
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(line)
                 f.flush()
