@@ -5,6 +5,7 @@ disk under `colm compare` names the file."""
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 from pathlib import Path
 
@@ -118,3 +119,20 @@ def test_a_full_disk_under_compare_names_the_results_file(data, tmp_path, capsys
                            "--no-intervals", *MICRO, "--output-dir", out)
     assert code == 1
     assert f"failed: appending to results.jsonl, {out / 'results.jsonl'}: no space left on device" in err
+
+
+def test_a_trained_source_without_validation_rows_is_said_in_train_and_evaluate(data, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    shutil.copytree(data, partial)
+    (partial / "riddle.validation.jsonl").unlink()
+    out = tmp_path / "t"
+    code, stdout, err = run_cli(capsys, "train", "--data", partial, *A, "--max-steps", "2", "--output-dir", out)
+    assert code == 0, err
+    said = "no validation loss for trained source(s) riddle (6 of 60 training rows, 10.0%)"
+    assert said in stdout and said in (out / "report.md").read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation"]["missing_sources"] == ["riddle"]
+    code, stdout, err = run_cli(capsys, "evaluate", "--checkpoint", out, "--data", partial,
+                                "--output", tmp_path / "ev.json")
+    assert code == 0, err
+    assert said in stdout

@@ -5,6 +5,7 @@ holds or is refused."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,17 @@ def test_seeds_out_of_range_are_one_line(seeds, data, tmp_path, capsys):
                            "--output-dir", tmp_path / "cmp")
     assert code == 2 and "--seeds:" in err and "not seeds" in err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_trained_source_without_validation_rows_is_said_in_compare(data, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    shutil.copytree(data, partial)
+    (partial / "riddle.validation.jsonl").unlink()
+    out = tmp_path / "cmp"
+    code, stdout, err = run_cli(capsys, "compare", "--data", partial, "--arms", "plain", "--seeds", "0",
+                                "--no-intervals", *MICRO, "--output-dir", out)
+    assert code == 0, err
+    said = "no validation loss for trained source(s) riddle (6 of 60 training rows, 10.0%)"
+    assert said in stdout
+    md = (out / "report.md").read_text()
+    assert said in md and "Validation sources: addition, product." in md

@@ -217,6 +217,12 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
     if results.runs:
         print(f"colm compare: resuming, {len(results.runs)} arm x seed run(s) already in {out / RESULTS_FILE}",
               flush=True)
+    from colm.evaluation import coverage_note
+
+    eval_sources = sorted({str(x) for x in prep.eval["source"]})
+    missing_note = coverage_note(dict.fromkeys(eval_sources), lab.train_rows)
+    if missing_note:  # said once here and in report.md, never dropped without a word
+        print(f"colm compare: note: {missing_note}", flush=True)
     n = len(arms) * len(seeds)
     print(f"colm compare: {len(arms)} arms x {len(seeds)} seeds ({n} runs), budget {budget}, baseline "
           f"{baseline}; {len(prep.train)} training / {len(prep.eval)} validation rows", flush=True)
@@ -240,7 +246,8 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
     runs = [r for r in results.runs if (r["arm"], r["seed"]) in wanted]
     paths = report.write(out, runs=runs, plan=costed_plan(plan, runs), baseline=baseline, budget=budget,
                          settings={**settings, "command": "colm compare " + " ".join(argv), "identity": identity,
-                                   "changed_settings": results.changes},
+                                   "changed_settings": results.changes, "validation_sources": eval_sources,
+                                   "validation_note": missing_note},
                          intervals=intervals, harness=report.harness_overhead(runs))
     print()
     print(report.loss_table(runs, baseline, intervals=intervals))

@@ -172,6 +172,10 @@ def train_markdown(report: dict[str, Any]) -> str:
             + f"mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} "
             f"({val['worst_source']}), token-weighted {val['overall']:.4f}.", "",
         ]
+        if val.get("missing_sources"):  # a trained source without validation rows is said, not dropped
+            from colm.evaluation import coverage_note
+
+            lines += [f"**Note:** {coverage_note(val['per_source'], train_sizes)}.", ""]
     lines += pseudo_sources_markdown(report.get("pseudo_sources"), shares)
     lines += ["## Files", "", "- metrics.jsonl: every Trainer log line",
               "- selections.jsonl: every step's pool and selected examples (with selection on)",

@@ -382,5 +382,9 @@ def _print_summary(report: dict[str, Any], text_table: Any) -> None:
                    "training source)")
         print(f"{natural}, "
               f"mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} ({val['worst_source']})")
+        if val.get("missing_sources"):
+            from colm.evaluation import coverage_note
+
+            print(f"note: {coverage_note(val['per_source'], report['data']['train']['per_source'])}")
     print(f"report: {Path(report['output_dir']) / 'report.md'}")
     sys.stdout.flush()

@@ -251,6 +251,9 @@ def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str
         "## Losses", "",
         f"Losses: {NATURAL_NOTE}. Differences are arm minus {baseline}, paired by seed, with a 95% "
         "Student-t interval (negative = the arm is better).", "",
+        *([f"Validation sources: {', '.join(settings['validation_sources'])}."
+           + (f" **Note:** {settings['validation_note']}." if settings.get("validation_note") else ""), ""]
+          if settings.get("validation_sources") else []),
         loss_table(runs, baseline, intervals=intervals), "",
         *(["## Per source", "", "Validation loss per source, mean over seeds; * = kept whole (every pool "
             "row of it trained) by the arms named in the last column.", "", per_source, ""] if per_source else []),
