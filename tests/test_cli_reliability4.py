@@ -136,3 +136,60 @@ def test_a_trained_source_without_validation_rows_is_said_in_train_and_evaluate(
                                 "--output", tmp_path / "ev.json")
     assert code == 0, err
     assert said in stdout
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--within-source", "random", "--feature", "zo"],
+     "--feature zo: does nothing with within_source random (it looks at no gradient features)"),
+    (["--no-coreset", "--pool-factor", "4"], "--pool-factor 4: does nothing with --no-coreset"),
+    (["--pool-factor", "1", "--within-source", "facility_location"],
+     "--within-source facility_location: does nothing with pool_factor 1"),
+    (["--within-source", "facility_location", "--feature", "hidden", "--feature-modules", "v_proj"],
+     "--feature-modules ['v_proj']: does nothing with feature hidden"),
+    (["--num-train-epochs", "1"], "--num-train-epochs 1.0: does nothing while --max-steps is 2"),
+])
+def test_a_train_option_its_mode_ignores_is_refused(extra, needle, data, tmp_path, capsys):
+    out = tmp_path / "t"
+    code, _, err = run_cli(capsys, "train", "--data", data, *A, "--max-steps", "2", *extra, "--output-dir", out)
+    assert code == 2 and needle in err, err
+    assert not out.exists()
+
+
+def test_selection_options_from_a_config_file_with_no_coreset_are_a_warning(data, tmp_path, capsys):
+    """`colm train --config run.yaml --no-coreset` is the documented baseline of the same recipe."""
+    config = tmp_path / "run.yaml"
+    config.write_text("pool_factor: 4\nwithin_source: facility_location\n")
+    code, _, err = run_cli(capsys, "train", "--config", config, "--data", data, *A, "--max-steps", "1",
+                           "--no-coreset", "--output-dir", tmp_path / "t")
+    assert code == 0, err
+    assert "colm train: warning: --config pool-factor: 4, within-source: facility_location: does nothing " \
+           "with --no-coreset" in err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--no-coreset"], "--no-coreset: does nothing in colm compare"),
+    (["--resume-from-checkpoint", "true"], "--resume-from-checkpoint: does nothing in colm compare"),
+    (["--save-strategy", "steps"], "--save-strategy steps: does nothing in colm compare"),
+    (["--num-train-epochs", "1"], "--num-train-epochs 1.0: does nothing while --max-steps is 3"),
+    (["--selection-seed", "3"], "--selection-seed 3: does nothing in colm compare"),
+    (["--arms", "plain,stratified:pool_factor=1"], "--arms stratified:pool_factor=1: pool_factor 1 has no pool"),
+    (["--arms", "plain,stratified:feature=zo"],
+     "--arms stratified:feature=zo: feature=zo: does nothing with within_source random"),
+    (["--arms", "plain,accumulate2", "--feature", "zo"],
+     "--feature zo: does nothing with the arms plain, accumulate2 (no arm uses it)"),
+])
+def test_a_compare_option_that_does_nothing_is_refused(extra, needle, data, tmp_path, capsys):
+    out = tmp_path / "c"
+    code, _, err = run_cli(capsys, "compare", "--data", data, "--arms", "plain,stratified", "--seeds", "0",
+                           "--no-intervals", *MICRO, *extra, "--output-dir", out)
+    assert code == 2 and needle in err, err
+    assert not out.exists()
+
+
+def test_an_arms_selection_seed_override_wins_over_the_runs_seed():
+    from colm.compare.arms import parse_arm
+    from colm.config import CoresetConfig
+
+    fixed = parse_arm("stratified:selection_seed=7")
+    assert [fixed.coreset_config(CoresetConfig(), seed).selection_seed for seed in (0, 1)] == [7, 7]
+    assert parse_arm("stratified").coreset_config(CoresetConfig(), 1).selection_seed == 1

@@ -97,6 +97,10 @@ def parse(argv: Sequence[str]):
     if any(not 0 <= s < 2**32 for s in seeds):  # numpy and torch refuse them mid-run otherwise
         raise UsageError(f"--seeds: {[s for s in seeds if not 0 <= s < 2**32]} are not seeds; expected "
                          "whole numbers from 0 to 2**32 - 1")
+    from colm.cli.option_effect import check_compare_options
+    from colm.config import CoresetConfig
+
+    check_compare_options(sel_args, targs, arms, base or CoresetConfig(), seeds[0], argv)
     names = [a.name for a in arms]
     baseline = extra.baseline or ("stratified" if "stratified" in names else names[0])
     if baseline not in names:
@@ -113,8 +117,6 @@ def parse(argv: Sequence[str]):
         raise UsageError(f"--exact-match-max-new-tokens: expected an integer >= 1, "
                          f"got {extra.exact_match_max_new_tokens}")
     exact = (extra.exact_match_per_source, extra.exact_match_max_new_tokens)
-    from colm.config import CoresetConfig
-
     return (model_args, data_args, targs, base or CoresetConfig(), arms, seeds, baseline, extra.budget, intervals,
             exact, run_args.allow_changed_settings)
 

@@ -164,7 +164,11 @@ def make_trainer(
 
 
 def run(argv: Sequence[str]) -> int:
-    model_args, data_args, _sel, targs, coreset, run_args = parse(argv)
+    model_args, data_args, sel, targs, coreset, run_args = parse(argv)
+    from colm.cli.option_effect import check_epochs, check_selection_options
+
+    check_selection_options(sel, coreset, argv)  # e.g. --no-coreset --pool-factor 4: refused, not ignored
+    check_epochs(targs, "colm train")
     from colm import phases
 
     phases.enable(not targs.disable_tqdm)  # GGUF, tokenization, embedding pass, evaluation bars
