@@ -193,3 +193,41 @@ def test_an_arms_selection_seed_override_wins_over_the_runs_seed():
     fixed = parse_arm("stratified:selection_seed=7")
     assert [fixed.coreset_config(CoresetConfig(), seed).selection_seed for seed in (0, 1)] == [7, 7]
     assert parse_arm("stratified").coreset_config(CoresetConfig(), 1).selection_seed == 1
+
+
+def test_the_final_loss_after_a_resume_survives_a_cut_metrics_file(data, saved_run, tmp_path, capsys, monkeypatch):
+    """metrics.jsonl lost its lines (a full disk, an edit): the checkpoint's own log history
+    still covers the steps before the resume."""
+    from transformers import TrainerCallback
+
+    from colm.cli import train as train_cli
+
+    uninterrupted = json.loads((saved_run / "report.json").read_text())["train_loss"]
+
+    class KilledAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    real = train_cli.make_trainer
+
+    def with_kill(*args, **kwargs):
+        trainer = real(*args, **kwargs)
+        trainer.add_callback(KilledAtStep3())
+        return trainer
+
+    out = tmp_path / "r"
+    argv = ["train", "--data", data, *A, "--max-steps", "4", "--save-steps", "2", "--output-dir", out]
+    monkeypatch.setattr(train_cli, "make_trainer", with_kill)
+    assert run_cli(capsys, *argv)[0] == 130
+    monkeypatch.setattr(train_cli, "make_trainer", real)
+    (out / "metrics.jsonl").write_text("")
+    code, _, err = run_cli(capsys, *argv, "--resume-from-checkpoint", "true")
+    assert code == 0, err
+    assert json.loads((out / "report.json").read_text())["train_loss"] == pytest.approx(uninterrupted, rel=1e-5)
+
+
+def test_an_empty_sources_option_names_the_option_not_truncation(data, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--data", data, *A, "--max-steps", "1", "--sources", "",
+                           "--output-dir", tmp_path / "t")
+    assert code == 2 and "names no source" in err and "truncation" not in err, err

@@ -83,6 +83,9 @@ def parse(argv: Sequence[str]):
     # colm train's dataclasses (its RunArguments, for resuming one run, mean nothing here), then ours
     model_args, data_args, sel_args, run_args, targs, extra = cli_args.parse_command(parser, argv, 6)
     targs.__class__ = TrainingArguments
+    from colm.cli.train import check_seeds
+
+    check_seeds(targs)  # before --seed becomes the base selection seed
     base = cli_args.to_coreset_config(sel_args, targs)
     try:
         arms = parse_arms(extra.arms)

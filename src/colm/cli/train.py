@@ -63,6 +63,7 @@ def parse(argv: Sequence[str]):
     from transformers import TrainingArguments
 
     targs.__class__ = TrainingArguments
+    check_seeds(targs)  # before --seed becomes the selection seed (named as --seed, not --selection-seed)
     coreset = cli_args.to_coreset_config(sel_args, targs)
     return model_args, data_args, sel_args, targs, coreset, run_args
 
@@ -296,7 +297,8 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
         "global_step": trainer.state.global_step,
         # Over the whole run: the Trainer's number covers only the steps since the resume.
         "train_loss": whole_run_train_loss(out / "metrics.jsonl", run_dir.resume_step,
-                                           result.training_loss, steps_this_call),
+                                           result.training_loss, steps_this_call,
+                                           history=trainer.state.log_history),
         "resumed_from": run_dir.resume_from,
         # What defines the run, and every setting a resume changed (with its step).
         "identity": identity_record["identity"],

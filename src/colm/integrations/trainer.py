@@ -170,13 +170,18 @@ class CoresetTrainerMixin(PrivateOverrides):
     def __init__(
         self,
         *args: Any,
-        coreset_config: CoresetConfig | None = None,
+        coreset_config: CoresetConfig | dict[str, Any] | None = None,
         log_selections: bool = False,
         source_sizes: dict[str, int] | None = None,
         train_sampler: Any = None,
         source_column: str = SOURCE,
         **kwargs: Any,
     ) -> None:
+        if isinstance(coreset_config, dict):  # the fields as a dict (a YAML section, a to_dict())
+            coreset_config = CoresetConfig.from_dict(coreset_config)
+        elif coreset_config is not None and not isinstance(coreset_config, CoresetConfig):
+            raise TypeError(f"coreset_config: expected a CoresetConfig, a dict of its fields or None, "
+                            f"got {type(coreset_config).__name__}")
         if coreset_config is None:
             logger.warning(
                 "%s without coreset_config trains with no selection (like the base trainer); pass "
