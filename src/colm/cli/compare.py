@@ -74,13 +74,20 @@ def build_parser():
 
 
 def parse(argv: Sequence[str]):
+    """(model, data, training args, base CoresetConfig, arms, seeds, baseline, budget, intervals,
+    exact match)."""
+    return parse_with_resume(argv)[:-1]
+
+
+def parse_with_resume(argv: Sequence[str]):
+    """`parse`, plus --allow-changed-settings (the fields a resumed comparison may change)."""
     from transformers import TrainingArguments
 
     from colm.cli import args as cli_args
     from colm.compare.arms import ArmError, parse_arms
 
     parser = build_parser()
-    # colm train's dataclasses (its RunArguments, for resuming one run, mean nothing here), then ours
+    # colm train's dataclasses (its RunArguments: --allow-changed-settings for a resumed comparison), then ours
     model_args, data_args, sel_args, run_args, targs, extra = cli_args.parse_command(parser, argv, 6)
     targs.__class__ = TrainingArguments
     from colm.cli.train import check_seeds
@@ -127,7 +134,8 @@ def parse(argv: Sequence[str]):
 def run(argv: Sequence[str]) -> int:
     from colm.cli.settings import check_train_settings
 
-    model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, exact, allow_changed = parse(argv)
+    (model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, exact,
+     allow_changed) = parse_with_resume(argv)
     check_train_settings(model_args, data_args, targs)
     for arm in arms:  # every arm's config is valid before anything loads
         try:

@@ -74,8 +74,12 @@ def check_selection_options(sel: Any, coreset: Any, argv: Sequence[str]) -> None
 
 
 def check_epochs(targs: Any, command: str) -> None:
-    """--num-train-epochs given while --max-steps decides the length."""
-    if targs.max_steps > 0 and targs.num_train_epochs != DEFAULT_EPOCHS:
+    """--num-train-epochs given while --max-steps decides the length (a value out of range is
+    left to colm.cli.option_ranges, which names the range)."""
+    epochs = targs.num_train_epochs
+    if not (isinstance(epochs, (int, float)) and 0 < epochs < float("inf")):
+        return
+    if targs.max_steps > 0 and epochs != DEFAULT_EPOCHS:
         raise UsageError(
             f"--num-train-epochs {targs.num_train_epochs}: does nothing while --max-steps is {targs.max_steps} "
             f"(--max-steps decides; {command}'s default is 100 steps): "

@@ -166,14 +166,14 @@ def make_trainer(
 
 def run(argv: Sequence[str]) -> int:
     model_args, data_args, sel, targs, coreset, run_args = parse(argv)
-    from colm.cli.option_effect import check_epochs, check_selection_options
-
-    check_selection_options(sel, coreset, argv)  # e.g. --no-coreset --pool-factor 4: refused, not ignored
-    check_epochs(targs, "colm train")
     from colm import phases
 
     phases.enable(not targs.disable_tqdm)  # GGUF, tokenization, embedding pass, evaluation bars
     check_train_settings(model_args, data_args, targs)
+    from colm.cli.option_effect import check_epochs, check_selection_options
+
+    check_selection_options(sel, coreset, argv)  # e.g. --no-coreset --pool-factor 4: refused, not ignored
+    check_epochs(targs, "colm train")
     check_seeds(targs)
     check_pseudo_sources(coreset, targs)
     from colm.cli import rundir
