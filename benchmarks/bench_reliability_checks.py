@@ -1,4 +1,4 @@
-"""Step time of CoresetTrainer with and without the non-finite check (issue 20), in one run.
+"""Step time of CoresetTrainer with and without the non-finite checks (issues 20, 28), in one run.
 
 The check reads the loss and gradient norm the Trainer already has, at log and save steps only.
 Here it runs at *every* step (logging_steps=1, the worst case) and, for comparison, at the
@@ -6,6 +6,11 @@ default cadence (logging_steps=10); "off" replaces it with a no-op. Arms alterna
 a change in machine load hits both. The check's own time per call is measured too: on a busy
 shared CPU the step times of the two arms differ by more than the check could cost, and the
 per-call time divided by the step time bounds what it adds.
+
+Issue 28 added checks that run once per run, not per step: the last step's loss and gradient
+norm, one pass over the trainable weights at the end (`check_weights`), and, on resume, a read of
+every checkpoint file's header (`damaged_files`). Their time per call is measured against the
+median step time of the same run (`end_checks` in the output).
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_reliability_checks.py \
         --out benchmarks/results/reliability_checks.json
@@ -31,9 +36,10 @@ from colm.models.default import default_model, default_tokenizer
 
 
 def run_arm(check: bool, data, tokenizer, args) -> list[float]:
-    real = trainer_module.check_finite
+    real, real_weights = trainer_module.check_finite, trainer_module.check_weights
     if not check:
         trainer_module.check_finite = lambda *a, **k: None
+        trainer_module.check_weights = lambda *a, **k: None
     try:
         model = default_model(tokenizer, size=args.size, seed=0)
         timer = StepTimer()
@@ -53,7 +59,7 @@ def run_arm(check: bool, data, tokenizer, args) -> list[float]:
             trainer.remove_callback(PrinterCallback)
             trainer.train()
     finally:
-        trainer_module.check_finite = real
+        trainer_module.check_finite, trainer_module.check_weights = real, real_weights
     steps = timer.step_times(0)
     return steps[2:]  # the first steps warm up
 
@@ -68,6 +74,30 @@ def check_cost_s(calls: int = 20000) -> float:
     for step in range(calls):
         real(step, loss, norm)
     return (time.perf_counter() - start) / calls
+
+
+def end_checks_s(tokenizer, args, calls: int = 20) -> dict[str, float]:
+    """Seconds per call of the once-per-run checks on the benchmark's model: the weight pass at a
+    run's end, and the header read of a checkpoint's files before a resume (a real checkpoint of
+    this model, saved by a CoresetTrainer)."""
+    from colm.integrations.checkpoint_files import damaged_files
+    from colm.integrations.non_finite import check_weights
+
+    model = default_model(tokenizer, size=args.size, seed=0)
+    start = time.perf_counter()
+    for _ in range(calls):
+        check_weights(model, 0)
+    weights = (time.perf_counter() - start) / calls
+    with tempfile.TemporaryDirectory() as out:
+        folder = Path(out) / "checkpoint-1"
+        folder.mkdir()
+        model.save_pretrained(folder)
+        torch.save(torch.optim.AdamW(model.parameters()).state_dict(), folder / "optimizer.pt")
+        start = time.perf_counter()
+        for _ in range(calls):
+            assert damaged_files(folder) == []
+        files = (time.perf_counter() - start) / calls
+    return {"check_weights_s": weights, "checkpoint_files_s": files}
 
 
 def main() -> None:
@@ -103,6 +133,13 @@ def main() -> None:
         }
         print(f"logging_steps={logging_steps}: off {med['off']:.4f} s/step, on {med['on']:.4f} s/step, "
               f"on/off {med['on'] / med['off']:.4f}", flush=True)
+    once = end_checks_s(tokenizer, args)
+    step = results["logging_steps=10"]["median_step_s"]["off"]
+    results["end_checks"] = {**once, "median_step_s": step,
+                             **{k.replace("_s", "_over_step"): v / step for k, v in once.items()}}
+    print(f"once per run: weight check {once['check_weights_s'] * 1e3:.2f} ms "
+          f"({once['check_weights_s'] / step:.4f} of a step), checkpoint files "
+          f"{once['checkpoint_files_s'] * 1e3:.2f} ms ({once['checkpoint_files_s'] / step:.4f} of a step)", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "out"},

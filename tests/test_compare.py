@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from colm.compare.arms import PAPER, ArmError, parse_arm, parse_arms
-from colm.compare.budget import StepCost, measured_ratio, step_cost, steps_for_budget
+from colm.compare.budget import BudgetError, StepCost, measured_ratio, step_cost, steps_for_budget
 from colm.compare.run import plan_steps
 from colm.compare.stats import IntervalError, fraction_of_gap, paired_difference, t_quantile
 from colm.config import CoresetConfig
@@ -110,7 +110,8 @@ def test_equal_compute_gives_each_arm_the_steps_that_fit_the_baseline():
     assert steps_for_budget(100 * 16, StepCost(32), 0) == 50
     assert steps_for_budget(100 * 16, StepCost(16, 32), 0.5) == 50  # 16 + 0.5 x 32 = 32 per step
     assert steps_for_budget(100 * 16, StepCost(16, 32), 0.3) == 62  # 1600 / 25.6 = 62.5: whole steps
-    assert steps_for_budget(10, StepCost(64), 0) == 1  # never 0 steps
+    with pytest.raises(BudgetError, match="more than the whole budget"):  # never a silent excess
+        steps_for_budget(10, StepCost(64), 0)
 
 
 def test_plan_steps_under_both_budgets():

@@ -34,7 +34,9 @@ CONTROL, SMALL, LARGE = "stratified", "plain", "accumulate2"
 def read_runs(path: Path) -> tuple[dict, list[dict]]:
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     settings = lines[0]["settings"]
-    runs = [x["row"] for x in lines[1:] if x.get("kind") == "run"]
+    # A diverged run has no loss to tabulate (colm compare's report lists it); identity records
+    # (a resume's recorded settings) are not runs.
+    runs = [x["row"] for x in lines[1:] if x.get("kind") == "run" and not x["row"].get("diverged")]
     return settings, runs
 
 

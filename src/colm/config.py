@@ -14,6 +14,7 @@ Renamed fields (old names accepted with a FutureWarning until colm 0.3): ``seed`
 # (which HfArgumentParser and the CLI call on this class) fails on Python 3.10 at the InitVar
 # fields below; evaluated annotations work on every supported version.
 import dataclasses
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import InitVar, dataclass, field, fields
@@ -255,9 +256,14 @@ class CoresetConfig:
             len(self.feature_modules) == 0 or not all(isinstance(p, str) for p in self.feature_modules)
         ):
             raise bad("feature_modules", "None or a non-empty list of regular expressions")
+        for pattern in self.feature_modules or []:  # compiled now, not at the first scoring step
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise bad("feature_modules", f"regular expressions; {pattern!r} is not one ({err})") from None
         self.score_batch_size = check_optional_int("score_batch_size", self.score_batch_size, 1, owner="CoresetConfig")
         if self.selection_seed is not None:
-            self.selection_seed = check_int("selection_seed", self.selection_seed, owner="CoresetConfig")
+            self.selection_seed = check_int("selection_seed", self.selection_seed, 0, owner="CoresetConfig")
         if not isinstance(self.weighted, bool):
             raise bad("weighted", "true or false")
         if self.pseudo_sources is not None and self.pseudo_sources != "auto":

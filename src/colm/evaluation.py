@@ -109,7 +109,28 @@ def mixture_losses(per_source: Mapping[str, float], train_rows: Mapping[str, int
         "natural": natural, "mean": base["mean"], "worst": base["worst"],
         "worst_source": base["worst_source"], "weights": weights,
         "natural_coverage": evaluated / total if total else math.nan,
+        "missing_sources": unevaluated_sources(per_source, train_rows),
     }
+
+
+def unevaluated_sources(per_source: Mapping[str, Any], train_rows: Mapping[str, int]) -> list[str]:
+    """The trained sources (with training rows) that have no validation loss."""
+    return sorted(s for s, n in train_rows.items() if int(n) > 0 and s not in per_source)
+
+
+def coverage_note(per_source: Mapping[str, Any], train_rows: Mapping[str, int]) -> str | None:
+    """One sentence naming the trained sources without a validation loss, and over which sources
+    the mixture losses were computed instead (None when every trained source was evaluated)."""
+    missing = unevaluated_sources(per_source, train_rows)
+    if not missing:
+        return None
+    total = sum(int(n) for n in train_rows.values())
+    lost = sum(int(train_rows[s]) for s in missing)
+    evaluated = sorted(s for s in per_source)
+    return (f"no validation loss for trained source(s) {', '.join(missing)} ({lost} of {total} training rows, "
+            f"{100 * lost / total:.1f}%): no validation rows; the natural mixture, the mean over sources and "
+            f"the worst source are over the {len(evaluated)} evaluated source(s) only "
+            f"({', '.join(evaluated) or 'none'})")
 
 
 def with_natural(result: dict[str, Any], train_rows: Mapping[str, int]) -> dict[str, Any]:
@@ -118,7 +139,8 @@ def with_natural(result: dict[str, Any], train_rows: Mapping[str, int]) -> dict[
     defined = natural_defined(result["per_source"], train_rows)
     got = mixture_losses(result["per_source"], train_rows) if defined else None
     return result | {"natural": got["natural"] if got else math.nan,
-                     "natural_weights": got["weights"] if got else {}}
+                     "natural_weights": got["weights"] if got else {},
+                     "missing_sources": unevaluated_sources(result["per_source"], train_rows)}
 
 
 def natural_defined(per_source: Mapping[str, float], train_rows: Mapping[str, int]) -> bool:

@@ -74,15 +74,25 @@ def build_parser():
 
 
 def parse(argv: Sequence[str]):
+    """(model, data, training args, base CoresetConfig, arms, seeds, baseline, budget, intervals,
+    exact match)."""
+    return parse_with_resume(argv)[:-1]
+
+
+def parse_with_resume(argv: Sequence[str]):
+    """`parse`, plus --allow-changed-settings (the fields a resumed comparison may change)."""
     from transformers import TrainingArguments
 
     from colm.cli import args as cli_args
     from colm.compare.arms import ArmError, parse_arms
 
     parser = build_parser()
-    # colm train's dataclasses (its RunArguments, for resuming one run, mean nothing here), then ours
-    model_args, data_args, sel_args, _run_args, targs, extra = cli_args.parse_command(parser, argv, 6)
+    # colm train's dataclasses (its RunArguments: --allow-changed-settings for a resumed comparison), then ours
+    model_args, data_args, sel_args, run_args, targs, extra = cli_args.parse_command(parser, argv, 6)
     targs.__class__ = TrainingArguments
+    from colm.cli.train import check_seeds
+
+    check_seeds(targs)  # before --seed becomes the base selection seed
     base = cli_args.to_coreset_config(sel_args, targs)
     try:
         arms = parse_arms(extra.arms)
@@ -94,6 +104,13 @@ def parse(argv: Sequence[str]):
         raise UsageError(f"--seeds: expected comma-separated integers, got {extra.seeds!r}") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds: expected distinct comma-separated integers, got {extra.seeds!r}")
+    if any(not 0 <= s < 2**32 for s in seeds):  # numpy and torch refuse them mid-run otherwise
+        raise UsageError(f"--seeds: {[s for s in seeds if not 0 <= s < 2**32]} are not seeds; expected "
+                         "whole numbers from 0 to 2**32 - 1")
+    from colm.cli.option_effect import check_compare_options
+    from colm.config import CoresetConfig
+
+    check_compare_options(sel_args, targs, arms, base or CoresetConfig(), seeds[0], argv)
     names = [a.name for a in arms]
     baseline = extra.baseline or ("stratified" if "stratified" in names else names[0])
     if baseline not in names:
@@ -110,15 +127,15 @@ def parse(argv: Sequence[str]):
         raise UsageError(f"--exact-match-max-new-tokens: expected an integer >= 1, "
                          f"got {extra.exact_match_max_new_tokens}")
     exact = (extra.exact_match_per_source, extra.exact_match_max_new_tokens)
-    from colm.config import CoresetConfig
-
-    return model_args, data_args, targs, base or CoresetConfig(), arms, seeds, baseline, extra.budget, intervals, exact
+    return (model_args, data_args, targs, base or CoresetConfig(), arms, seeds, baseline, extra.budget, intervals,
+            exact, run_args.allow_changed_settings)
 
 
 def run(argv: Sequence[str]) -> int:
     from colm.cli.settings import check_train_settings
 
-    model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, exact = parse(argv)
+    (model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, exact,
+     allow_changed) = parse_with_resume(argv)
     check_train_settings(model_args, data_args, targs)
     for arm in arms:  # every arm's config is valid before anything loads
         try:
@@ -131,16 +148,22 @@ def run(argv: Sequence[str]) -> int:
     with OutputDirLock(out, "--output-dir", "colm compare", command="colm compare " + " ".join(argv)) as lock:
         if lock.taken_over is not None:
             print(lock.takeover_note(), flush=True)
+        from colm.cli import ownership
+
+        ownership.check(out, "colm compare", data_args.overwrite_output_dir)  # e.g. a colm train run's report
         return _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out,
-                        exact)
+                        exact, allow_changed)
 
 
 def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out: Path,
-             exact: tuple[int, int] = (0, 96)) -> int:
+             exact: tuple[int, int] = (0, 96), allow_changed: str | None = None) -> int:
     from colm.cli import dataprep, modeling
     from colm.cli.train import check_pool, check_small_sources
     from colm.compare import report
-    from colm.compare.run import Lab, ResultsFile, costed_plan, exact_match_rows, run_compare
+    from colm.compare.budget import BudgetError
+    from colm.compare.identity import compare_identity
+    from colm.compare.results import ResultsFile, ResultsFileError
+    from colm.compare.run import Lab, check_budget, costed_plan, exact_match_rows, run_compare
 
     # ---- load and check everything before writing anything
     model, tokenizer = modeling.load(model_args, seed=seeds[0])
@@ -188,36 +211,65 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
     }
     if exact[0]:  # recorded only when on, so results files written before the option still resume
         settings["exact_match"] = {"per_source": exact[0], "max_new_tokens": exact[1]}
-    # ---- from here on the output dir is written
-    if data_args.overwrite_output_dir:  # start over: the previous comparison's runs are dropped
-        (out / RESULTS_FILE).unlink(missing_ok=True)
     try:
-        results = ResultsFile(out / RESULTS_FILE, settings)
-    except ValueError as err:
+        check_budget(arms, baseline, lab, targs.max_steps, budget)
+    except BudgetError as err:
         raise UsageError(str(err)) from None
+    # ---- from here on the output dir is written
+    if data_args.overwrite_output_dir:  # start over: the previous results and reports are dropped
+        from colm.cli import ownership
+
+        ownership.clear(out)
+    identity = compare_identity(prep.train_raw, prep.eval_raw, tokenizer, targs)
+    try:
+        results = ResultsFile(out / RESULTS_FILE, settings, identity, allow_changed)
+    except ResultsFileError as err:
+        raise UsageError(str(err)) from None
+    for note in results.notes:
+        print(f"colm compare: note: {note}", flush=True)
     if results.runs:
         print(f"colm compare: resuming, {len(results.runs)} arm x seed run(s) already in {out / RESULTS_FILE}",
               flush=True)
+    from colm.evaluation import coverage_note
+
+    eval_sources = sorted({str(x) for x in prep.eval["source"]})
+    missing_note = coverage_note(dict.fromkeys(eval_sources), lab.train_rows)
+    if missing_note:  # said once here and in report.md, never dropped without a word
+        print(f"colm compare: note: {missing_note}", flush=True)
     n = len(arms) * len(seeds)
     print(f"colm compare: {len(arms)} arms x {len(seeds)} seeds ({n} runs), budget {budget}, baseline "
           f"{baseline}; {len(prep.train)} training / {len(prep.eval)} validation rows", flush=True)
 
     def finished(row: dict[str, Any]) -> None:
+        if row.get("diverged"):
+            print(f"  [{row['arm']} seed {row['seed']}] DIVERGED: {row['diverged']['message']}", flush=True)
+            return
         em = f", exact match {row['exact_match']['overall']:.3f}" if "exact_match" in row else ""
         natural = row["val_loss_natural"]
         natural_text = f"{natural:.4f}" if natural == natural else "undefined"  # NaN: no validation source trained on
         print(f"  [{row['arm']} seed {row['seed']}] done: {row['steps']} steps, natural {natural_text}, "
               f"mean over sources {row['val_loss_mean']:.4f}, worst {row['val_loss_worst']:.4f}{em}", flush=True)
 
-    plan = run_compare(arms, seeds, lab, steps=targs.max_steps, budget=budget, baseline=baseline,
-                       results=results, progress=sys.stdout, after_run=finished)
+    try:
+        plan = run_compare(arms, seeds, lab, steps=targs.max_steps, budget=budget, baseline=baseline,
+                           results=results, progress=sys.stdout, after_run=finished)
+    except BudgetError as err:  # a scoring arm's cost, known once calibrated (the calibration is kept)
+        raise UsageError(str(err)) from None
     wanted = {(a.name, s) for a in arms for s in seeds}
     runs = [r for r in results.runs if (r["arm"], r["seed"]) in wanted]
     paths = report.write(out, runs=runs, plan=costed_plan(plan, runs), baseline=baseline, budget=budget,
-                         settings={**settings, "command": "colm compare " + " ".join(argv)},
+                         settings={**settings, "command": "colm compare " + " ".join(argv), "identity": identity,
+                                   "changed_settings": results.changes, "validation_sources": eval_sources,
+                                   "validation_note": missing_note},
                          intervals=intervals, harness=report.harness_overhead(runs))
     print()
     print(report.loss_table(runs, baseline, intervals=intervals))
     print(f"\n{report.NATURAL_NOTE}.")
     print("report: " + ", ".join(map(str, paths)))
+    diverged = [f"{r['arm']} seed {r['seed']}" for r in runs if r.get("diverged")]
+    if diverged:  # a result, recorded and reported, but never a success
+        from colm.cli.errors import RunFailed
+
+        raise RunFailed(f"{len(diverged)} run(s) diverged ({', '.join(diverged)}); report.md lists them, "
+                        "and their losses are left out of the table")
     return 0

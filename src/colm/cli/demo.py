@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-examples-per-source", type=int, default=None,
                    help="cap the training examples per source (default: all)")
     p.add_argument("--output-dir", default="runs/demo", help="where report.md, report.json and plots go")
+    p.add_argument("--overwrite-output-dir", action="store_true",
+                   help="replace another command's results (a colm train run, a colm compare) in --output-dir")
     p.add_argument("--seed", type=int, default=0, help="model initialisation, data order and selection seed")
     p.add_argument("--quick", action="store_true",
                    help="seconds-long micro run (3 steps, tiny batches) to check the installation")
@@ -105,6 +107,10 @@ def run(argv: Sequence[str]) -> int:
     with OutputDirLock(out, "--output-dir", "colm demo", command="colm demo " + " ".join(argv)) as lock:
         if lock.taken_over is not None:
             print(lock.takeover_note(), flush=True)
+        from colm.cli import ownership
+
+        ownership.check(out, "colm demo", ns.overwrite_output_dir)  # e.g. a colm train run's report
+        s["overwrite_output_dir"] = ns.overwrite_output_dir
         return _demo(argv, s, out)
 
 
@@ -134,6 +140,10 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
           f"{s['model_size']} model on {device}, {s['steps']} steps of b={s['batch_size']} per arm "
           f"[{time.perf_counter() - t0:.0f} s to prepare]", flush=True)
 
+    if s.get("overwrite_output_dir"):
+        from colm.cli import ownership
+
+        ownership.clear(out)
     out.mkdir(parents=True, exist_ok=True)
     lab = _lab(s, tokenizer, train, evald, device, out, sizes)
     arms = []
@@ -206,6 +216,10 @@ def _run_arm(name, label, arm, arm_dir, s, lab) -> dict[str, Any]:
     )
     row = run_arm(arm, s["seed"], lab, steps, callbacks=[timer, metrics, evaluator],
                   log_selections=arm.pooled, output_dir=str(arm_dir))
+    if row.get("diverged"):  # the demo's story needs every arm: stop at the first that diverged
+        from colm.cli.errors import RunFailed
+
+        raise RunFailed(f"the {label} arm diverged: {row['diverged']['message']}; no report was written")
     timing = timer.summary()
     print(f"  [{label:>13}] done: {timing['mean_s']:.3f} s/step, peak memory {row['peak_mem_mib']:.0f} MiB "
           f"({row['mem_kind']})", flush=True)

@@ -179,7 +179,7 @@ def natural_mixture(per_source: dict[str, float], ckpt: Path) -> dict[str, Any]:
         except ValueError:  # none of the evaluated sources was trained on
             break
         return {"natural": got["natural"], "natural_weights": got["weights"], "train_rows": rows,
-                "train_rows_from": str(path)}
+                "train_rows_from": str(path), "missing_sources": got["missing_sources"]}
     return {"natural": None, "natural_weights": None, "train_rows": None, "train_rows_from": None}
 
 
@@ -240,6 +240,10 @@ def notes(loss, generation, stats, all_truncated, max_length) -> list[str]:
     if unscorable:
         lines.append(f"note: {sum(unscorable.values())} examples have no reference answer (empty, or "
                      "nothing after 'The answer is'): not scored for exact match")
+    if loss.get("missing_sources"):  # trained, but not in this evaluation data: said, not dropped
+        from colm.evaluation import coverage_note
+
+        lines.append(f"note: {coverage_note(loss['per_source'], loss['train_rows'])}")
     if loss["per_source"]:
         natural = loss.get("natural")
         line = (f"loss: natural mixture {natural:.4f} (sources weighted by their share of the training rows), "

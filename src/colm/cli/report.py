@@ -46,7 +46,8 @@ def selection_summary(path: str | Path) -> dict[str, Any] | None:
 
 
 def whole_run_train_loss(
-    metrics_path: str | Path, resumed_at: int | None, loss_this_call: float, steps_this_call: int
+    metrics_path: str | Path, resumed_at: int | None, loss_this_call: float, steps_this_call: int,
+    history: Sequence[dict[str, Any]] | None = None,
 ) -> float:
     """Mean training loss per optimizer step over the whole run, resumed parts included.
 
@@ -54,12 +55,15 @@ def whole_run_train_loss(
     step `resumed_at`, the logged losses in metrics.jsonl stand for the earlier steps, each
     weighted by the steps it averages (`loss_steps`; older files: the distance to the previous
     loss line). Steps between the last log and the checkpoint were never logged: they are left
-    out rather than guessed.
+    out rather than guessed. `history` (the Trainer's log_history, restored from the checkpoint's
+    trainer_state.json, which is saved with the checkpoint) is preferred when given: metrics.jsonl
+    can be cut short (a full disk, an edit) and would then cover only the resumed steps.
     """
-    if resumed_at is None or not Path(metrics_path).is_file():
+    if resumed_at is None or (history is None and not Path(metrics_path).is_file()):
         return loss_this_call
     total, steps, previous = 0.0, 0, 0
-    for rec in read_jsonl(metrics_path):
+    records = history if history is not None else read_jsonl(metrics_path)
+    for rec in records:
         step = rec.get("step")
         if "loss" not in rec or not isinstance(step, int) or step > resumed_at:
             continue
@@ -172,6 +176,10 @@ def train_markdown(report: dict[str, Any]) -> str:
             + f"mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} "
             f"({val['worst_source']}), token-weighted {val['overall']:.4f}.", "",
         ]
+        if val.get("missing_sources"):  # a trained source without validation rows is said, not dropped
+            from colm.evaluation import coverage_note
+
+            lines += [f"**Note:** {coverage_note(val['per_source'], train_sizes)}.", ""]
     lines += pseudo_sources_markdown(report.get("pseudo_sources"), shares)
     lines += ["## Files", "", "- metrics.jsonl: every Trainer log line",
               "- selections.jsonl: every step's pool and selected examples (with selection on)",

@@ -76,6 +76,9 @@ def claim(
 
 def _resolve(out: Path, overwrite: bool, resume: str | None, max_steps: int, num_train_epochs: float) -> RunDir:
     run = RunDir(out)
+    from colm.cli import ownership
+
+    ownership.check(out, "colm train", overwrite)  # a colm compare or demo's results are not a run
     if resume is None:
         previous = previous_run(out)
         if previous and not overwrite:
@@ -143,7 +146,9 @@ def previous_run(out: Path) -> list[str]:
 
 def clear_previous_run(out: Path) -> None:
     """Delete a previous run's files and checkpoints (--overwrite-output-dir)."""
-    for name in RUN_FILES:
+    from colm.cli.ownership import RESULT_FILES
+
+    for name in (*RUN_FILES, *RESULT_FILES):  # and another command's results it replaces
         (out / name).unlink(missing_ok=True)
     for pattern in ("checkpoint-*", MOVED_ASIDE + "checkpoint-*"):
         for folder in out.glob(pattern):

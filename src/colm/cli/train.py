@@ -63,6 +63,7 @@ def parse(argv: Sequence[str]):
     from transformers import TrainingArguments
 
     targs.__class__ = TrainingArguments
+    check_seeds(targs)  # before --seed becomes the selection seed (named as --seed, not --selection-seed)
     coreset = cli_args.to_coreset_config(sel_args, targs)
     return model_args, data_args, sel_args, targs, coreset, run_args
 
@@ -164,11 +165,15 @@ def make_trainer(
 
 
 def run(argv: Sequence[str]) -> int:
-    model_args, data_args, _sel, targs, coreset, run_args = parse(argv)
+    model_args, data_args, sel, targs, coreset, run_args = parse(argv)
     from colm import phases
 
     phases.enable(not targs.disable_tqdm)  # GGUF, tokenization, embedding pass, evaluation bars
     check_train_settings(model_args, data_args, targs)
+    from colm.cli.option_effect import check_epochs, check_selection_options
+
+    check_selection_options(sel, coreset, argv)  # e.g. --no-coreset --pool-factor 4: refused, not ignored
+    check_epochs(targs, "colm train")
     check_seeds(targs)
     check_pseudo_sources(coreset, targs)
     from colm.cli import rundir
@@ -292,7 +297,8 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
         "global_step": trainer.state.global_step,
         # Over the whole run: the Trainer's number covers only the steps since the resume.
         "train_loss": whole_run_train_loss(out / "metrics.jsonl", run_dir.resume_step,
-                                           result.training_loss, steps_this_call),
+                                           result.training_loss, steps_this_call,
+                                           history=trainer.state.log_history),
         "resumed_from": run_dir.resume_from,
         # What defines the run, and every setting a resume changed (with its step).
         "identity": identity_record["identity"],
@@ -382,5 +388,9 @@ def _print_summary(report: dict[str, Any], text_table: Any) -> None:
                    "training source)")
         print(f"{natural}, "
               f"mean over sources {val['mean']:.4f}, worst {val['worst']:.4f} ({val['worst_source']})")
+        if val.get("missing_sources"):
+            from colm.evaluation import coverage_note
+
+            print(f"note: {coverage_note(val['per_source'], report['data']['train']['per_source'])}")
     print(f"report: {Path(report['output_dir']) / 'report.md'}")
     sys.stdout.flush()

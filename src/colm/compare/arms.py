@@ -42,10 +42,12 @@ class Arm:
         return self.coreset is not None
 
     def coreset_config(self, base: CoresetConfig, seed: int) -> CoresetConfig | None:
-        """The arm's CoresetConfig on top of the run's `base` (None: no pool); seeded by `seed`."""
+        """The arm's CoresetConfig on top of the run's `base` (None: no pool); seeded by `seed`
+        unless the arm overrides selection_seed."""
         if self.coreset is None:
             return None
-        return dataclasses.replace(base, **{**self.coreset, **self.overrides, "selection_seed": seed})
+        # The run's seed, unless the arm's own override fixes one: an override always wins.
+        return dataclasses.replace(base, **{**self.coreset, "selection_seed": seed, **self.overrides})
 
     def proportions_config(self, base: CoresetConfig) -> CoresetConfig:
         """The config whose stratified coreset the re-weighting control imitates."""

@@ -50,8 +50,21 @@ def measured_ratio(step_s: float, score_s: float, cost: StepCost) -> float:
     return (score_s / cost.scoring_rows) / (train_s / cost.train_rows)
 
 
+class BudgetError(ValueError):
+    """An arm whose single step costs more than the whole budget: equal compute is impossible."""
+
+    def __init__(self, budget_units: float, per_step: float, message: str | None = None) -> None:
+        self.budget_units, self.per_step = budget_units, per_step
+        super().__init__(message or f"one step costs {per_step:.0f} training-row equivalents, more than "
+                         f"the whole budget of {budget_units:.0f}")
+
+
 def steps_for_budget(budget_units: float, cost: StepCost, ratio: float) -> int:
-    """The most whole steps of `cost` that fit `budget_units` (at least 1)."""
+    """The most whole steps of `cost` that fit `budget_units`. Raises BudgetError when not one
+    step fits: giving it one anyway would spend more than the budget and call it equal."""
     per_step = cost.units(ratio)
     # A tiny tolerance: 100 x 16 rows must buy exactly 50 steps of 32, not 49 by rounding.
-    return max(1, math.floor(budget_units / per_step + 1e-9))
+    steps = math.floor(budget_units / per_step + 1e-9)
+    if steps < 1:
+        raise BudgetError(budget_units, per_step)
+    return steps

@@ -23,6 +23,23 @@ NATURAL_NOTE = ("natural mixture = per-source validation loss weighted by the so
                 "source weighted equally")
 
 
+def finished(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs that trained to a finite model (a diverged run has no loss to average)."""
+    return [r for r in runs if not r.get("diverged")]
+
+
+def diverged_markdown(runs: Sequence[dict[str, Any]]) -> str:
+    """A report.md section naming every arm x seed whose training diverged (empty when none)."""
+    bad = [r for r in runs if r.get("diverged")]
+    if not bad:
+        return ""
+    lines = ["## Diverged runs", "",
+             "These runs stopped on a non-finite loss, gradient norm or weight; they are left out of every "
+             "mean and interval above.", "", "| arm | seed | step | what |", "|---|---:|---:|---|"]
+    lines += [f"| {r['arm']} | {r['seed']} | {r['diverged'].get('step')} | {r['diverged'].get('what')} |" for r in bad]
+    return "\n".join(lines) + "\n"
+
+
 def by_arm(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     arms: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
@@ -33,8 +50,9 @@ def by_arm(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def summarize_arms(runs: Sequence[dict[str, Any]], baseline: str, *, intervals: bool = True) -> list[dict[str, Any]]:
     """One dict per arm (in order of first appearance): seeds, steps, compute, step time, memory,
     and per loss: mean, sd, and `paired` (arm - baseline; None for the baseline or without
-    intervals). Raises IntervalError when intervals are asked of < 2 paired seeds."""
-    arms = by_arm(runs)
+    intervals). Raises IntervalError when intervals are asked of < 2 paired seeds. Diverged
+    runs are left out."""
+    arms = by_arm(finished(runs))
     base = {r["seed"]: r for r in arms.get(baseline, [])}
     out = []
     for name, rs in arms.items():
@@ -205,12 +223,17 @@ def plot(arms: list[dict[str, Any]], baseline: str, path: Path, budget: str = "s
 def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str, Any]], baseline: str,
           budget: str, settings: dict[str, Any], intervals: bool, harness: dict[str, float]) -> list[Path]:
     """report.md, report.json and compare.png into `out`; returns the paths written."""
-    from colm.files import atomic_write_json
+    from colm.files import atomic_write_json, atomic_write_text, writing
 
-    arms = summarize_arms(runs, baseline, intervals=intervals)
+    try:
+        arms = summarize_arms(runs, baseline, intervals=intervals)
+    except IntervalError:  # e.g. diverged runs left fewer than 2 paired seeds
+        intervals = False
+        arms = summarize_arms(runs, baseline, intervals=False)
     png = out / "compare.png"
     if intervals:
-        plot(arms, baseline, png, budget)
+        with writing(f"writing {png.name}", png):
+            plot(arms, baseline, png, budget)
     from colm.compare.verdict import verdict
 
     train_rows = settings.get("train_rows", {})
@@ -228,6 +251,9 @@ def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str
         "## Losses", "",
         f"Losses: {NATURAL_NOTE}. Differences are arm minus {baseline}, paired by seed, with a 95% "
         "Student-t interval (negative = the arm is better).", "",
+        *([f"Validation sources: {', '.join(settings['validation_sources'])}."
+           + (f" **Note:** {settings['validation_note']}." if settings.get("validation_note") else ""), ""]
+          if settings.get("validation_sources") else []),
         loss_table(runs, baseline, intervals=intervals), "",
         *(["## Per source", "", "Validation loss per source, mean over seeds; * = kept whole (every pool "
             "row of it trained) by the arms named in the last column.", "", per_source, ""] if per_source else []),
@@ -244,9 +270,15 @@ def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str
     ]
     if intervals:
         lines += [f"![paired differences]({png.name})", ""]
+    from colm.compare.results import changes_markdown
+
+    if diverged := diverged_markdown(runs):
+        lines += [diverged]
+    if settings.get("changed_settings"):
+        lines += [changes_markdown(settings["changed_settings"])]
     lines += ["Files: report.json (every number), results.jsonl (one line per arm x seed; a rerun "
               "resumes from it).", ""]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(out / "report.md", "\n".join(lines))
     atomic_write_json(out / "report.json", {
         "settings": settings, "baseline": baseline, "budget": budget, "plan": plan,
         "arms": arms, "harness": harness, "natural_note": NATURAL_NOTE, "runs": list(runs),

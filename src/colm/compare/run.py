@@ -7,8 +7,7 @@ finishes, so an interrupted comparison resumes where it stopped.
 """
 from __future__ import annotations
 
-import json
-import os
+import math
 import statistics
 import sys
 import time
@@ -21,7 +20,8 @@ from typing import Any, TextIO
 from transformers import TrainerCallback
 
 from colm.compare.arms import Arm
-from colm.compare.budget import StepCost, measured_ratio, step_cost, steps_for_budget
+from colm.compare.budget import BudgetError, StepCost, measured_ratio, step_cost, steps_for_budget
+from colm.compare.results import ResultsFile  # noqa: F401  (where it lived before)
 from colm.config import CoresetConfig
 
 #: Steps of the calibration run that measures a scoring arm's cost ratio (--budget compute).
@@ -123,6 +123,7 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
     from colm.cli.memory import PeakMemory
     from colm.cli.train import make_trainer
     from colm.evaluation import mixture_losses, natural_defined, per_source_loss
+    from colm.integrations.non_finite import NonFiniteTrainingError
 
     t0 = time.perf_counter()
     coreset = arm.coreset_config(lab.base_coreset, seed)
@@ -137,14 +138,20 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
                            train_sampler=sampler)
     setup_s = time.perf_counter() - t0
     started = time.perf_counter()
+    diverged = None
     with PeakMemory() as mem:
-        trainer.train()
+        try:
+            trainer.train()
+        except NonFiniteTrainingError as err:  # a result of the arm, not a crash of the comparison
+            diverged = {"step": err.step, "what": err.what, "message": str(err)}
     wall = time.perf_counter() - started
     row: dict[str, Any] = {"arm": arm.name, "seed": seed, "steps": trainer.state.global_step,
                            "train_loss": trainer.state.log_history[-1].get("train_loss")
                            if trainer.state.log_history else None}
+    if diverged is not None:
+        row["diverged"] = diverged
     eval_s = 0.0
-    if evaluate:
+    if evaluate and diverged is None:
         t1 = time.perf_counter()
         with torch.no_grad():
             val = per_source_loss(model, lab.evald, pad_token_id=lab.tokenizer.pad_token_id,
@@ -159,6 +166,11 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
             "val_loss_worst": val["worst"], "worst_source": val["worst_source"],
             "per_source": val["per_source"],
         })
+        checked = ("val_loss_mean", "val_loss_worst") + (("val_loss_natural",) if natural == natural else ())
+        bad = [k for k in checked if not isinstance(row[k], (int, float)) or not math.isfinite(row[k])]
+        if bad:  # finite training numbers, but a model that scores NaN: diverged all the same
+            row["diverged"] = {"step": row["steps"], "what": f"validation loss ({bad[0]} is {row[bad[0]]})",
+                               "message": f"the trained model's {bad[0]} is {row[bad[0]]}"}
         if lab.exact_match_raw is not None:
             t2 = time.perf_counter()
             row["exact_match"] = exact_match(model, lab)
@@ -220,54 +232,6 @@ def calibrate_ratio(arm: Arm, lab: Lab, seed: int) -> float:
     return measured_ratio(row["wall_s"] / row["steps"], row["score_s"] / row["steps"], cost)
 
 
-class ResultsFile:
-    """JSON lines: a settings header, then one line per calibration and per arm x seed run.
-
-    A file written under other settings is refused (its rows would not compare)."""
-
-    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
-        self.path = path
-        self.settings = json.loads(json.dumps(settings, default=str))
-        self.runs: list[dict[str, Any]] = []
-        self.ratios: dict[str, float] = {}
-        if path.is_file() and path.stat().st_size:
-            lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-            head = lines[0] if lines else {}
-            if head.get("kind") != "settings":
-                raise ValueError(f"{path}: line 1 is not a colm compare settings header")
-            if head["settings"] != self.settings:
-                differ = sorted(k for k in set(head["settings"]) | set(self.settings)
-                                if head["settings"].get(k) != self.settings.get(k))
-                raise ValueError(f"{path}: written by a compare with other settings (they differ in "
-                                 f"{differ}); use another --output-dir or --overwrite-output-dir")
-            for line in lines[1:]:
-                if line.get("kind") == "run":
-                    self.runs.append(line["row"])
-                elif line.get("kind") == "calibration":
-                    self.ratios[line["arm"]] = line["ratio"]
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._append({"kind": "settings", "settings": self.settings})
-
-    def done(self, arm: str, seed: int) -> bool:
-        return any(r["arm"] == arm and r["seed"] == seed for r in self.runs)
-
-    def add_run(self, row: dict[str, Any]) -> None:
-        self.runs.append(row)
-        self._append({"kind": "run", "row": row})
-
-    def add_ratio(self, arm: str, ratio: float) -> None:
-        self.ratios[arm] = ratio
-        self._append({"kind": "calibration", "arm": arm, "ratio": ratio})
-
-    def _append(self, record: dict[str, Any]) -> None:
-        # One line per finished unit, flushed to disk: a kill loses at most the run in progress.
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
 def plan_steps(arms: Sequence[Arm], baseline: Arm, lab: Lab, steps: int, budget: str,
                ratios: dict[str, float]) -> dict[str, dict[str, Any]]:
     """Per arm: steps, cost per step (training-row equivalents), ratio and total compute.
@@ -279,7 +243,13 @@ def plan_steps(arms: Sequence[Arm], baseline: Arm, lab: Lab, steps: int, budget:
     plan = {}
     for arm in arms:
         cost, ratio = arm_cost(arm, lab), ratios.get(arm.name, 0.0)
-        n = steps if budget == "steps" or arm.name == baseline.name else steps_for_budget(base_units, cost, ratio)
+        try:
+            n = steps if budget == "steps" or arm.name == baseline.name else steps_for_budget(base_units, cost, ratio)
+        except BudgetError as err:
+            need = math.ceil(err.per_step / (base_units / steps) - 1e-9)
+            raise BudgetError(err.budget_units, err.per_step, (
+                f"--budget compute: {arm.name}: {err} ({baseline.name}'s {steps} step(s)); equal compute "
+                f"needs --max-steps >= {need}")) from None
         plan[arm.name] = {"steps": n, "train_rows_per_step": cost.train_rows,
                           "scoring_rows_per_step": cost.scoring_rows, "ratio": ratio,
                           "units_per_step": cost.units(ratio), "units": n * cost.units(ratio)}
@@ -306,6 +276,15 @@ class TimeLeft:
         todo = sum(max(1, self.plan[arm]["steps"]) for arm, seed in remaining if not results.done(arm, seed))
         left = self.seconds / self.steps * todo
         return f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
+
+
+def check_budget(arms: Sequence[Arm], baseline: str, lab: Lab, steps: int, budget: str) -> None:
+    """Raise BudgetError, before anything trains, when an arm whose cost is known without a
+    calibration (no scoring pass, and a baseline without one) cannot get even one step."""
+    base = next(a for a in arms if a.name == baseline)
+    if budget != "compute" or arm_cost(base, lab).scoring_rows:
+        return
+    plan_steps([a for a in arms if not arm_cost(a, lab).scoring_rows], base, lab, steps, budget, {})
 
 
 def run_compare(arms: Sequence[Arm], seeds: Sequence[int], lab: Lab, *, steps: int, budget: str,

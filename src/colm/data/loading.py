@@ -606,8 +606,11 @@ def _filter_sources(columns: dict[str, list], sources: Sequence[str] | None) -> 
     if isinstance(sources, str):  # a lone name would otherwise be read letter by letter
         sources = [sources]
     # "a,b" (a natural way to type a list on a command line or in YAML) means ["a", "b"]
+    given = sources
     sources = [name.strip() for item in sources for name in str(item).split(",") if name.strip()]
     known = sorted(set(columns[SOURCE]))
+    if not sources:  # an empty --sources kept nothing, and the error blamed truncation
+        raise DataError(f"sources={list(given)!r} names no source; give one or more of {known}")
     unknown = [s for s in sources if s not in known]
     if unknown:
         raise DataError(f"unknown source name(s) {unknown} in sources=; known sources are {known}")

@@ -136,6 +136,27 @@ def resume_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str
     return path
 
 
+def check_checkpoint_files(checkpoint: str | os.PathLike) -> None:
+    """Raise CheckpointError naming every file of `checkpoint` that is cut short or unreadable
+    (colm.integrations.checkpoint_files), with the older complete checkpoints to resume instead."""
+    from colm.integrations.checkpoint_files import damaged_files
+
+    bad = damaged_files(checkpoint)
+    if not bad:
+        return
+    folder = Path(checkpoint)
+    listed = "; ".join(f"{path}: {why}" for path, why in bad)
+    step = _CHECKPOINT_NAME.match(folder.name)
+    older = []
+    if step is not None:
+        older = sorted((int(m.group(1)), p) for p in folder.parent.glob("checkpoint-*")
+                       if (m := _CHECKPOINT_NAME.match(p.name)) and int(m.group(1)) < int(step.group(1))
+                       and (p / TRAINER_STATE).is_file())
+    hint = (f"; resume from an older checkpoint instead (--resume-from-checkpoint {older[-1][1]})" if older
+            else "; no older checkpoint to resume from")
+    raise CheckpointError(f"damaged checkpoint file(s), cut short or corrupted: {listed}{hint}")
+
+
 def is_finished(state: dict[str, Any], max_steps: int, num_train_epochs: float) -> bool:
     """Whether a run whose checkpoint has `state` has no step left under these settings.
 

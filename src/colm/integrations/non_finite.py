@@ -3,8 +3,9 @@
 A diverged run (a learning rate far too high, an overflow in half precision) keeps training on
 NaN weights without complaint, saves them as checkpoints and ends "successfully". The Trainer
 already reads the gradient norm and the loss to the host when it logs; colm looks at the same
-numbers at those points and before every checkpoint save, never at other steps, so the check
-adds no per-step device-to-host sync. NaN weights stay NaN, so a divergence between two checks
+numbers at those points, before every checkpoint save and at the last step, never at other
+steps, so the check adds no per-step device-to-host sync; at the end of a run the trainable
+weights are checked once. NaN weights stay NaN, so a divergence between two checks
 is still caught at the next one, before the checkpoint that would hold it is written: the last
 checkpoint on disk is the last good one.
 """
@@ -42,3 +43,14 @@ def check_finite(step: int, loss_sum: Any, grad_norm: Any) -> None:
         number = _scalar(value)
         if number is not None and not math.isfinite(number):
             raise NonFiniteTrainingError(step, what, number)
+
+
+def check_weights(model: Any, step: int) -> None:
+    """Raise NonFiniteTrainingError when a trainable weight holds NaN or infinity: once, at the
+    end of a run, for a divergence that neither the loss (the Trainer's NaN filter) nor a
+    gradient norm (none without clipping) showed."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if param.requires_grad and not bool(torch.isfinite(param.detach()).all()):
+            raise NonFiniteTrainingError(step, f"weight {name}", float("nan"))

@@ -47,9 +47,14 @@ from colm.features import gradient_features, per_example_nll
 from colm.files import truncate_jsonl
 from colm.integrations import _hf_compat as hf
 from colm.integrations._hf_compat import PrivateOverrides
-from colm.integrations.checkpoints import CheckpointError, checkpoint_step, resume_checkpoint
+from colm.integrations.checkpoints import (
+    CheckpointError,
+    check_checkpoint_files,
+    checkpoint_step,
+    resume_checkpoint,
+)
 from colm.integrations.launch import check_launch
-from colm.integrations.non_finite import check_finite
+from colm.integrations.non_finite import check_finite, check_weights
 from colm.integrations.packing import check_one_row_per_example, check_unpacked
 from colm.integrations.pool_size import check_training_pool, pool_size
 from colm.integrations.precision import warn_slow_half_precision
@@ -165,13 +170,18 @@ class CoresetTrainerMixin(PrivateOverrides):
     def __init__(
         self,
         *args: Any,
-        coreset_config: CoresetConfig | None = None,
+        coreset_config: CoresetConfig | dict[str, Any] | None = None,
         log_selections: bool = False,
         source_sizes: dict[str, int] | None = None,
         train_sampler: Any = None,
         source_column: str = SOURCE,
         **kwargs: Any,
     ) -> None:
+        if isinstance(coreset_config, dict):  # the fields as a dict (a YAML section, a to_dict())
+            coreset_config = CoresetConfig.from_dict(coreset_config)
+        elif coreset_config is not None and not isinstance(coreset_config, CoresetConfig):
+            raise TypeError(f"coreset_config: expected a CoresetConfig, a dict of its fields or None, "
+                            f"got {type(coreset_config).__name__}")
         if coreset_config is None:
             logger.warning(
                 "%s without coreset_config trains with no selection (like the base trainer); pass "
@@ -534,9 +544,10 @@ class CoresetTrainerMixin(PrivateOverrides):
         super().log(logs, *args, **kwargs)
 
     def _check_before_log_or_save(self, tr_loss: Any, grad_norm: Any) -> None:
-        # Only where the Trainer reads these numbers anyway (a log) or is about to save: no
+        # Only where the Trainer reads these numbers anyway (a log), is about to save, or ends
+        # (the last step: a run that diverges before its first log or save never exits 0): no
         # per-step sync, and no checkpoint of NaN weights (colm.integrations.non_finite).
-        if self.control.should_log or self.control.should_save:
+        if self.control.should_log or self.control.should_save or self.control.should_training_stop:
             check_finite(self.state.global_step, tr_loss, grad_norm)
 
     # ---- evaluation -------------------------------------------------------------------------
@@ -595,8 +606,12 @@ class CoresetTrainerMixin(PrivateOverrides):
         # True: the latest *complete* checkpoint (one torn by a kill mid-save is skipped, with a warning).
         checkpoint = resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if checkpoint is not None:
+            check_checkpoint_files(checkpoint)  # a damaged file named now, not deep in torch.load
             self._load_selector_state(checkpoint)
-        return super().train(checkpoint, *args, **kwargs)
+        result = super().train(checkpoint, *args, **kwargs)
+        if self.args.world_size == 1:  # one pass over the weights per run (sharded: the grad norm tells)
+            check_weights(self.model, self.state.global_step)
+        return result
 
     def _load_selector_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, SELECTOR_STATE_FILE)
