@@ -11,126 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from colm.cli.errors import UsageError
+from colm.cli.errors import OneLineErrors, UsageError
 from colm.config import CoresetConfig
+from colm.data.arguments import DataArguments
 from colm.errors import ConfigError, RenamedWarning
+from colm.models.arguments import ModelArguments
 from colm.selection.methods.registry import method_names
 
-#: Sizes of the embedded default model (colm.models.default.MODEL_SIZES; not imported: torch).
-MODEL_SIZES = ("tiny", "small", "base")
-
-
-@dataclass
-class ModelArguments:
-    """Which causal LM to train, and how (full fine-tune or LoRA)."""
-
-    _argument_group_name = "model"  # a --help section (HfArgumentParser convention)
-
-    model: str | None = field(
-        default=None,
-        metadata={"help": "Hugging Face Hub id or local folder of a causal LM, or a GGUF file (a "
-                          ".gguf path or a folder holding one; converted once, then cached). "
-                          "Default: colm's embedded Llama (see --model-size), built offline "
-                          "with no download."},
-    )
-    model_size: str = field(
-        default="tiny",
-        metadata={"choices": list(MODEL_SIZES),
-                  "help": "Size of the embedded default model (tiny ~1.2M parameters, small ~3.7M, "
-                          "base ~10.4M); ignored with --model."},
-    )
-    dtype: str | None = field(
-        default=None,
-        metadata={"choices": ["auto", "float32", "bfloat16", "float16"],
-                  "help": "dtype to load --model in; unset: float32."},
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow custom modelling code from the Hub (--model)."}
-    )
-    lora_r: int = field(
-        default=0, metadata={"help": "LoRA rank (>= 1); 0 trains every parameter (full fine-tune)."}
-    )
-    lora_alpha: float = field(
-        default=16.0, metadata={"help": "LoRA scaling alpha (the paper: r=128, alpha=512)."}
-    )
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] | None = field(
-        default=None,
-        metadata={"help": "Module names LoRA adapts (e.g. q_proj v_proj), or all-linear. Default: "
-                          "peft's choice for the architecture. CoLM's features read the last "
-                          "layer's v_proj, so keep it adapted."},
-    )
-
-
-@dataclass
-class DataArguments:
-    """Which data to train and validate on, and how it becomes tokens."""
-
-    _argument_group_name = "data"
-
-    data: str | None = field(
-        default=None,
-        metadata={"help": "Training data: a JSON Lines, JSON, Parquet or CSV file (compressed or not), a "
-                          "folder of train/validation files or of <source>.<split> files, a save_to_disk "
-                          "folder or a Hub dataset id. Default: the 14-source math mixture shipped with colm."},
-    )
-    train_split: str = field(
-        default="train", metadata={"help": "Split of --data to train on (folders and datasets)."}
-    )
-    eval_data: str | None = field(
-        default=None,
-        metadata={"help": "Validation data (same formats as --data); wins over --data's own "
-                          "validation split. Default: --data's --eval-split split when it has one "
-                          "(folder files or a save_to_disk split), else none."},
-    )
-    eval_split: str = field(
-        default="validation", metadata={"help": "Split used for validation (the default also takes "
-                                                "val, dev and eval)."}
-    )
-    source_field: str = field(
-        default="source",
-        metadata={"help": "Field naming each example's source. Rows without `source` belong to their "
-                          "file's source (the folder's for train.jsonl); another name given here must "
-                          "be in every row."},
-    )
-    prompt_field: str = field(default="prompt", metadata={"help": "Field of the prompt."})
-    response_field: str = field(default="response", metadata={"help": "Field of the response."})
-    messages_field: str = field(
-        default="messages", metadata={"help": "Field of chat examples ({role, content} list)."}
-    )
-    sources: list[str] | None = field(
-        default=None, metadata={"help": "Train and validate on these sources only."}
-    )
-    max_length: int = field(
-        default=256, metadata={"help": "Tokens per example; longer ones are truncated."}
-    )
-    template: str | None = field(
-        default=None,
-        metadata={"help": "Prompt template containing {prompt}. Default: "
-                          "'Question: {prompt}\\nAnswer:\\n'."},
-    )
-    use_chat_template: bool = field(
-        default=False,
-        metadata={"help": "Render prompt/response rows as a user turn and an assistant turn with "
-                          "the tokenizer's own chat template (for instruct models) instead of "
-                          "--template. Default false: the --template text format. Chat "
-                          "(--messages-field) rows always use the chat template."},
-    )
-    max_examples_per_source: int | None = field(
-        default=None, metadata={"help": "Keep at most this many training examples per source."}
-    )
-    max_eval_examples_per_source: int | None = field(
-        default=None, metadata={"help": "Keep at most this many validation examples per source."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Replace a previous run's files in --output-dir instead of refusing."},
-    )
-    allow_empty_responses: bool = field(
-        default=False,
-        metadata={"help": "Train even when every training response is empty (the model then only "
-                          "learns to end its answer at once); refused without this flag."},
-    )
+__all__ = ["DataArguments", "ModelArguments", "SelectionArguments"]
 
 
 def _selection_arguments() -> type:
@@ -219,6 +107,16 @@ def training_arguments_class() -> type:
     return TrainingOptions
 
 
+def as_plain_training_arguments(targs: Any) -> None:
+    """Turn parsed TrainingOptions into plain TrainingArguments, in place.
+
+    The subclass only gave --help its section title; Trainer pickles its args into every
+    checkpoint (training_args.bin), so hand it the plain class (same fields and layout)."""
+    from transformers import TrainingArguments
+
+    targs.__class__ = TrainingArguments
+
+
 def to_coreset_config(sel: Any, training_args: Any = None) -> CoresetConfig | None:
     """The CoresetConfig the selection options describe; None with --no-coreset.
 
@@ -292,9 +190,8 @@ class ColmArgumentParser:
     def create(dataclass_types: Sequence[type], prog: str, description: str, usage: str | None = None):
         from transformers import HfArgumentParser
 
-        class _Parser(HfArgumentParser):
-            def error(self, message: str):  # noqa: D401 - argparse hook
-                raise UsageError(f"{message} (see `{self.prog} --help`)")
+        class _Parser(OneLineErrors, HfArgumentParser):
+            pass
 
         return _Parser(
             dataclass_types, prog=prog, description=description, allow_abbrev=False, usage=usage,

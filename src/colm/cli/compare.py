@@ -74,15 +74,13 @@ def build_parser():
 
 
 def parse(argv: Sequence[str]):
-    from transformers import TrainingArguments
-
     from colm.cli import args as cli_args
     from colm.compare.arms import ArmError, parse_arms
 
     parser = build_parser()
     # colm train's dataclasses (its RunArguments, for resuming one run, mean nothing here), then ours
     model_args, data_args, sel_args, _run_args, targs, extra = cli_args.parse_command(parser, argv, 6)
-    targs.__class__ = TrainingArguments
+    cli_args.as_plain_training_arguments(targs)
     base = cli_args.to_coreset_config(sel_args, targs)
     try:
         arms = parse_arms(extra.arms)
@@ -137,49 +135,12 @@ def run(argv: Sequence[str]) -> int:
 
 def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out: Path,
              exact: tuple[int, int] = (0, 96)) -> int:
-    from colm.cli import dataprep, modeling
-    from colm.cli.train import check_pool, check_small_sources
     from colm.compare import report
-    from colm.compare.run import Lab, ResultsFile, costed_plan, exact_match_rows, run_compare
+    from colm.compare.run import costed_plan, run_compare
 
     # ---- load and check everything before writing anything
-    model, tokenizer = modeling.load(model_args, seed=seeds[0])
-    del model  # every arm x seed loads its own fresh copy
-    data_seed = targs.data_seed if targs.data_seed is not None else targs.seed
-    prep = dataprep.prepare(data_args, tokenizer, seed=data_seed, need_eval=True)
-    sources = list(prep.train_stats["per_source"])
-    exact_raw = None
-    if exact[0]:
-        if "response" not in prep.eval_raw.column_names:
-            raise UsageError("--exact-match-per-source: needs prompt/response validation rows (chat rows "
-                             "have no single reference answer)")
-        exact_raw = exact_match_rows(prep.eval_raw, exact[0])
-        if len(exact_raw) == 0:
-            raise UsageError("--exact-match-per-source: no validation row's response ends in a numeric "
-                             "answer ('The answer is 72'); nothing to score")
-    for arm in arms:
-        cfg = arm.coreset_config(base, seeds[0])
-        check_small_sources(cfg, sources)
-        check_pool(cfg, len(prep.train), dataclasses.replace(
-            targs, gradient_accumulation_steps=targs.gradient_accumulation_steps * arm.accumulation))
-
-    def training_args(steps: int, accumulation: int, seed: int, output_dir: str):
-        return dataclasses.replace(
-            targs, output_dir=output_dir, max_steps=steps, seed=seed, data_seed=seed,
-            gradient_accumulation_steps=targs.gradient_accumulation_steps * accumulation,
-            save_strategy="no", disable_tqdm=True, logging_steps=max(targs.logging_steps, steps),
-        )
-
-    lab = Lab(
-        tokenizer=tokenizer, train=prep.train, evald=prep.eval,
-        new_model=lambda seed: modeling.load(model_args, seed=seed)[0],
-        training_args=training_args, base_coreset=base,
-        batch=targs.per_device_train_batch_size * targs.gradient_accumulation_steps * targs.world_size,
-        output_dir=out, eval_batch_size=max(8, targs.per_device_eval_batch_size),
-        train_rows=dict(prep.train_stats["per_source"]),
-        exact_match_raw=exact_raw, template=data_args.template, max_new_tokens=exact[1],
-        max_prompt_length=data_args.max_length,
-    )
+    plan, exact_raw = _load_and_check(model_args, data_args, targs, base, arms, seeds, exact)
+    lab = _lab(plan, data_args, targs, base, out, exact_raw, exact)
     settings = {
         "arms": [a.name for a in arms], "seeds": seeds, "baseline": baseline, "budget": budget,
         "max_steps": targs.max_steps, "batch": lab.batch, "model": dataclasses.asdict(model_args),
@@ -189,7 +150,76 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
     if exact[0]:  # recorded only when on, so results files written before the option still resume
         settings["exact_match"] = {"per_source": exact[0], "max_new_tokens": exact[1]}
     # ---- from here on the output dir is written
-    if data_args.overwrite_output_dir:  # start over: the previous comparison's runs are dropped
+    results = _results_file(out, settings, overwrite=data_args.overwrite_output_dir)
+    n = len(arms) * len(seeds)
+    print(f"colm compare: {len(arms)} arms x {len(seeds)} seeds ({n} runs), budget {budget}, baseline "
+          f"{baseline}; {len(plan.data.train)} training / {len(plan.data.eval)} validation rows", flush=True)
+    plan_steps = run_compare(arms, seeds, lab, steps=targs.max_steps, budget=budget, baseline=baseline,
+                             results=results, progress=sys.stdout, after_run=_print_finished)
+    wanted = {(a.name, s) for a in arms for s in seeds}
+    runs = [r for r in results.runs if (r["arm"], r["seed"]) in wanted]
+    paths = report.write(out, runs=runs, plan=costed_plan(plan_steps, runs), baseline=baseline, budget=budget,
+                         settings={**settings, "command": "colm compare " + " ".join(argv)},
+                         intervals=intervals, harness=report.harness_overhead(runs))
+    print()
+    print(report.loss_table(runs, baseline, intervals=intervals))
+    print(f"\n{report.NATURAL_NOTE}.")
+    print("report: " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _load_and_check(model_args, data_args, targs, base, arms, seeds, exact: tuple[int, int]):
+    """(RunPlan without a model, the exact-match rows or None); every arm's selection checked
+    against the data."""
+    from colm.compare.run import exact_match_rows
+    from colm.training.checks import check_pool, check_small_sources
+    from colm.training.plan import prepare_run
+
+    plan = prepare_run(model_args, data_args, targs, model_seed=seeds[0], need_eval=True)
+    plan.model = None  # every arm x seed loads its own fresh copy
+    exact_raw = None
+    if exact[0]:
+        if "response" not in plan.data.eval_raw.column_names:
+            raise UsageError("--exact-match-per-source: needs prompt/response validation rows (chat rows "
+                             "have no single reference answer)")
+        exact_raw = exact_match_rows(plan.data.eval_raw, exact[0])
+        if len(exact_raw) == 0:
+            raise UsageError("--exact-match-per-source: no validation row's response ends in a numeric "
+                             "answer ('The answer is 72'); nothing to score")
+    for arm in arms:
+        cfg = arm.coreset_config(base, seeds[0])
+        check_small_sources(cfg, list(plan.train_rows))
+        check_pool(cfg, len(plan.data.train), dataclasses.replace(
+            targs, gradient_accumulation_steps=targs.gradient_accumulation_steps * arm.accumulation))
+    return plan, exact_raw
+
+
+def _lab(plan, data_args, targs, base, out: Path, exact_raw, exact: tuple[int, int]):
+    """What every arm x seed shares: the data, a fresh model per seed, its TrainingArguments."""
+    from colm.compare.run import Lab
+
+    def training_args(steps: int, accumulation: int, seed: int, output_dir: str):
+        return dataclasses.replace(
+            targs, output_dir=output_dir, max_steps=steps, seed=seed, data_seed=seed,
+            gradient_accumulation_steps=targs.gradient_accumulation_steps * accumulation,
+            save_strategy="no", disable_tqdm=True, logging_steps=max(targs.logging_steps, steps),
+        )
+
+    return Lab(
+        tokenizer=plan.tokenizer, train=plan.data.train, evald=plan.data.eval,
+        new_model=plan.new_model, training_args=training_args, base_coreset=base,
+        batch=targs.per_device_train_batch_size * targs.gradient_accumulation_steps * targs.world_size,
+        output_dir=out, eval_batch_size=plan.eval_batch_size, train_rows=plan.train_rows,
+        exact_match_raw=exact_raw, template=data_args.template, max_new_tokens=exact[1],
+        max_prompt_length=data_args.max_length,
+    )
+
+
+def _results_file(out: Path, settings: dict[str, Any], *, overwrite: bool):
+    """results.jsonl, resumed when it holds this comparison's runs (refused under other settings)."""
+    from colm.compare.run import ResultsFile
+
+    if overwrite:  # start over: the previous comparison's runs are dropped
         (out / RESULTS_FILE).unlink(missing_ok=True)
     try:
         results = ResultsFile(out / RESULTS_FILE, settings)
@@ -198,26 +228,12 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
     if results.runs:
         print(f"colm compare: resuming, {len(results.runs)} arm x seed run(s) already in {out / RESULTS_FILE}",
               flush=True)
-    n = len(arms) * len(seeds)
-    print(f"colm compare: {len(arms)} arms x {len(seeds)} seeds ({n} runs), budget {budget}, baseline "
-          f"{baseline}; {len(prep.train)} training / {len(prep.eval)} validation rows", flush=True)
+    return results
 
-    def finished(row: dict[str, Any]) -> None:
-        em = f", exact match {row['exact_match']['overall']:.3f}" if "exact_match" in row else ""
-        natural = row["val_loss_natural"]
-        natural_text = f"{natural:.4f}" if natural == natural else "undefined"  # NaN: no validation source trained on
-        print(f"  [{row['arm']} seed {row['seed']}] done: {row['steps']} steps, natural {natural_text}, "
-              f"mean over sources {row['val_loss_mean']:.4f}, worst {row['val_loss_worst']:.4f}{em}", flush=True)
 
-    plan = run_compare(arms, seeds, lab, steps=targs.max_steps, budget=budget, baseline=baseline,
-                       results=results, progress=sys.stdout, after_run=finished)
-    wanted = {(a.name, s) for a in arms for s in seeds}
-    runs = [r for r in results.runs if (r["arm"], r["seed"]) in wanted]
-    paths = report.write(out, runs=runs, plan=costed_plan(plan, runs), baseline=baseline, budget=budget,
-                         settings={**settings, "command": "colm compare " + " ".join(argv)},
-                         intervals=intervals, harness=report.harness_overhead(runs))
-    print()
-    print(report.loss_table(runs, baseline, intervals=intervals))
-    print(f"\n{report.NATURAL_NOTE}.")
-    print("report: " + ", ".join(map(str, paths)))
-    return 0
+def _print_finished(row: dict[str, Any]) -> None:
+    em = f", exact match {row['exact_match']['overall']:.3f}" if "exact_match" in row else ""
+    natural = row["val_loss_natural"]
+    natural_text = f"{natural:.4f}" if natural == natural else "undefined"  # NaN: no validation source trained on
+    print(f"  [{row['arm']} seed {row['seed']}] done: {row['steps']} steps, natural {natural_text}, "
+          f"mean over sources {row['val_loss_mean']:.4f}, worst {row['val_loss_worst']:.4f}{em}", flush=True)

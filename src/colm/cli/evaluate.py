@@ -75,15 +75,15 @@ def run(argv: Sequence[str]) -> int:
 
     import torch
 
-    from colm.cli import modeling
-    from colm.cli.chat_format import as_chat, check_chat_template
-    from colm.cli.dataprep import data_cache_dir
     from colm.cli.report import text_table
     from colm.data import DEFAULT_TEMPLATE, default_mixture_dir, load_mixture, tokenize_mixture
+    from colm.data.chat import as_chat, check_chat_template
+    from colm.data.prepare import data_cache_dir
     from colm.evaluation import generation_exact_match, per_source_loss
     from colm.files import atomic_write_json
+    from colm.models.checkpoint import find_run_info, load_checkpoint
 
-    info = modeling.find_run_info(ckpt)
+    info = find_run_info(ckpt)
     max_length = ns.max_length or int(info.get("max_length") or 512)
     template = ns.template or info.get("template") or DEFAULT_TEMPLATE
     chat = ns.use_chat_template == "true" if ns.use_chat_template is not None else bool(info.get("use_chat_template"))
@@ -101,7 +101,7 @@ def run(argv: Sequence[str]) -> int:
         spec, split=split, **fields, sources=ns.sources if ns.sources is not None else info.get("sources"),
         max_examples_per_source=ns.max_examples_per_source, seed=ns.seed,
     )
-    model, tokenizer, _ = modeling.load_checkpoint(ckpt)
+    model, tokenizer, _ = load_checkpoint(ckpt)
     if chat:
         check_chat_template(tokenizer)
         raw = as_chat(raw)

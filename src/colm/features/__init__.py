@@ -3,7 +3,7 @@
 ``gradient_features`` is the entry point; the pieces are public for tests, the trainer and the
 distributed exchange (ranks share only the SPSA coefficients and regenerate the directions).
 
-Imports: anything but colm.integrations and colm.cli (tests/test_layers.py checks it).
+Imports: anything but colm.integrations, colm.training, colm.compare and colm.cli (tests/test_layers.py checks it).
 """
 from __future__ import annotations
 
