@@ -20,12 +20,15 @@ from dataclasses import InitVar, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from colm.errors import ConfigError, RenamedWarning, check_int, check_optional_int
+from colm.field_types import from_text
 from colm.selection.methods.registry import feature_free_names, get_method, method_names
 
 Similarity = Literal["l1", "l2", "cosine"]
 FeatureKind = Literal["zo", "exact", "hidden", "full_adam"]
 LossAverage = Literal["token", "example"]
 SecondMoment = Literal["per_example", "pool"]
+#: A number of clusters, "auto", or None (the data's own sources).
+PseudoSources = int | str | None
 SIMILARITIES = get_args(Similarity)
 FEATURES = get_args(FeatureKind)
 LOSS_AVERAGES = get_args(LossAverage)
@@ -163,7 +166,7 @@ class CoresetConfig:
         "CoresetTrainer, 0 elsewhere."
     )})
 
-    pseudo_sources: int | str | None = field(default=None, metadata={"help": (
+    pseudo_sources: PseudoSources = field(default=None, metadata={"help": (
         "Sources for data without (or instead of) a 'source' column: after "
         "pseudo_source_warmup_steps steps, the training rows are embedded by the model (final "
         "hidden state, mean over supervised tokens) and clustered with k-means into this many "
@@ -205,10 +208,9 @@ class CoresetConfig:
             self.feature_modules = [self.feature_modules]
         elif isinstance(self.feature_modules, tuple):
             self.feature_modules = list(self.feature_modules)
-        if isinstance(self.pseudo_sources, str) and self.pseudo_sources != "auto":
-            # a parser's text ("4", "none"); anything else is refused by validate
-            text = self.pseudo_sources.strip().lower()
-            self.pseudo_sources = None if text in ("none", "null", "") else int(text) if text.isdigit() else text
+        if isinstance(self.pseudo_sources, str):
+            # a parser's text ("4", "none") as the field's type says; anything else is refused by validate
+            self.pseudo_sources = from_text(self.pseudo_sources, PseudoSources)
         if isinstance(self.small_sources, (list, tuple)):
             self.small_sources = [str(s) for s in self.small_sources]
             if len(self.small_sources) == 1 and self.small_sources[0] in SMALL_SOURCE_RULES:
