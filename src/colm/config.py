@@ -20,17 +20,19 @@ from dataclasses import InitVar, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from colm.errors import ConfigError, RenamedWarning, check_int, check_optional_int
+from colm.features.registry import feature_names
 from colm.field_types import from_text
 from colm.selection.methods.registry import feature_free_names, get_method, method_names
 
 Similarity = Literal["l1", "l2", "cosine"]
-FeatureKind = Literal["zo", "exact", "hidden", "full_adam"]
 LossAverage = Literal["token", "example"]
 SecondMoment = Literal["per_example", "pool"]
 #: A number of clusters, "auto", or None (the data's own sources).
 PseudoSources = int | str | None
 SIMILARITIES = get_args(Similarity)
-FEATURES = get_args(FeatureKind)
+#: The feature kinds registered at import (``colm.features.registry`` is the source of truth; one
+#: registered later is accepted too).
+FEATURES = feature_names()
 LOSS_AVERAGES = get_args(LossAverage)
 SECOND_MOMENTS = get_args(SecondMoment)
 SMALL_SOURCE_RULES = ("below_mean", "none")
@@ -107,7 +109,7 @@ class CoresetConfig:
         "Epsilon of the Adam normalization (should equal the optimizer's)."
     )})
 
-    feature: FeatureKind = field(default="exact", metadata={"help": (
+    feature: str = field(default="exact", metadata={"choices": FEATURES, "help": (
         "Per-example gradient estimate, for the methods that look at one: 'exact' (default: "
         "per-example gradients via a backward through the last block only, about the cost of "
         "zo with one probe; with it mean matching matched the pool gradient best, while zo "
@@ -245,8 +247,8 @@ class CoresetConfig:
             raise bad("adam_betas", "two numbers in [0, 1)")
         if not (_is_number(self.adam_eps) and self.adam_eps > 0):
             raise bad("adam_eps", "a number > 0")
-        if self.feature not in FEATURES:
-            raise bad("feature", f"one of {FEATURES}")
+        if self.feature not in feature_names():
+            raise bad("feature", f"one of {feature_names()}")
         if self.feature == "full_adam" and self.adam_normalize:
             raise bad("adam_normalize", "false with feature='full_adam' (its features are already in the "
                       "optimizer's Adam space)")

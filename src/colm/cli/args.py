@@ -16,6 +16,7 @@ from colm.cli.errors import OneLineErrors, UsageError
 from colm.config import CoresetConfig
 from colm.data.arguments import DataArguments
 from colm.errors import ConfigError, RenamedWarning
+from colm.features.registry import feature_names
 from colm.field_types import (
     NONE_WORDS,
     TextValueError,
@@ -44,7 +45,7 @@ def _selection_arguments() -> type:
     docs = CoresetConfig.field_docs()
     cls = text_options(
         CoresetConfig, "SelectionArguments",
-        choices={"within_source": method_names()},
+        choices={"within_source": method_names(), "feature": feature_names()},  # from the registries
         # None: the optimizer's own (--adam-beta1/--adam-beta2/--adam-epsilon), as docs/method.md step 4 asks.
         defaults={"adam_betas": None, "adam_eps": None, "pseudo_sources": "none"},
         help={
@@ -181,7 +182,8 @@ def convert_option_text(parser: argparse.ArgumentParser, dataclass_types: Sequen
     for cls in dataclass_types:
         if converts_text(cls):
             kinds.update(option_types(cls))
-            defaults.update((f.name, f.default) for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING)
+            defaults.update((f.name, f.default) for f in dataclasses.fields(cls)
+                            if f.default is not dataclasses.MISSING)
     list_types = {}
     for action in parser._actions:
         kind = kinds.get(action.dest)
