@@ -259,8 +259,8 @@ def _terminal_tables(arms, sizes, small) -> str:
 
 
 def _write_outputs(out: Path, report, arms, selection, sizes, small) -> None:
-    from colm.cli import plots
     from colm.cli.report import table, write_report
+    from colm.compare import plots
 
     plots.loss_curves(arms, out / PLOTS[0])
     plots.per_source_bars(arms, sizes, out / PLOTS[1])

@@ -3,7 +3,6 @@ colm.integrations.selection_log)."""
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -199,24 +198,6 @@ def write_report(out_dir: str | Path, report: dict[str, Any], markdown: str) -> 
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", markdown)
-
-
-def share_series(
-    per_step: list[dict[str, Any]], source: str, window: int
-) -> tuple[list[int], list[float], list[float]]:
-    """Moving-window share of `source` among selected and among pool examples, per step."""
-    steps, sel, pool = [], [], []
-    acc: dict[str, list[int]] = defaultdict(list)
-    for rec in per_step:
-        acc["sel_s"].append(rec["selected"].get(source, 0))
-        acc["sel_n"].append(sum(rec["selected"].values()))
-        acc["pool_s"].append(rec["pool"].get(source, 0))
-        acc["pool_n"].append(sum(rec["pool"].values()))
-        lo = max(0, len(acc["sel_s"]) - window)
-        steps.append(rec["step"])
-        sel.append(sum(acc["sel_s"][lo:]) / max(1, sum(acc["sel_n"][lo:])))
-        pool.append(sum(acc["pool_s"][lo:]) / max(1, sum(acc["pool_n"][lo:])))
-    return steps, sel, pool
 
 
 def pseudo_sources_report(trainer: Any, train_dataset: Any) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +57,21 @@ def selection_summary(path: str | Path) -> dict[str, Any] | None:
     }
     return {"steps": len(per_step), "n_selected": n_sel, "n_pool": n_pool,
             "per_source": per_source, "per_step": per_step}
+
+
+def share_series(
+    per_step: list[dict[str, Any]], source: str, window: int
+) -> tuple[list[int], list[float], list[float]]:
+    """Moving-window share of `source` among selected and among pool examples, per step."""
+    steps, sel, pool = [], [], []
+    acc: dict[str, list[int]] = defaultdict(list)
+    for rec in per_step:
+        acc["sel_s"].append(rec["selected"].get(source, 0))
+        acc["sel_n"].append(sum(rec["selected"].values()))
+        acc["pool_s"].append(rec["pool"].get(source, 0))
+        acc["pool_n"].append(sum(rec["pool"].values()))
+        lo = max(0, len(acc["sel_s"]) - window)
+        steps.append(rec["step"])
+        sel.append(sum(acc["sel_s"][lo:]) / max(1, sum(acc["sel_n"][lo:])))
+        pool.append(sum(acc["pool_s"][lo:]) / max(1, sum(acc["pool_n"][lo:])))
+    return steps, sel, pool
