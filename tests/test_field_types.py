@@ -106,3 +106,17 @@ def test_a_toy_dataclasss_bad_yaml_value_names_the_file_and_line(tmp_path):
     config.write_text("ratio: 0.1\ncount: lots\n", encoding="utf-8")
     with pytest.raises(UsageError, match=rf"{config}:2: count: .*expected an integer or none, got 'lots'"):
         load_yaml_options(str(config), _toy_parser())
+
+
+@pytest.mark.parametrize("text, expected", [
+    (None, True), ("", True), ("0", False), ("off", False), ("No", False), ("1", True), ("yes", True),
+    ("maybe", True),  # unknown text: the default, as the switches always read it
+])
+def test_an_environment_switch_reads_its_text_as_a_bool_option_does(monkeypatch, text, expected):
+    from colm.field_types import env_switch
+
+    if text is None:
+        monkeypatch.delenv("COLM_TEST_SWITCH", raising=False)
+    else:
+        monkeypatch.setenv("COLM_TEST_SWITCH", text)
+    assert env_switch("COLM_TEST_SWITCH", True) is expected

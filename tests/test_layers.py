@@ -2,7 +2,8 @@
 
 One rule per package, also stated in the docstring of its __init__:
 - colm.selection: torch, numpy, numba and the standard library; of colm, only colm.config,
-  colm.errors, colm.tagged_files (the checkpoint file format) and colm.selection itself.
+  colm.errors, colm.field_types (text to values), colm.tagged_files (the checkpoint file format)
+  and colm.selection itself.
 - colm.features: not colm.integrations, colm.training, colm.compare, colm.cli.
 - colm.data: not colm.models, colm.integrations, colm.training, colm.compare, colm.cli.
 - colm.models: not colm.integrations, colm.training, colm.compare, colm.cli.
@@ -29,7 +30,8 @@ STDLIB = set(sys.stdlib_module_names)
 
 # package -> (third-party roots allowed or None for any, colm prefixes forbidden or allowed)
 ALLOWED_THIRD_PARTY = {"colm.selection": {"torch", "numpy", "numba", "safetensors"}}
-ALLOWED_COLM = {"colm.selection": ("colm.config", "colm.errors", "colm.tagged_files", "colm.selection")}
+ALLOWED_COLM = {"colm.selection": ("colm.config", "colm.errors", "colm.field_types", "colm.tagged_files",
+                                   "colm.selection")}
 FORBIDDEN_COLM = {
     "colm.features": ("colm.integrations", "colm.training", "colm.compare", "colm.cli"),
     "colm.data": ("colm.models", "colm.integrations", "colm.training", "colm.compare", "colm.cli"),

@@ -1,5 +1,6 @@
 """From text to a dataclass field's value, driven by the field's type: the one converter every
-reader of options uses (command-line flags, `--config` YAML files, CoresetConfig given text).
+reader of options uses (command-line flags, `--config` YAML files, CoresetConfig given text,
+colm's on/off environment variables through `env_switch`).
 
     from_text("4", int | None)              -> 4
     from_text("none", int | None)           -> None
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import types
 import typing
 from collections.abc import Sequence
@@ -162,6 +164,16 @@ def _convert(text: str, member: Any) -> Any:
     if member is str or member is Any:
         return text
     raise TypeError(f"no text conversion to {member!r}")
+
+
+def env_switch(name: str, default: bool) -> bool:
+    """An on/off environment variable, read as a bool option's text (true/yes/1/on,
+    false/no/0/off); unset, empty or any other text: `default`."""
+    text = os.environ.get(name, "")
+    try:
+        return bool(from_text(text, bool)) if text.strip() else default
+    except TextValueError:
+        return default
 
 
 # ------------------------------------------------------------------ dataclass mirrors

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from colm.data.loading import LoadReport, load_mixture
 from colm.data.mixture import default_mixture_dir
 from colm.data.templating import tokenize_mixture
 from colm.data.validation_data import choose_validation, match_sources
+from colm.field_types import env_switch
 
 #: Environment variable: 0 (or off/false/no) tokenizes afresh, neither reading nor writing the
 #: cache of tokenized data.
@@ -29,7 +29,7 @@ DATA_CACHE_ENV = "COLM_DATA_CACHE"
 def data_cache_dir() -> Path | None:
     """Where commands cache tokenized data: `default_cache_dir()/tokenized` ($COLM_CACHE, else
     ~/.cache/colm); None when $COLM_DATA_CACHE turns the cache off."""
-    if os.environ.get(DATA_CACHE_ENV, "").strip().lower() in {"0", "off", "false", "no"}:
+    if not env_switch(DATA_CACHE_ENV, True):
         return None
     from colm.files import default_cache_dir
 
