@@ -4,12 +4,14 @@ The top-floor refactor moved the CLI's library work (model and data preparation,
 factory, the step timer, peak memory) into the library layers. A step of `colm train` should
 not get slower. This script runs the same `colm train` command (tiny embedded model, default
 CoresetConfig, no evaluation, no checkpoints) from an old and a new `src/` folder, arms
-alternating (old, new, old, new, ...) so a change in machine load hits both, and reports each
-run's median step time (report.json's `time.median_s`) and the ratio of the medians new/old.
+alternating (old, new, new, old, old, new, ...: neither always runs second) so a change in
+machine load hits both, and reports each run's median step time (report.json's
+`time.median_s`), the ratio of the medians new/old and the per-round ratios.
 
-    git archive add47ab src | tar -x -C /tmp/colm_old     # the tree before the refactor
+    git archive main src | tar -x -C /tmp/colm_old        # the tree before the refactor
+    git archive HEAD src | tar -x -C /tmp/colm_new        # after it (a snapshot: the worktree may change)
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_cli_step.py \
-        --old-src /tmp/colm_old/src --new-src src --rounds 5 --out benchmarks/results/cli_step.json
+        --old-src /tmp/colm_old/src --new-src /tmp/colm_new/src --rounds 6 --out benchmarks/results/cli_step.json
 """
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for arm, src in (("old", args.old_src), ("new", args.new_src)):
+            pair = (("old", args.old_src), ("new", args.new_src))
+            for arm, src in pair if r % 2 == 0 else pair[::-1]:  # ABBA: neither arm always runs second
                 got = one_run(src, Path(tmp) / f"{arm}{r}", extra)
                 runs[arm].append(got)
                 print(f"round {r} {arm}: median {got['median_s']:.4f} s/step, mean {got['mean_s']:.4f} "
