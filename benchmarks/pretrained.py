@@ -102,8 +102,8 @@ def prepare_data(tokenizer: Any, args: argparse.Namespace) -> tuple[Any, Any, An
     """(tokenized train, tokenized validation for the loss, raw exact-match questions)."""
     import datasets
 
-    from colm.cli.chat_format import as_chat
     from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
+    from colm.data.chat import as_chat
     from colm.evaluation import extract_answer
 
     train_raw = load_mixture(default_mixture_dir(), split="train", sources=args.sources,
@@ -146,11 +146,11 @@ def run_job(arm: str, seed: int, args: argparse.Namespace, model_path: str) -> d
     from transformers.utils import logging as hf_logging
 
     from colm import CoresetConfig
-    from colm.cli.memory import PeakMemory
-    from colm.cli.train import make_trainer
     from colm.data.templating import DEFAULT_TEMPLATE
     from colm.evaluation import generation_exact_match, mixture_losses, per_source_loss
     from colm.models.default import load_model_and_tokenizer
+    from colm.training.memory import PeakMemory
+    from colm.training.trainer import make_trainer
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)

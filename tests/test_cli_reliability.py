@@ -221,12 +221,12 @@ def test_settings_that_used_to_train_something_else_are_refused(case, tmp_path, 
 
 
 def test_output_dir_errors_name_the_option_before_anything_loads(tmp_path, capsys, monkeypatch):
-    from colm.cli import modeling
+    from colm.models import loading as modeling
 
     def no_model(*_a, **_k):
         raise AssertionError("the model was loaded before the output folder was checked")
 
-    monkeypatch.setattr(modeling, "load", no_model)
+    monkeypatch.setattr(modeling, "load_model", no_model)
     a_file = write_jsonl(tmp_path / "file.jsonl", ["{}"])
     code, _, err = run_cli(capsys, "train", *MICRO, "--output-dir", a_file / "run")
     assert_usage_error(code, err, f"--output-dir {a_file / 'run'}", "is a file, not a folder")
@@ -365,12 +365,12 @@ def test_empty_responses_are_refused_when_all_and_counted_when_some(tmp_path, ca
 
 
 def test_an_internal_error_is_not_reported_as_bad_input(tmp_path, capsys, monkeypatch):
-    from colm.cli import dataprep
+    from colm.data import prepare as dataprep
 
     def broken(*_a, **_k):
         raise ValueError("an internal check failed")
 
-    monkeypatch.setattr(dataprep, "prepare", broken)
+    monkeypatch.setattr(dataprep, "prepare_data", broken)
     code, _, err = run_cli(capsys, "train", *MICRO, "--output-dir", tmp_path / "out")
     assert code == 1, err
     lines = err.strip().splitlines()
@@ -383,7 +383,7 @@ def test_an_internal_error_is_not_reported_as_bad_input(tmp_path, capsys, monkey
     def disk_full(*_a, **_k):
         raise OSError(28, "No space left on device", str(tmp_path / "out" / "x"))
 
-    monkeypatch.setattr(dataprep, "prepare", disk_full)
+    monkeypatch.setattr(dataprep, "prepare_data", disk_full)
     code, _, err = run_cli(capsys, "train", *MICRO, "--output-dir", tmp_path / "out")
     assert code == 1 and "internal error" not in err
     assert f"failed: {tmp_path / 'out' / 'x'}: no space left on device" in err  # where, and the OS's reason

@@ -9,9 +9,9 @@ import json
 import pytest
 from test_cli import MICRO, assert_usage_error, run_cli
 
-from colm.cli.args import DataArguments
 from colm.cli.train import parse
 from colm.data import DataError
+from colm.data.arguments import DataArguments
 
 pytestmark = pytest.mark.usefixtures("offline_env")  # tests/conftest.py
 
@@ -45,10 +45,10 @@ def test_an_integration_that_is_not_installed_is_named(tmp_path, capsys, monkeyp
 
 
 def _prepare(tokenizer, **data):
-    from colm.cli import dataprep
+    from colm.data import prepare as dataprep
 
     args = DataArguments(sources=["gsm8k", "svamp"], max_examples_per_source=3, max_length=256, **data)
-    return dataprep.prepare(args, tokenizer, seed=0)
+    return dataprep.prepare_data(args, tokenizer, seed=0)
 
 
 def test_use_chat_template_renders_prompt_response_rows_with_the_tokenizers_template():

@@ -42,7 +42,7 @@ def test_generation_prompts_are_the_training_contexts(chat):
     tok = default_tokenizer()
     raw = load_mixture(default_mixture_dir(), split="validation", max_examples_per_source=2, seed=0)
     if chat:
-        from colm.cli.chat_format import as_chat
+        from colm.data.chat import as_chat
 
         tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
         raw = as_chat(raw)

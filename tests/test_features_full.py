@@ -135,7 +135,7 @@ def test_full_adam_needs_the_optimizer_and_no_second_normalization() -> None:
 def test_trainer_passes_its_optimizer_and_trains_the_nnls_weights(tmp_path, monkeypatch) -> None:
     from trainer_helpers import collator, mixture, tiny_llama, training_args
 
-    import colm.features.api as api
+    import colm.features.full as api
     from colm import CoresetTrainer
 
     seen = []

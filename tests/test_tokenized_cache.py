@@ -13,8 +13,8 @@ from test_data import CHATS, ROWS, make_tokenizer
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast
 
-from colm.cli.dataprep import data_cache_dir
 from colm.data import templating, tokenize_mixture, tokenized_cache
+from colm.data.prepare import data_cache_dir
 
 datasets.disable_progress_bars()
 # Short enough that the fixture data has truncated and dropped rows.
@@ -263,8 +263,8 @@ def test_cli_cache_folder_and_switch(monkeypatch, tmp_path):
 def test_second_prepare_of_a_command_hits_unless_switched_off(monkeypatch, tmp_path, tokenizer, calls):
     from test_data import write_jsonl
 
-    from colm.cli.args import DataArguments
-    from colm.cli.dataprep import prepare
+    from colm.data.arguments import DataArguments
+    from colm.data.prepare import prepare_data as prepare
 
     for name, rows in ROWS.items():
         write_jsonl(tmp_path / f"{name}.train.jsonl", rows)

@@ -21,14 +21,19 @@ from dataclasses import InitVar, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from colm.errors import ConfigError, RenamedWarning, check_int, check_optional_int
+from colm.features.registry import feature_names
+from colm.field_types import from_text
 from colm.selection.methods.registry import feature_free_names, get_method, method_names
 
 Similarity = Literal["l1", "l2", "cosine"]
-FeatureKind = Literal["zo", "exact", "hidden", "full_adam"]
 LossAverage = Literal["token", "example"]
 SecondMoment = Literal["per_example", "pool"]
+#: A number of clusters, "auto", or None (the data's own sources).
+PseudoSources = int | str | None
 SIMILARITIES = get_args(Similarity)
-FEATURES = get_args(FeatureKind)
+#: The feature kinds registered at import (``colm.features.registry`` is the source of truth; one
+#: registered later is accepted too).
+FEATURES = feature_names()
 LOSS_AVERAGES = get_args(LossAverage)
 SECOND_MOMENTS = get_args(SecondMoment)
 SMALL_SOURCE_RULES = ("below_mean", "none")
@@ -105,7 +110,7 @@ class CoresetConfig:
         "Epsilon of the Adam normalization (should equal the optimizer's)."
     )})
 
-    feature: FeatureKind = field(default="exact", metadata={"help": (
+    feature: str = field(default="exact", metadata={"choices": FEATURES, "help": (
         "Per-example gradient estimate, for the methods that look at one: 'exact' (default: "
         "per-example gradients via a backward through the last block only, about the cost of "
         "zo with one probe; with it mean matching matched the pool gradient best, while zo "
@@ -164,7 +169,7 @@ class CoresetConfig:
         "CoresetTrainer, 0 elsewhere."
     )})
 
-    pseudo_sources: int | str | None = field(default=None, metadata={"help": (
+    pseudo_sources: PseudoSources = field(default=None, metadata={"help": (
         "Sources for data without (or instead of) a 'source' column: after "
         "pseudo_source_warmup_steps steps, the training rows are embedded by the model (final "
         "hidden state, mean over supervised tokens) and clustered with k-means into this many "
@@ -206,10 +211,9 @@ class CoresetConfig:
             self.feature_modules = [self.feature_modules]
         elif isinstance(self.feature_modules, tuple):
             self.feature_modules = list(self.feature_modules)
-        if isinstance(self.pseudo_sources, str) and self.pseudo_sources != "auto":
-            # a parser's text ("4", "none"); anything else is refused by validate
-            text = self.pseudo_sources.strip().lower()
-            self.pseudo_sources = None if text in ("none", "null", "") else int(text) if text.isdigit() else text
+        if isinstance(self.pseudo_sources, str):
+            # a parser's text ("4", "none") as the field's type says; anything else is refused by validate
+            self.pseudo_sources = from_text(self.pseudo_sources, PseudoSources)
         if isinstance(self.small_sources, (list, tuple)):
             self.small_sources = [str(s) for s in self.small_sources]
             if len(self.small_sources) == 1 and self.small_sources[0] in SMALL_SOURCE_RULES:
@@ -244,8 +248,8 @@ class CoresetConfig:
             raise bad("adam_betas", "two numbers in [0, 1)")
         if not (_is_number(self.adam_eps) and self.adam_eps > 0):
             raise bad("adam_eps", "a number > 0")
-        if self.feature not in FEATURES:
-            raise bad("feature", f"one of {FEATURES}")
+        if self.feature not in feature_names():
+            raise bad("feature", f"one of {feature_names()}")
         if self.feature == "full_adam" and self.adam_normalize:
             raise bad("adam_normalize", "false with feature='full_adam' (its features are already in the "
                       "optimizer's Adam space)")

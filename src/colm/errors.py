@@ -11,6 +11,12 @@ import operator
 from typing import Any
 
 
+class InputError(ValueError):
+    """Input a user can fix (an option, a model, a folder): the message names it and says what
+    was expected. The command line prints it as one line and exits with status 2 (there it is
+    called `colm.cli.errors.UsageError`)."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from; the message names the folder or file and why."""
 

@@ -9,10 +9,13 @@ large random batch of the training data estimates (`mixture_losses`), reported n
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 from collections import defaultdict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -247,3 +250,23 @@ def generation_exact_match(
         "overall": sum(correct.values()) / n_scored if n_scored else math.nan,
         "predictions": predictions,
     }
+
+
+def checkpoint_natural_mixture(per_source: dict[str, float], ckpt: str | os.PathLike) -> dict[str, Any]:
+    """The natural-mixture loss (per-source loss weighted by the training rows' source shares),
+    with the training counts from the run's report.json (the checkpoint's folder or its parent);
+    {"natural": None, ...} when no such report names them."""
+    ckpt = Path(ckpt)
+    for folder in (ckpt, ckpt.parent):
+        path = folder / "report.json"
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))["data"]["train"]["per_source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        try:
+            got = mixture_losses(per_source, rows)
+        except ValueError:  # none of the evaluated sources was trained on
+            break
+        return {"natural": got["natural"], "natural_weights": got["weights"], "train_rows": rows,
+                "train_rows_from": str(path), "missing_sources": got["missing_sources"]}
+    return {"natural": None, "natural_weights": None, "train_rows": None, "train_rows_from": None}

@@ -5,187 +5,61 @@ No `from __future__ import annotations` here: HfArgumentParser reads the real fi
 """
 import argparse
 import dataclasses
-import typing
+import functools
+import operator
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from colm.cli.errors import UsageError
+from colm.cli.errors import OneLineErrors, UsageError
 from colm.config import CoresetConfig
+from colm.data.arguments import DataArguments
 from colm.errors import ConfigError, RenamedWarning
+from colm.features.registry import feature_names
+from colm.field_types import (
+    NONE_WORDS,
+    TextValueError,
+    describe,
+    from_text,
+    option_types,
+    shape,
+    text_options,
+    typed_values,
+)
+from colm.models.arguments import ModelArguments
 from colm.selection.methods.registry import method_names
 
-#: Sizes of the embedded default model (colm.models.default.MODEL_SIZES; not imported: torch).
-MODEL_SIZES = ("tiny", "small", "base")
-
-
-@dataclass
-class ModelArguments:
-    """Which causal LM to train, and how (full fine-tune or LoRA)."""
-
-    _argument_group_name = "model"  # a --help section (HfArgumentParser convention)
-
-    model: str | None = field(
-        default=None,
-        metadata={"help": "Hugging Face Hub id or local folder of a causal LM, or a GGUF file (a "
-                          ".gguf path or a folder holding one; converted once, then cached). "
-                          "Default: colm's embedded Llama (see --model-size), built offline "
-                          "with no download."},
-    )
-    model_size: str = field(
-        default="tiny",
-        metadata={"choices": list(MODEL_SIZES),
-                  "help": "Size of the embedded default model (tiny ~1.2M parameters, small ~3.7M, "
-                          "base ~10.4M); ignored with --model."},
-    )
-    dtype: str | None = field(
-        default=None,
-        metadata={"choices": ["auto", "float32", "bfloat16", "float16"],
-                  "help": "dtype to load --model in; unset: float32."},
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow custom modelling code from the Hub (--model)."}
-    )
-    lora_r: int = field(
-        default=0, metadata={"help": "LoRA rank (>= 1); 0 trains every parameter (full fine-tune)."}
-    )
-    lora_alpha: float = field(
-        default=16.0, metadata={"help": "LoRA scaling alpha (the paper: r=128, alpha=512)."}
-    )
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] | None = field(
-        default=None,
-        metadata={"help": "Module names LoRA adapts (e.g. q_proj v_proj), or all-linear. Default: "
-                          "peft's choice for the architecture. CoLM's features read the last "
-                          "layer's v_proj, so keep it adapted."},
-    )
-
-
-@dataclass
-class DataArguments:
-    """Which data to train and validate on, and how it becomes tokens."""
-
-    _argument_group_name = "data"
-
-    data: str | None = field(
-        default=None,
-        metadata={"help": "Training data: a JSON Lines, JSON, Parquet or CSV file (compressed or not), a "
-                          "folder of train/validation files or of <source>.<split> files, a save_to_disk "
-                          "folder or a Hub dataset id. Default: the 14-source math mixture shipped with colm."},
-    )
-    train_split: str = field(
-        default="train", metadata={"help": "Split of --data to train on (folders and datasets)."}
-    )
-    eval_data: str | None = field(
-        default=None,
-        metadata={"help": "Validation data (same formats as --data); wins over --data's own "
-                          "validation split. Default: --data's --eval-split split when it has one "
-                          "(folder files or a save_to_disk split), else none."},
-    )
-    eval_split: str = field(
-        default="validation", metadata={"help": "Split used for validation (the default also takes "
-                                                "val, dev and eval)."}
-    )
-    source_field: str = field(
-        default="source",
-        metadata={"help": "Field naming each example's source. Rows without `source` belong to their "
-                          "file's source (the folder's for train.jsonl); another name given here must "
-                          "be in every row."},
-    )
-    prompt_field: str = field(default="prompt", metadata={"help": "Field of the prompt."})
-    response_field: str = field(default="response", metadata={"help": "Field of the response."})
-    messages_field: str = field(
-        default="messages", metadata={"help": "Field of chat examples ({role, content} list)."}
-    )
-    sources: list[str] | None = field(
-        default=None, metadata={"help": "Train and validate on these sources only."}
-    )
-    max_length: int = field(
-        default=256, metadata={"help": "Tokens per example; longer ones are truncated."}
-    )
-    template: str | None = field(
-        default=None,
-        metadata={"help": "Prompt template containing {prompt}. Default: "
-                          "'Question: {prompt}\\nAnswer:\\n'."},
-    )
-    use_chat_template: bool = field(
-        default=False,
-        metadata={"help": "Render prompt/response rows as a user turn and an assistant turn with "
-                          "the tokenizer's own chat template (for instruct models) instead of "
-                          "--template. Default false: the --template text format. Chat "
-                          "(--messages-field) rows always use the chat template."},
-    )
-    max_examples_per_source: int | None = field(
-        default=None, metadata={"help": "Keep at most this many training examples per source."}
-    )
-    max_eval_examples_per_source: int | None = field(
-        default=None, metadata={"help": "Keep at most this many validation examples per source."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Replace a previous run's files in --output-dir instead of refusing."},
-    )
-    allow_empty_responses: bool = field(
-        default=False,
-        metadata={"help": "Train even when every training response is empty (the model then only "
-                          "learns to end its answer at once); refused without this flag."},
-    )
+__all__ = ["DataArguments", "ModelArguments", "SelectionArguments"]
 
 
 def _selection_arguments() -> type:
     """A dataclass mirroring CoresetConfig, with the same documentation.
 
-    Built from CoresetConfig so a new field shows up in `--help` without editing the CLI. Types
-    the argument parser cannot express (None-or-int, str-or-list) are read as strings and
-    converted by `to_coreset_config`, which names the option on a bad value.
+    Built from CoresetConfig (colm.field_types.text_options) so a new field shows up in `--help`
+    without editing the CLI; each option's text is converted by the field's type (the one
+    converter, colm.field_types.from_text). What is left here is meaning, not types: the Adam
+    settings default to the optimizer's, the methods' choices come from their registry, and the
+    old option name of feature_modules still parses.
     """
     docs = CoresetConfig.field_docs()
-    defaults = CoresetConfig()
-    hints = typing.get_type_hints(CoresetConfig)  # Literal[...] fields become choices
-    specs: list[tuple[str, Any, Any]] = []
-    for f in dataclasses.fields(CoresetConfig):
-        name = f.name
-        default = getattr(defaults, f.name)
-        help_text = docs.get(f.name, "")
-        factory = None
-        meta: dict[str, Any] = {}
-        if f.name == "topk_dims":
-            typ, value = str, "none" if default is None else str(default)
-            help_text += " ('none' keeps every coordinate.)"
-        elif f.name == "pseudo_sources":
-            typ, value = str, "none"
-            help_text += " ('none' = None.)"
-        elif f.name == "small_sources":
-            typ, value = list[str], None
-            factory = lambda d=default: [d] if isinstance(d, str) else list(d)  # noqa: E731
-        elif f.name in ("adam_betas", "adam_eps"):
-            # None: the optimizer's own (--adam-beta1/--adam-beta2/--adam-epsilon), as docs/method.md step 4 asks.
-            typ = list[float] | None if f.name == "adam_betas" else float | None
-            value = None
-            help_text += " Default: the optimizer's."
-        elif f.name == "feature_modules":
-            typ, value = list[str] | None, None
-            meta["aliases"] = list(OLD_OPTIONS)  # the old name, until colm 0.3 (warned in parse_command)
-        elif f.name in ("score_batch_size", "selection_seed"):
-            typ, value = int | None, None
-            if f.name == "selection_seed":
-                help_text = help_text.replace("TrainingArguments.seed", "--seed")
-        elif f.name == "within_source":  # choices from the registry of methods
-            typ, value = str, default
-            meta["choices"] = list(method_names())
-        else:
-            literal = typing.get_origin(hints[f.name]) is typing.Literal
-            typ, value = (hints[f.name] if literal else type(default)), default
-        meta["help"] = help_text
-        spec = field(default_factory=factory, metadata=meta) if factory else field(default=value, metadata=meta)
-        specs.append((name, typ, spec))
-    specs.append((
-        "no_coreset", bool,
-        field(default=False, metadata={"help": "Train without selection (exactly like "
-                                               "transformers.Trainer), for comparisons."}),
-    ))
-    cls = dataclasses.make_dataclass("SelectionArguments", specs)
+    cls = text_options(
+        CoresetConfig, "SelectionArguments",
+        choices={"within_source": method_names(), "feature": feature_names()},  # from the registries
+        # None: the optimizer's own (--adam-beta1/--adam-beta2/--adam-epsilon), as docs/method.md step 4 asks.
+        defaults={"adam_betas": None, "adam_eps": None, "pseudo_sources": "none"},
+        help={
+            "topk_dims": docs["topk_dims"] + " ('none' keeps every coordinate.)",
+            "pseudo_sources": docs["pseudo_sources"] + " ('none' = None.)",
+            "adam_betas": docs["adam_betas"] + " Default: the optimizer's.",
+            "adam_eps": docs["adam_eps"] + " Default: the optimizer's.",
+            "selection_seed": docs["selection_seed"].replace("TrainingArguments.seed", "--seed"),
+        },
+        # the old name, until colm 0.3 (warned in parse_command)
+        metadata={"feature_modules": {"aliases": list(OLD_OPTIONS)}},
+        extra=[("no_coreset", bool, field(default=False, metadata={
+            "help": "Train without selection (exactly like transformers.Trainer), for comparisons."}))],
+    )
     cls.__doc__ = "CoresetConfig, as command-line options."
     cls._argument_group_name = "selection (colm.CoresetConfig)"
     return cls
@@ -219,6 +93,16 @@ def training_arguments_class() -> type:
     return TrainingOptions
 
 
+def as_plain_training_arguments(targs: Any) -> None:
+    """Turn parsed TrainingOptions into plain TrainingArguments, in place.
+
+    The subclass only gave --help its section title; Trainer pickles its args into every
+    checkpoint (training_args.bin), so hand it the plain class (same fields and layout)."""
+    from transformers import TrainingArguments
+
+    targs.__class__ = TrainingArguments
+
+
 def to_coreset_config(sel: Any, training_args: Any = None) -> CoresetConfig | None:
     """The CoresetConfig the selection options describe; None with --no-coreset.
 
@@ -226,19 +110,10 @@ def to_coreset_config(sel: Any, training_args: Any = None) -> CoresetConfig | No
     """
     if sel.no_coreset:
         return None
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(CoresetConfig):
-        values[f.name] = getattr(sel, f.name)
-    topk = str(values["topk_dims"]).strip().lower()
-    if topk in ("none", "all", "null", ""):
-        values["topk_dims"] = None
-    else:
-        try:
-            values["topk_dims"] = int(topk)
-        except ValueError:
-            raise UsageError(f"--topk-dims: expected an integer or 'none', got {topk!r}") from None
-    values["pseudo_sources"] = _pseudo_sources(values["pseudo_sources"])
-    values["small_sources"] = list(values["small_sources"])  # one rule name: CoresetConfig unwraps it
+    try:
+        values = typed_values(sel, CoresetConfig)
+    except TextValueError as err:
+        raise UsageError(f"{option_name(err.field)}: {err}") from None
     if values["selection_seed"] is None and training_args is not None:
         values["selection_seed"] = training_args.seed  # written into the run's saved config
     if values["adam_betas"] is None:
@@ -266,21 +141,6 @@ def _warn_old_options(tokens: Sequence[str]) -> None:
             return
 
 
-def _pseudo_sources(text: Any) -> Any:
-    """--pseudo-sources: 'none' -> None, 'auto', or a number of clusters (checked by CoresetConfig)."""
-    value = str(text).strip().lower()
-    if value in ("none", "null", ""):
-        return None
-    if value == "auto":
-        return "auto"
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(
-            f"--pseudo-sources: expected a number of clusters (an integer >= 2), 'auto' or 'none', got {text!r}"
-        ) from None
-
-
 # ------------------------------------------------------------------------ parser
 
 
@@ -292,14 +152,76 @@ class ColmArgumentParser:
     def create(dataclass_types: Sequence[type], prog: str, description: str, usage: str | None = None):
         from transformers import HfArgumentParser
 
-        class _Parser(HfArgumentParser):
-            def error(self, message: str):  # noqa: D401 - argparse hook
-                raise UsageError(f"{message} (see `{self.prog} --help`)")
+        class _Parser(OneLineErrors, HfArgumentParser):
+            list_types: dict[str, Any] = {}
 
-        return _Parser(
+            def parse_known_args(self, args=None, namespace=None):  # noqa: D401 - argparse hook
+                # A list option's tokens were converted one by one; the list as a whole may mean
+                # None (`--sources none`) or be the scalar of a `str | list[str]` type.
+                ns, rest = super().parse_known_args(args, namespace)
+                for dest, kind in self.list_types.items():
+                    value = getattr(ns, dest, None)
+                    if isinstance(value, list):
+                        setattr(ns, dest, from_text(value, kind))
+                return ns, rest
+
+        parser = _Parser(
             dataclass_types, prog=prog, description=description, allow_abbrev=False, usage=usage,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
+        convert_option_text(parser, dataclass_types)
+        return parser
+
+
+def convert_option_text(parser: argparse.ArgumentParser, dataclass_types: Sequence[type]) -> None:
+    """Make colm.field_types.from_text convert every option of colm's own dataclasses (and any
+    other but transformers' and TRL's, which HfArgumentParser types as they expect), by the
+    field's type. A bad value is an argparse error naming the option and what was expected."""
+    kinds: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    for cls in dataclass_types:
+        if converts_text(cls):
+            kinds.update(option_types(cls))
+            defaults.update((f.name, f.default) for f in dataclasses.fields(cls)
+                            if f.default is not dataclasses.MISSING)
+    list_types = {}
+    for action in parser._actions:
+        kind = kinds.get(action.dest)
+        if kind is not None and kind is not bool and action.type is not None and action.nargs != 0:
+            action.type = _OptionText(kind)
+            if shape(kind).is_list:
+                list_types[action.dest] = kind
+            if action.default is None:  # HfArgumentParser drops a list option's plain default
+                action.default = defaults.get(action.dest)
+    parser.list_types = list_types  # type: ignore[attr-defined]
+
+
+def converts_text(cls: type) -> bool:
+    """Whether from_text converts the options of `cls` (not TrainingArguments and its kin)."""
+    return not any(c.__module__.split(".")[0] in ("transformers", "trl") for c in cls.__mro__)
+
+
+class _OptionText:
+    """argparse `type=` of one option: each token (a list's item by item) through from_text."""
+
+    def __init__(self, kind: Any) -> None:
+        self.kind = kind
+        self.shape = shape(kind)
+        self.__name__ = describe(kind)
+
+    def __call__(self, text: str) -> Any:
+        if self.shape.is_list:
+            if self.shape.optional and text.strip().lower() in NONE_WORDS:
+                return text  # the whole list means None (the parser converts the list at the end)
+            item = functools.reduce(operator.or_, self.shape.items)
+            try:
+                return from_text(text, item)
+            except TextValueError:
+                raise argparse.ArgumentTypeError(f"expected {describe(self.kind)}, got {text!r}") from None
+        try:
+            return from_text(text, self.kind)
+        except TextValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

@@ -81,15 +81,13 @@ def parse(argv: Sequence[str]):
 
 def parse_with_resume(argv: Sequence[str]):
     """`parse`, plus --allow-changed-settings (the fields a resumed comparison may change)."""
-    from transformers import TrainingArguments
-
     from colm.cli import args as cli_args
     from colm.compare.arms import ArmError, parse_arms
 
     parser = build_parser()
     # colm train's dataclasses (its RunArguments: --allow-changed-settings for a resumed comparison), then ours
     model_args, data_args, sel_args, run_args, targs, extra = cli_args.parse_command(parser, argv, 6)
-    targs.__class__ = TrainingArguments
+    cli_args.as_plain_training_arguments(targs)
     from colm.cli.train import check_seeds
 
     check_seeds(targs)  # before --seed becomes the base selection seed
@@ -157,52 +155,13 @@ def run(argv: Sequence[str]) -> int:
 
 def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out: Path,
              exact: tuple[int, int] = (0, 96), allow_changed: str | None = None) -> int:
-    from colm.cli import dataprep, modeling
-    from colm.cli.train import check_pool, check_small_sources
     from colm.compare import report
-    from colm.compare.budget import BudgetError
     from colm.compare.identity import compare_identity
-    from colm.compare.results import ResultsFile, ResultsFileError
-    from colm.compare.run import Lab, check_budget, costed_plan, exact_match_rows, run_compare
+    from colm.compare.run import costed_plan
 
     # ---- load and check everything before writing anything
-    model, tokenizer = modeling.load(model_args, seed=seeds[0])
-    del model  # every arm x seed loads its own fresh copy
-    data_seed = targs.data_seed if targs.data_seed is not None else targs.seed
-    prep = dataprep.prepare(data_args, tokenizer, seed=data_seed, need_eval=True)
-    sources = list(prep.train_stats["per_source"])
-    exact_raw = None
-    if exact[0]:
-        if "response" not in prep.eval_raw.column_names:
-            raise UsageError("--exact-match-per-source: needs prompt/response validation rows (chat rows "
-                             "have no single reference answer)")
-        exact_raw = exact_match_rows(prep.eval_raw, exact[0])
-        if len(exact_raw) == 0:
-            raise UsageError("--exact-match-per-source: no validation row's response ends in a numeric "
-                             "answer ('The answer is 72'); nothing to score")
-    for arm in arms:
-        cfg = arm.coreset_config(base, seeds[0])
-        check_small_sources(cfg, sources)
-        check_pool(cfg, len(prep.train), dataclasses.replace(
-            targs, gradient_accumulation_steps=targs.gradient_accumulation_steps * arm.accumulation))
-
-    def training_args(steps: int, accumulation: int, seed: int, output_dir: str):
-        return dataclasses.replace(
-            targs, output_dir=output_dir, max_steps=steps, seed=seed, data_seed=seed,
-            gradient_accumulation_steps=targs.gradient_accumulation_steps * accumulation,
-            save_strategy="no", disable_tqdm=True, logging_steps=max(targs.logging_steps, steps),
-        )
-
-    lab = Lab(
-        tokenizer=tokenizer, train=prep.train, evald=prep.eval,
-        new_model=lambda seed: modeling.load(model_args, seed=seed)[0],
-        training_args=training_args, base_coreset=base,
-        batch=targs.per_device_train_batch_size * targs.gradient_accumulation_steps * targs.world_size,
-        output_dir=out, eval_batch_size=max(8, targs.per_device_eval_batch_size),
-        train_rows=dict(prep.train_stats["per_source"]),
-        exact_match_raw=exact_raw, template=data_args.template, max_new_tokens=exact[1],
-        max_prompt_length=data_args.max_length,
-    )
+    plan, exact_raw = _load_and_check(model_args, data_args, targs, base, arms, seeds, exact)
+    lab = _lab(plan, data_args, targs, base, out, exact_raw, exact)
     settings = {
         "arms": [a.name for a in arms], "seeds": seeds, "baseline": baseline, "budget": budget,
         "max_steps": targs.max_steps, "batch": lab.batch, "model": dataclasses.asdict(model_args),
@@ -211,16 +170,111 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
     }
     if exact[0]:  # recorded only when on, so results files written before the option still resume
         settings["exact_match"] = {"per_source": exact[0], "max_new_tokens": exact[1]}
+    _check_budget(arms, baseline, lab, targs.max_steps, budget)
+    # ---- from here on the output dir is written
+    identity = compare_identity(plan.data.train_raw, plan.data.eval_raw, plan.tokenizer, targs)
+    results = _results_file(out, settings, identity, allow_changed, overwrite=data_args.overwrite_output_dir)
+    eval_sources, missing_note = _validation_coverage(plan.data.eval, lab.train_rows)
+    n = len(arms) * len(seeds)
+    print(f"colm compare: {len(arms)} arms x {len(seeds)} seeds ({n} runs), budget {budget}, baseline "
+          f"{baseline}; {len(plan.data.train)} training / {len(plan.data.eval)} validation rows", flush=True)
+    plan_steps = _run_compare(arms, seeds, lab, steps=targs.max_steps, budget=budget, baseline=baseline,
+                              results=results, progress=sys.stdout, after_run=_print_finished)
+    wanted = {(a.name, s) for a in arms for s in seeds}
+    runs = [r for r in results.runs if (r["arm"], r["seed"]) in wanted]
+    paths = report.write(out, runs=runs, plan=costed_plan(plan_steps, runs), baseline=baseline, budget=budget,
+                         settings={**settings, "command": "colm compare " + " ".join(argv), "identity": identity,
+                                   "changed_settings": results.changes, "validation_sources": eval_sources,
+                                   "validation_note": missing_note},
+                         intervals=intervals, harness=report.harness_overhead(runs))
+    print()
+    print(report.loss_table(runs, baseline, intervals=intervals))
+    print(f"\n{report.NATURAL_NOTE}.")
+    print("report: " + ", ".join(map(str, paths)))
+    _fail_on_divergence(runs)
+    return 0
+
+
+def _load_and_check(model_args, data_args, targs, base, arms, seeds, exact: tuple[int, int]):
+    """(RunPlan without a model, the exact-match rows or None); every arm's selection checked
+    against the data."""
+    from colm.compare.run import exact_match_rows
+    from colm.training.checks import check_pool, check_small_sources
+    from colm.training.plan import prepare_run
+
+    plan = prepare_run(model_args, data_args, targs, model_seed=seeds[0], need_eval=True)
+    plan.model = None  # every arm x seed loads its own fresh copy
+    exact_raw = None
+    if exact[0]:
+        if "response" not in plan.data.eval_raw.column_names:
+            raise UsageError("--exact-match-per-source: needs prompt/response validation rows (chat rows "
+                             "have no single reference answer)")
+        exact_raw = exact_match_rows(plan.data.eval_raw, exact[0])
+        if len(exact_raw) == 0:
+            raise UsageError("--exact-match-per-source: no validation row's response ends in a numeric "
+                             "answer ('The answer is 72'); nothing to score")
+    for arm in arms:
+        cfg = arm.coreset_config(base, seeds[0])
+        check_small_sources(cfg, list(plan.train_rows))
+        check_pool(cfg, len(plan.data.train), dataclasses.replace(
+            targs, gradient_accumulation_steps=targs.gradient_accumulation_steps * arm.accumulation))
+    return plan, exact_raw
+
+
+def _lab(plan, data_args, targs, base, out: Path, exact_raw, exact: tuple[int, int]):
+    """What every arm x seed shares: the data, a fresh model per seed, its TrainingArguments."""
+    from colm.compare.run import Lab
+
+    def training_args(steps: int, accumulation: int, seed: int, output_dir: str):
+        return dataclasses.replace(
+            targs, output_dir=output_dir, max_steps=steps, seed=seed, data_seed=seed,
+            gradient_accumulation_steps=targs.gradient_accumulation_steps * accumulation,
+            save_strategy="no", disable_tqdm=True, logging_steps=max(targs.logging_steps, steps),
+        )
+
+    return Lab(
+        tokenizer=plan.tokenizer, train=plan.data.train, evald=plan.data.eval,
+        new_model=plan.new_model, training_args=training_args, base_coreset=base,
+        batch=targs.per_device_train_batch_size * targs.gradient_accumulation_steps * targs.world_size,
+        output_dir=out, eval_batch_size=plan.eval_batch_size, train_rows=plan.train_rows,
+        exact_match_raw=exact_raw, template=data_args.template, max_new_tokens=exact[1],
+        max_prompt_length=data_args.max_length,
+    )
+
+
+def _check_budget(arms, baseline: str, lab, steps: int, budget: str) -> None:
+    """Refuse, before anything is written, an arm that cannot fit one step of the budget."""
+    from colm.compare.budget import BudgetError
+    from colm.compare.run import check_budget
+
     try:
-        check_budget(arms, baseline, lab, targs.max_steps, budget)
+        check_budget(arms, baseline, lab, steps, budget)
     except BudgetError as err:
         raise UsageError(str(err)) from None
-    # ---- from here on the output dir is written
-    if data_args.overwrite_output_dir:  # start over: the previous results and reports are dropped
+
+
+def _run_compare(*args: Any, **kwargs: Any) -> dict[str, dict[str, Any]]:
+    """colm.compare.run.run_compare; a scoring arm's cost over the budget, known once calibrated
+    (the calibration is kept), is a usage error."""
+    from colm.compare.budget import BudgetError
+    from colm.compare.run import run_compare
+
+    try:
+        return run_compare(*args, **kwargs)
+    except BudgetError as err:
+        raise UsageError(str(err)) from None
+
+
+def _results_file(out: Path, settings: dict[str, Any], identity: dict[str, Any], allow_changed: str | None, *,
+                  overwrite: bool):
+    """results.jsonl, resumed when it holds this comparison's runs (refused under other settings
+    or another identity, unless --allow-changed-settings names the change)."""
+    from colm.compare.results import ResultsFile, ResultsFileError
+
+    if overwrite:  # start over: the previous results and reports are dropped
         from colm.cli import ownership
 
         ownership.clear(out)
-    identity = compare_identity(prep.train_raw, prep.eval_raw, tokenizer, targs)
     try:
         results = ResultsFile(out / RESULTS_FILE, settings, identity, allow_changed)
     except ResultsFileError as err:
@@ -230,46 +284,37 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
     if results.runs:
         print(f"colm compare: resuming, {len(results.runs)} arm x seed run(s) already in {out / RESULTS_FILE}",
               flush=True)
+    return results
+
+
+def _validation_coverage(evald: Any, train_rows: dict[str, int]) -> tuple[list[str], str | None]:
+    """(the validation sources, the note naming trained sources without validation rows, or None);
+    the note is said once here and in report.md, never dropped without a word."""
     from colm.evaluation import coverage_note
 
-    eval_sources = sorted({str(x) for x in prep.eval["source"]})
-    missing_note = coverage_note(dict.fromkeys(eval_sources), lab.train_rows)
-    if missing_note:  # said once here and in report.md, never dropped without a word
+    eval_sources = sorted({str(x) for x in evald["source"]})
+    missing_note = coverage_note(dict.fromkeys(eval_sources), train_rows)
+    if missing_note:
         print(f"colm compare: note: {missing_note}", flush=True)
-    n = len(arms) * len(seeds)
-    print(f"colm compare: {len(arms)} arms x {len(seeds)} seeds ({n} runs), budget {budget}, baseline "
-          f"{baseline}; {len(prep.train)} training / {len(prep.eval)} validation rows", flush=True)
+    return eval_sources, missing_note
 
-    def finished(row: dict[str, Any]) -> None:
-        if row.get("diverged"):
-            print(f"  [{row['arm']} seed {row['seed']}] DIVERGED: {row['diverged']['message']}", flush=True)
-            return
-        em = f", exact match {row['exact_match']['overall']:.3f}" if "exact_match" in row else ""
-        natural = row["val_loss_natural"]
-        natural_text = f"{natural:.4f}" if natural == natural else "undefined"  # NaN: no validation source trained on
-        print(f"  [{row['arm']} seed {row['seed']}] done: {row['steps']} steps, natural {natural_text}, "
-              f"mean over sources {row['val_loss_mean']:.4f}, worst {row['val_loss_worst']:.4f}{em}", flush=True)
 
-    try:
-        plan = run_compare(arms, seeds, lab, steps=targs.max_steps, budget=budget, baseline=baseline,
-                           results=results, progress=sys.stdout, after_run=finished)
-    except BudgetError as err:  # a scoring arm's cost, known once calibrated (the calibration is kept)
-        raise UsageError(str(err)) from None
-    wanted = {(a.name, s) for a in arms for s in seeds}
-    runs = [r for r in results.runs if (r["arm"], r["seed"]) in wanted]
-    paths = report.write(out, runs=runs, plan=costed_plan(plan, runs), baseline=baseline, budget=budget,
-                         settings={**settings, "command": "colm compare " + " ".join(argv), "identity": identity,
-                                   "changed_settings": results.changes, "validation_sources": eval_sources,
-                                   "validation_note": missing_note},
-                         intervals=intervals, harness=report.harness_overhead(runs))
-    print()
-    print(report.loss_table(runs, baseline, intervals=intervals))
-    print(f"\n{report.NATURAL_NOTE}.")
-    print("report: " + ", ".join(map(str, paths)))
+def _print_finished(row: dict[str, Any]) -> None:
+    if row.get("diverged"):
+        print(f"  [{row['arm']} seed {row['seed']}] DIVERGED: {row['diverged']['message']}", flush=True)
+        return
+    em = f", exact match {row['exact_match']['overall']:.3f}" if "exact_match" in row else ""
+    natural = row["val_loss_natural"]
+    natural_text = f"{natural:.4f}" if natural == natural else "undefined"  # NaN: no validation source trained on
+    print(f"  [{row['arm']} seed {row['seed']}] done: {row['steps']} steps, natural {natural_text}, "
+          f"mean over sources {row['val_loss_mean']:.4f}, worst {row['val_loss_worst']:.4f}{em}", flush=True)
+
+
+def _fail_on_divergence(runs: Sequence[dict[str, Any]]) -> None:
+    """A diverged run is a result, recorded and reported, but never a success."""
     diverged = [f"{r['arm']} seed {r['seed']}" for r in runs if r.get("diverged")]
-    if diverged:  # a result, recorded and reported, but never a success
+    if diverged:
         from colm.cli.errors import RunFailed
 
         raise RunFailed(f"{len(diverged)} run(s) diverged ({', '.join(diverged)}); report.md lists them, "
                         "and their losses are left out of the table")
-    return 0

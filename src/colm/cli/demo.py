@@ -117,24 +117,25 @@ def run(argv: Sequence[str]) -> int:
 def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
     import torch
 
-    from colm.cli.dataprep import data_cache_dir
     from colm.compare.arms import PRESETS
-    from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
-    from colm.models.default import default_tokenizer
+    from colm.data.arguments import DataArguments
+    from colm.models.arguments import ModelArguments
     from colm.selection.budget import small_sources
+    from colm.training.plan import prepare_run
 
     # ---- everything that can fail on input, before writing anything
     t0 = time.perf_counter()
-    tokenizer = default_tokenizer()
-    mixture = default_mixture_dir()
-    train_raw = load_mixture(mixture, split="train", max_examples_per_source=s["train_per_source"], seed=s["seed"])
-    eval_raw = load_mixture(mixture, split="validation", max_examples_per_source=s["eval_per_source"], seed=s["seed"])
-    cache = data_cache_dir()
-    train, train_stats = tokenize_mixture(train_raw, tokenizer, max_length=s["max_length"], cache_dir=cache)
-    evald, eval_stats = tokenize_mixture(eval_raw, tokenizer, max_length=s["max_length"], cache_dir=cache)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    training_args = _training_args(s, device)
+    plan = prepare_run(
+        ModelArguments(model_size=s["model_size"]),
+        DataArguments(max_length=s["max_length"], max_examples_per_source=s["train_per_source"],
+                      max_eval_examples_per_source=s["eval_per_source"]),
+        training_args(s["steps"], 1, s["seed"], str(out)), need_eval=True,
+    )
+    train, evald, train_stats = plan.data.train, plan.data.eval, plan.data.train_stats
     sizes = train_stats["per_source"]
     small = sorted(small_sources("below_mean", sizes))  # the rule the selector applies
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"colm demo: {len(train)} training / {len(evald)} validation examples from {len(sizes)} sources "
           f"(max length {s['max_length']}; {train_stats['n_truncated']} training examples truncated), "
           f"{s['model_size']} model on {device}, {s['steps']} steps of b={s['batch_size']} per arm "
@@ -145,7 +146,7 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
 
         ownership.clear(out)
     out.mkdir(parents=True, exist_ok=True)
-    lab = _lab(s, tokenizer, train, evald, device, out, sizes)
+    lab = _lab(s, plan, training_args, out)
     arms = []
     for name, label, preset in ARMS:
         arm_dir = out / name
@@ -153,14 +154,14 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
             (arm_dir / stale).unlink(missing_ok=True)
         arms.append(_run_arm(name, label, PRESETS[preset], arm_dir, s, lab))
 
-    from colm.cli.report import selection_summary
+    from colm.integrations.selection_log import SELECTIONS_FILE, selection_summary
 
-    selection = selection_summary(out / SELECTION_ARM / "selections.jsonl")
+    selection = selection_summary(out / SELECTION_ARM / SELECTIONS_FILE)
     report = {
         "command": "colm demo " + " ".join(argv),
         "settings": s,
         "device": device,
-        "data": {"train": train_stats, "validation": eval_stats, "small_sources": small},
+        "data": {"train": train_stats, "validation": plan.data.eval_stats, "small_sources": small},
         "arms": [{k: v for k, v in a.items() if k != "trainer"} for a in arms],
         "selection": {k: v for k, v in (selection or {}).items() if k != "per_step"},
     }
@@ -171,12 +172,9 @@ def _demo(argv: Sequence[str], s: dict[str, Any], out: Path) -> int:
     return 0
 
 
-def _lab(s, tokenizer, train, evald, device, out, sizes):
+def _training_args(s: dict[str, Any], device: str):
+    """The TrainingArguments factory of every arm: (steps, accumulation, seed, output_dir) -> args."""
     from transformers import TrainingArguments
-
-    from colm.compare.run import Lab
-    from colm.config import CoresetConfig
-    from colm.models.default import default_model
 
     def training_args(steps: int, ga: int, seed: int, output_dir: str) -> TrainingArguments:
         return TrainingArguments(
@@ -187,16 +185,24 @@ def _lab(s, tokenizer, train, evald, device, out, sizes):
             dataloader_num_workers=0, use_cpu=device == "cpu",
         )
 
-    return Lab(tokenizer=tokenizer, train=train, evald=evald,
-               new_model=lambda seed: default_model(tokenizer, size=s["model_size"], seed=seed),  # same init per arm
+    return training_args
+
+
+def _lab(s, plan, training_args, out):
+    from colm.compare.run import Lab
+    from colm.config import CoresetConfig
+
+    return Lab(tokenizer=plan.tokenizer, train=plan.data.train, evald=plan.data.eval,
+               new_model=plan.new_model,  # the same initialisation for every arm of the seed
                training_args=training_args, base_coreset=CoresetConfig(pool_factor=2),
-               batch=s["batch_size"], output_dir=out, train_rows=dict(sizes))
+               batch=s["batch_size"], output_dir=out, train_rows=plan.train_rows)
 
 
 def _run_arm(name, label, arm, arm_dir, s, lab) -> dict[str, Any]:
-    from colm.cli.progress import MetricsFile, PeriodicEval, StepTimer
+    from colm.cli.progress import MetricsFile, PeriodicEval
     from colm.compare.run import run_arm
     from colm.evaluation import per_source_loss, with_natural
+    from colm.training.step_timer import StepTimer
 
     steps = s["steps"]
     started = time.perf_counter()
@@ -267,8 +273,8 @@ def _terminal_tables(arms, sizes, small) -> str:
 
 
 def _write_outputs(out: Path, report, arms, selection, sizes, small) -> None:
-    from colm.cli import plots
     from colm.cli.report import table, write_report
+    from colm.compare import plots
 
     plots.loss_curves(arms, out / PLOTS[0])
     plots.per_source_bars(arms, sizes, out / PLOTS[1])

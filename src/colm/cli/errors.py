@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import traceback
 
+from colm.errors import InputError
+
 USAGE_EXIT = 2
 FAILURE_EXIT = 1
 
 
-class UsageError(ValueError):
-    """Bad command-line usage or configuration; the message names the option, file or line."""
+#: Bad command-line usage or configuration; the message names the option, file or line. The
+#: library layers raise the same type (colm.errors.InputError) for input a user can fix.
+UsageError = InputError
 
 
 class RunFailed(RuntimeError):
@@ -77,8 +80,15 @@ def _short_path(filename: str) -> str:
     return "/".join(parts[-2:])
 
 
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting."""
+class OneLineErrors:
+    """Mixin for an argparse parser (plain or HfArgumentParser): errors raise UsageError (one
+    line, exit 2) instead of printing usage and calling sys.exit."""
+
+    prog: str
 
     def error(self, message: str):  # argparse hook
         raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+class OneLineArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting."""

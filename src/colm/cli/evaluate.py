@@ -62,56 +62,17 @@ def run(argv: Sequence[str]) -> int:
     from colm import phases
 
     phases.enable(not ns.disable_tqdm)
-    for name in ("batch_size", "max_new_tokens"):
-        if getattr(ns, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(ns, name)}")
-    if ns.max_length is not None and ns.max_length < 2:
-        raise UsageError(f"--max-length: must be >= 2, got {ns.max_length}")
-    ckpt = Path(ns.checkpoint).expanduser()
-    if not ckpt.is_dir():
-        raise UsageError(f"--checkpoint {ns.checkpoint}: no such folder")
-    output = Path(ns.output).expanduser() if ns.output else ckpt / "eval.json"
-    check_writable_file(output, "--output" if ns.output else "--checkpoint")
-
-    import torch
-
-    from colm.cli import modeling
-    from colm.cli.chat_format import as_chat, check_chat_template
-    from colm.cli.dataprep import data_cache_dir
+    ckpt, output = _check_options(ns)
     from colm.cli.report import text_table
-    from colm.data import DEFAULT_TEMPLATE, default_mixture_dir, load_mixture, tokenize_mixture
-    from colm.evaluation import generation_exact_match, per_source_loss
+    from colm.evaluation import checkpoint_natural_mixture, generation_exact_match, per_source_loss
     from colm.files import atomic_write_json
+    from colm.models.checkpoint import find_run_info
 
-    info = modeling.find_run_info(ckpt)
-    max_length = ns.max_length or int(info.get("max_length") or 512)
-    template = ns.template or info.get("template") or DEFAULT_TEMPLATE
-    chat = ns.use_chat_template == "true" if ns.use_chat_template is not None else bool(info.get("use_chat_template"))
-    if chat and ns.template:
-        raise UsageError("--template: prompts are rendered with the chat template (--use-chat-template, "
-                         "or the training run's); give --use-chat-template false to use --template")
-    spec, split, why = evaluation_data(ns, info, default_mixture_dir())
-    split = None if Path(str(spec)).expanduser().is_file() else split
-    fields = {name: getattr(ns, name) or (info.get("fields") or {}).get(name) or default
-              for name, default in (("source_field", "source"), ("prompt_field", "prompt"),
-                                    ("response_field", "response"), ("messages_field", "messages"))}
-    print(f"colm evaluate: evaluating on {spec}" + (f" (split {split!r})" if split else "") + f": {why}", flush=True)
-    # Data first: a data error should not wait for a model to load.
-    raw = load_mixture(
-        spec, split=split, **fields, sources=ns.sources if ns.sources is not None else info.get("sources"),
-        max_examples_per_source=ns.max_examples_per_source, seed=ns.seed,
-    )
-    model, tokenizer, _ = modeling.load_checkpoint(ckpt)
-    if chat:
-        check_chat_template(tokenizer)
-        raw = as_chat(raw)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    tokenized, stats = tokenize_mixture(
-        raw, tokenizer, max_length=max_length, template=template, cache_dir=data_cache_dir()
-    )
+    info = find_run_info(ckpt)
+    max_length, template, chat = _rendering(ns, info)
+    spec, split, raw, tokenized, stats, model, tokenizer = _load(ns, ckpt, info, max_length, template, chat)
     loss = per_source_loss(model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=ns.batch_size)
-    loss.update(natural_mixture(loss["per_source"], ckpt))
+    loss.update(checkpoint_natural_mixture(loss["per_source"], ckpt))
     result: dict[str, Any] = {"checkpoint": str(ckpt), "data": str(spec), "split": split,
                               "max_length": max_length, "use_chat_template": chat,
                               "data_stats": stats, "loss": loss}
@@ -139,6 +100,65 @@ def run(argv: Sequence[str]) -> int:
     return 0
 
 
+def _check_options(ns: argparse.Namespace) -> tuple[Path, Path]:
+    """(checkpoint folder, output file), refused before anything loads when they cannot work."""
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(ns, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(ns, name)}")
+    if ns.max_length is not None and ns.max_length < 2:
+        raise UsageError(f"--max-length: must be >= 2, got {ns.max_length}")
+    ckpt = Path(ns.checkpoint).expanduser()
+    if not ckpt.is_dir():
+        raise UsageError(f"--checkpoint {ns.checkpoint}: no such folder")
+    output = Path(ns.output).expanduser() if ns.output else ckpt / "eval.json"
+    check_writable_file(output, "--output" if ns.output else "--checkpoint")
+    return ckpt, output
+
+
+def _rendering(ns: argparse.Namespace, info: dict[str, Any]) -> tuple[int, str, bool]:
+    """(max length, template, chat template?): the options, else the training run's, else colm's."""
+    from colm.data import DEFAULT_TEMPLATE
+
+    max_length = ns.max_length or int(info.get("max_length") or 512)
+    template = ns.template or info.get("template") or DEFAULT_TEMPLATE
+    chat = ns.use_chat_template == "true" if ns.use_chat_template is not None else bool(info.get("use_chat_template"))
+    if chat and ns.template:
+        raise UsageError("--template: prompts are rendered with the chat template (--use-chat-template, "
+                         "or the training run's); give --use-chat-template false to use --template")
+    return max_length, template, chat
+
+
+def _load(ns: argparse.Namespace, ckpt: Path, info: dict[str, Any], max_length: int, template: str, chat: bool):
+    """(spec, split, raw rows, tokenized rows, their stats, model on its device, tokenizer); the
+    data first: a data error should not wait for a model to load."""
+    import torch
+
+    from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
+    from colm.data.chat import as_chat, check_chat_template
+    from colm.data.prepare import data_cache_dir
+    from colm.models.checkpoint import load_checkpoint
+
+    spec, split, why = evaluation_data(ns, info, default_mixture_dir())
+    split = None if Path(str(spec)).expanduser().is_file() else split
+    fields = {name: getattr(ns, name) or (info.get("fields") or {}).get(name) or default
+              for name, default in (("source_field", "source"), ("prompt_field", "prompt"),
+                                    ("response_field", "response"), ("messages_field", "messages"))}
+    print(f"colm evaluate: evaluating on {spec}" + (f" (split {split!r})" if split else "") + f": {why}", flush=True)
+    raw = load_mixture(
+        spec, split=split, **fields, sources=ns.sources if ns.sources is not None else info.get("sources"),
+        max_examples_per_source=ns.max_examples_per_source, seed=ns.seed,
+    )
+    model, tokenizer, _ = load_checkpoint(ckpt)
+    if chat:
+        check_chat_template(tokenizer)
+        raw = as_chat(raw)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    tokenized, stats = tokenize_mixture(
+        raw, tokenizer, max_length=max_length, template=template, cache_dir=data_cache_dir()
+    )
+    return spec, split, raw, tokenized, stats, model, tokenizer
+
+
 def evaluation_data(ns: Any, info: dict[str, Any], shipped: Path) -> tuple[Any, str, str]:
     """(spec, split, why) of the data to evaluate on: --data; else the run's recorded validation
     data; else the shipped mixture when the run trained on it (or colm did not train the model).
@@ -159,28 +179,6 @@ def evaluation_data(ns: Any, info: dict[str, Any], shipped: Path) -> tuple[Any, 
     raise UsageError(f"--data: the run trained on {info['data']} without validation data, so there is nothing of "
                      "its own to evaluate on; pass --data (a file or folder of validation rows)")
 
-
-def natural_mixture(per_source: dict[str, float], ckpt: Path) -> dict[str, Any]:
-    """The natural-mixture loss (per-source loss weighted by the training rows' source shares),
-    with the training counts from the run's report.json (the checkpoint's folder or its parent);
-    {"natural": None, ...} when no such report names them."""
-    import json
-
-    from colm.evaluation import mixture_losses
-
-    for folder in (ckpt, ckpt.parent):
-        path = folder / "report.json"
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))["data"]["train"]["per_source"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        try:
-            got = mixture_losses(per_source, rows)
-        except ValueError:  # none of the evaluated sources was trained on
-            break
-        return {"natural": got["natural"], "natural_weights": got["weights"], "train_rows": rows,
-                "train_rows_from": str(path), "missing_sources": got["missing_sources"]}
-    return {"natural": None, "natural_weights": None, "train_rows": None, "train_rows_from": None}
 
 
 def check_writable_file(path: Path, option: str) -> None:

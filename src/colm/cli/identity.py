@@ -14,7 +14,6 @@ added or renamed is compared without a change here.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,21 +44,14 @@ class RunArguments:
     )
 
 
-def _short_digest(parts: Sequence[bytes]) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part)
-    return digest.hexdigest()[:16]
-
-
 def run_identity(
     model_args: Any, data_args: Any, targs: Any, coreset: Any, train_raw: Any, tokenizer: Any,
 ) -> dict[str, Any]:
     """The fields that define a run, as JSON values (flat: `coreset.<field>` for selection)."""
     from collections import Counter
 
-    from colm.cli.modeling import _absolute_if_local
     from colm.data.tokenized_cache import data_digest, tokenizer_digest
+    from colm.models.checkpoint import absolute_if_local
 
     sources = dict(sorted(Counter(train_raw["source"]).items()))
     tok = tokenizer_digest(tokenizer)
@@ -67,7 +59,7 @@ def run_identity(
         # The examples themselves (after --sources and the per-source cap), not the file name.
         "data": data_digest(train_raw.data.table)[:16],
         "data_sources": sources,
-        "model": _absolute_if_local(model_args.model) or "colm's embedded default",
+        "model": absolute_if_local(model_args.model) or "colm's embedded default",
         "model_size": model_args.model_size if model_args.model is None else None,
         "dtype": model_args.dtype,
         "lora_r": model_args.lora_r,

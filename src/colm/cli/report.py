@@ -1,48 +1,13 @@
-"""report.json / report.md of a run, and the selection statistics they summarize."""
+"""report.json / report.md of a run (the selection statistics they summarize come from
+colm.integrations.selection_log)."""
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from colm.files import atomic_write_json, atomic_write_text, read_jsonl
-
-
-def selection_summary(path: str | Path) -> dict[str, Any] | None:
-    """Per-source share of the selected examples vs share of the pool, over a selections.jsonl.
-
-    Returns None when the file does not exist (no selection ran). Shares are over all steps;
-    `per_step` keeps each step's counts for plots.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return None
-    selected: Counter[str] = Counter()
-    pool: Counter[str] = Counter()
-    per_step: list[dict[str, Any]] = []
-    for rec in read_jsonl(path):
-        sel = Counter(rec.get("selected_sources", []))
-        pl = Counter(rec.get("pool_sources", {}))
-        selected.update(sel)
-        pool.update(pl)
-        per_step.append({"step": rec.get("step"), "selected": dict(sel), "pool": dict(pl)})
-    n_sel, n_pool = sum(selected.values()), sum(pool.values())
-    sources = sorted(set(selected) | set(pool))
-    per_source = {
-        s: {
-            "selected": selected[s],
-            "pool": pool[s],
-            "selected_share": selected[s] / n_sel if n_sel else math.nan,
-            "pool_share": pool[s] / n_pool if n_pool else math.nan,
-            # Fraction of this source's pool examples that were trained on.
-            "kept_fraction": selected[s] / pool[s] if pool[s] else math.nan,
-        }
-        for s in sources
-    }
-    return {"steps": len(per_step), "n_selected": n_sel, "n_pool": n_pool,
-            "per_source": per_source, "per_step": per_step}
 
 
 def whole_run_train_loss(
@@ -243,19 +208,19 @@ def write_report(out_dir: str | Path, report: dict[str, Any], markdown: str) -> 
     atomic_write_text(out_dir / "report.md", markdown)
 
 
-def share_series(
-    per_step: list[dict[str, Any]], source: str, window: int
-) -> tuple[list[int], list[float], list[float]]:
-    """Moving-window share of `source` among selected and among pool examples, per step."""
-    steps, sel, pool = [], [], []
-    acc: dict[str, list[int]] = defaultdict(list)
-    for rec in per_step:
-        acc["sel_s"].append(rec["selected"].get(source, 0))
-        acc["sel_n"].append(sum(rec["selected"].values()))
-        acc["pool_s"].append(rec["pool"].get(source, 0))
-        acc["pool_n"].append(sum(rec["pool"].values()))
-        lo = max(0, len(acc["sel_s"]) - window)
-        steps.append(rec["step"])
-        sel.append(sum(acc["sel_s"][lo:]) / max(1, sum(acc["sel_n"][lo:])))
-        pool.append(sum(acc["pool_s"][lo:]) / max(1, sum(acc["pool_n"][lo:])))
-    return steps, sel, pool
+def pseudo_sources_report(trainer: Any, train_dataset: Any) -> dict[str, Any] | None:
+    """The fitted clusters for report.json, with how the data's own sources spread over them."""
+    ps = getattr(trainer, "pseudo_sources", None)
+    if ps is None:
+        return None
+    summary = ps.summary()
+    if ps.state is not None and "source" in train_dataset.column_names:
+        from collections import Counter
+
+        pairs = Counter(zip(ps.state.assignment.tolist(), train_dataset["source"]))
+        by_cluster: dict[str, dict[str, int]] = {}
+        for (cluster, source), count in sorted(pairs.items(), key=lambda kv: (kv[0][0], -kv[1])):
+            if cluster >= 0:
+                by_cluster.setdefault(f"cluster_{cluster}", {})[source] = count
+        summary["sources_per_cluster"] = by_cluster
+    return summary

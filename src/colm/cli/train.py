@@ -16,6 +16,8 @@ from typing import Any
 from colm.cli import args as cli_args
 from colm.cli.errors import UsageError
 from colm.cli.settings import check_train_settings
+from colm.training.checks import check_pseudo_sources
+from colm.training.trainer import make_trainer
 
 DESCRIPTION = (
     "Fine-tune a causal LM on a data mixture, training each optimizer step on a CoLM coreset of a "
@@ -58,11 +60,7 @@ def parse(argv: Sequence[str]):
     RunArguments)."""
     parser = build_parser()
     model_args, data_args, sel_args, run_args, targs = cli_args.parse_command(parser, argv, 5)
-    # The subclass only gave --help its section title; Trainer pickles its args into every
-    # checkpoint (training_args.bin), so hand it the plain class (same fields and layout).
-    from transformers import TrainingArguments
-
-    targs.__class__ = TrainingArguments
+    cli_args.as_plain_training_arguments(targs)
     check_seeds(targs)  # before --seed becomes the selection seed (named as --seed, not --selection-seed)
     coreset = cli_args.to_coreset_config(sel_args, targs)
     return model_args, data_args, sel_args, targs, coreset, run_args
@@ -73,95 +71,6 @@ def check_seeds(targs: Any) -> None:
     for flag, value in (("--seed", targs.seed), ("--data-seed", targs.data_seed)):
         if value is not None and not 0 <= value < 2**32:
             raise UsageError(f"{flag}: {value} is not a seed; expected a whole number from 0 to 2**32 - 1")
-
-
-def check_pool(coreset: Any, n_examples: int, targs: Any) -> None:
-    """Refuse a pool larger than the training set (colm.integrations.pool_size says why it is not adjusted)."""
-    from colm.integrations.pool_size import PoolTooLargeError, check_pool_fits
-
-    if coreset is None:
-        return
-    try:
-        check_pool_fits(n_examples, coreset.pool_factor, targs.per_device_train_batch_size,
-                        targs.gradient_accumulation_steps, targs.world_size)
-    except PoolTooLargeError as err:
-        raise UsageError(err.describe(
-            "--pool-factor", "--per-device-train-batch-size", "--gradient-accumulation-steps"
-        )) from None
-
-
-def check_small_sources(coreset: Any, sources: Sequence[str]) -> None:
-    if coreset is not None and isinstance(coreset.small_sources, list):
-        unknown = [s for s in coreset.small_sources if s not in sources]
-        if unknown:
-            raise UsageError(
-                f"--small-sources: unknown source name(s) {unknown}; the training data has {sorted(sources)}"
-            )
-
-
-def check_pseudo_sources(coreset: Any, targs: Any, n_rows: int | None = None) -> None:
-    """--pseudo-sources settings that cannot do what they say: a warm-up as long as the run (the
-    clusters would never be used), or more clusters than training rows (`n_rows`, once loaded)."""
-    if coreset is None or coreset.pseudo_sources is None or coreset.pool_factor < 2:
-        return
-    warmup = coreset.pseudo_source_warmup_steps
-    if targs.max_steps > 0 and warmup >= targs.max_steps:
-        raise UsageError(
-            f"--pseudo-source-warmup-steps: {warmup} warm-up steps in a run of --max-steps "
-            f"{targs.max_steps}: the pseudo-sources would never be used; use fewer than {targs.max_steps}"
-        )
-    if n_rows is not None and coreset.pseudo_sources != "auto" and coreset.pseudo_sources > n_rows:
-        raise UsageError(
-            f"--pseudo-sources: {coreset.pseudo_sources} clusters, but the training data has only "
-            f"{n_rows} examples; use at most {n_rows}, or 'auto'"
-        )
-
-
-def pseudo_sources_report(trainer: Any, train_dataset: Any) -> dict[str, Any] | None:
-    """The fitted clusters for report.json, with how the data's own sources spread over them."""
-    ps = getattr(trainer, "pseudo_sources", None)
-    if ps is None:
-        return None
-    summary = ps.summary()
-    if ps.state is not None and "source" in train_dataset.column_names:
-        from collections import Counter
-
-        pairs = Counter(zip(ps.state.assignment.tolist(), train_dataset["source"]))
-        by_cluster: dict[str, dict[str, int]] = {}
-        for (cluster, source), count in sorted(pairs.items(), key=lambda kv: (kv[0][0], -kv[1])):
-            if cluster >= 0:
-                by_cluster.setdefault(f"cluster_{cluster}", {})[source] = count
-        summary["sources_per_cluster"] = by_cluster
-    return summary
-
-
-def make_trainer(
-    model: Any, tokenizer: Any, train_dataset: Any, targs: Any, coreset: Any, *,
-    callbacks: Sequence[Any] = (), log_selections: bool = True, progress: Any = None,
-    train_sampler: Any = None,
-):
-    """A CoresetTrainer whose progress display is colm's (or none); `train_sampler` replaces the
-    Trainer's random order (the re-weighting control of `colm compare`)."""
-    from transformers import DataCollatorForSeq2Seq
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    from colm.config import CoresetConfig
-    from colm.integrations.trainer import CoresetTrainer
-
-    trainer = CoresetTrainer(
-        model=model, args=targs, train_dataset=train_dataset, processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        # pool_factor=1 for no selection: None would warn that the config was forgotten
-        coreset_config=coreset if coreset is not None else CoresetConfig(pool_factor=1),
-        log_selections=log_selections and coreset is not None,
-        callbacks=list(callbacks), train_sampler=train_sampler,
-    )
-    # transformers' bar (or its raw-dict printer) would duplicate ours.
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    if progress is not None:
-        trainer.add_callback(progress)
-    return trainer
 
 
 def run(argv: Sequence[str]) -> int:
@@ -193,68 +102,105 @@ def run(argv: Sequence[str]) -> int:
 
 def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, coreset: Any, run_dir: Any,
            run_args: Any) -> int:
+    """Load and check, start the output folder, train, validate, report: each phase below."""
+    plan = _load_and_check(model_args, data_args, targs, coreset)
+    eval_every = _eval_every(targs, plan)
+    identity_record = _identity_record(plan, model_args, data_args, targs, coreset, run_dir, run_args)
+    # ---- from here on the output dir is written
+    _start_output(run_dir, model_args, data_args, targs, identity_record)
+    fitted = _fit(plan, targs, coreset, run_dir, eval_every)
+    validation = _final_validation(plan, fitted)
+    report = _report(argv, plan, model_args, data_args, targs, coreset, run_dir, identity_record, fitted,
+                     validation)
+    from colm.cli.identity import changes_markdown
+    from colm.cli.report import text_table, train_markdown, write_report
+
+    write_report(run_dir.path, report, train_markdown(report) + changes_markdown(report["changed_settings"]))
+    _print_summary(report, text_table)
+    return 0
+
+
+def _load_and_check(model_args: Any, data_args: Any, targs: Any, coreset: Any) -> Any:
+    """The model and data (colm.training.plan), and the selection settings checked against them."""
+    from colm.training.checks import check_pool, check_pseudo_sources, check_small_sources
+    from colm.training.plan import prepare_run
+
+    plan = prepare_run(model_args, data_args, targs)
+    check_small_sources(coreset, list(plan.train_rows))
+    check_pool(coreset, len(plan.data.train), targs)
+    check_pseudo_sources(coreset, targs, len(plan.data.train))
+    return plan
+
+
+def _eval_every(targs: Any, plan: Any) -> int:
+    """Steps between colm's per-source validations (0: none); the Trainer's own loop is turned off."""
     from transformers.trainer_utils import IntervalStrategy
 
-    from colm.cli import dataprep, modeling
-    from colm.cli import identity as run_identity
-    from colm.cli.memory import PeakMemory
-    from colm.cli.progress import (
-        BackendReporter,
-        LogLines,
-        MetricsFile,
-        PeriodicEval,
-        ProgressBar,
-        StepTimer,
-        eval_record,
-    )
-    from colm.cli.report import (
-        selection_summary,
-        text_table,
-        train_markdown,
-        whole_run_train_loss,
-        write_report,
-    )
-    from colm.cli.rundir import clear_previous_run, forget_failed_start
-    from colm.cli.save_logging import LogAtEverySave
-    from colm.evaluation import per_source_loss, with_natural
-    from colm.files import atomic_write_json, truncate_jsonl
-
-    out = run_dir.path
-    # ---- load and check everything before writing anything
-    model, tokenizer = modeling.load(model_args, seed=targs.seed)
-    data_seed = targs.data_seed if targs.data_seed is not None else targs.seed
-    prep = dataprep.prepare(data_args, tokenizer, seed=data_seed)
-    check_small_sources(coreset, list(prep.train_stats["per_source"]))
-    check_pool(coreset, len(prep.train), targs)
-    check_pseudo_sources(coreset, targs, len(prep.train))
     eval_every = 0
-    if targs.eval_strategy == IntervalStrategy.STEPS and prep.eval is not None:
+    if targs.eval_strategy == IntervalStrategy.STEPS and plan.data.eval is not None:
         # A fractional eval_steps is a share of the run, as in TrainingArguments.
         steps = targs.eval_steps or targs.logging_steps
         eval_every = max(1, int(steps * targs.max_steps) if 0 < steps < 1 and targs.max_steps > 0 else int(steps))
     # colm evaluates per source itself; the Trainer's own loop has no eval dataset to run.
     targs.eval_strategy = IntervalStrategy.NO
-    identity = run_identity.run_identity(model_args, data_args, targs, coreset, prep.train_raw, tokenizer)
-    if run_dir.resume_from is None:
-        identity_record: dict[str, Any] = {"identity": identity, "changes": []}
-    else:  # refused here, before anything is written, when the run's settings changed
-        identity_record = run_identity.check_resume(
-            Path(run_dir.resume_from).parent, identity, run_args.allow_changed_settings, run_dir.resume_step)
+    return eval_every
 
-    # ---- from here on the output dir is written
+
+def _identity_record(plan: Any, model_args: Any, data_args: Any, targs: Any, coreset: Any, run_dir: Any,
+                     run_args: Any) -> dict[str, Any]:
+    """The run's identity; on a resume, checked against the one it started with (refused here,
+    before anything is written, when the run's settings changed)."""
+    from colm.cli import identity as run_identity
+
+    identity = run_identity.run_identity(model_args, data_args, targs, coreset, plan.data.train_raw, plan.tokenizer)
+    if run_dir.resume_from is None:
+        return {"identity": identity, "changes": []}
+    return run_identity.check_resume(
+        Path(run_dir.resume_from).parent, identity, run_args.allow_changed_settings, run_dir.resume_step)
+
+
+def _start_output(run_dir: Any, model_args: Any, data_args: Any, targs: Any, identity_record: dict[str, Any]) -> None:
+    """A fresh run clears the previous one; a resume cuts metrics.jsonl back to its checkpoint."""
+    from colm.cli.identity import IDENTITY_FILE
+    from colm.cli.rundir import clear_previous_run
+    from colm.files import atomic_write_json, truncate_jsonl
+    from colm.models.checkpoint import RUN_FILE, run_info
+
+    out = run_dir.path
     if run_dir.resume_from is None:
         clear_previous_run(out)
     else:
         truncate_jsonl(out / "metrics.jsonl", run_dir.resume_step)
-    atomic_write_json(out / modeling.RUN_FILE, modeling.run_info(model_args, data_args, targs.seed))
-    atomic_write_json(out / run_identity.IDENTITY_FILE, identity_record)
+    atomic_write_json(out / RUN_FILE, run_info(model_args, data_args, targs.seed))
+    atomic_write_json(out / IDENTITY_FILE, identity_record)
 
+
+@dataclasses.dataclass
+class _Fitted:
+    """What training left for the report."""
+
+    trainer: Any
+    result: Any
+    wall_s: float
+    memory: Any
+    timer: Any
+    metrics: Any
+    reporter: Any
+
+
+def _fit(plan: Any, targs: Any, coreset: Any, run_dir: Any, eval_every: int) -> _Fitted:
+    """Train with colm's callbacks (metrics, timing, periodic validation, progress bar) and save
+    the final model; a start that trained nothing leaves nothing to block the next run."""
+    from colm.cli.progress import BackendReporter, LogLines, MetricsFile, PeriodicEval, ProgressBar
+    from colm.cli.rundir import forget_failed_start
+    from colm.cli.save_logging import LogAtEverySave
+    from colm.training.memory import PeakMemory
+    from colm.training.step_timer import StepTimer
+
+    out = run_dir.path
     metrics = MetricsFile(out / "metrics.jsonl")
     timer = StepTimer()
-    pad_id = tokenizer.pad_token_id
-    batch = max(8, targs.per_device_eval_batch_size)
     callbacks: list[Any] = [timer, metrics, LogAtEverySave()]
-    train_rows = prep.train_stats["per_source"]  # the natural mixture's weights
     progress = None if targs.disable_tqdm else ProgressBar("colm train")
     lines = LogLines("colm train") if targs.disable_tqdm else None  # batch jobs: a line per log
     if lines is not None:
@@ -262,15 +208,14 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
     reporter = BackendReporter()  # validation to every --report-to backend, as eval/* tags
     if eval_every:
         callbacks.append(PeriodicEval(
-            (), lambda m: with_natural(per_source_loss(m, prep.eval, pad_token_id=pad_id, batch_size=batch),
-                                       train_rows),
-            every=eval_every, metrics=metrics, timer=timer,
+            (), lambda m: _validate(plan, m), every=eval_every, metrics=metrics, timer=timer,
             on_result=progress.show_eval if progress is not None else lines.show_eval if lines is not None else None,
             report=reporter,
         ))
     trainer = None
     try:
-        trainer = make_trainer(model, tokenizer, prep.train, targs, coreset, callbacks=callbacks, progress=progress)
+        trainer = make_trainer(plan.model, plan.tokenizer, plan.data.train, targs, coreset, callbacks=callbacks,
+                               progress=progress)
         reporter.trainer = trainer
         started = time.perf_counter()
         with PeakMemory() as mem:
@@ -282,54 +227,75 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
             forget_failed_start(out)  # nothing trained: nothing may block the next run
         raise
     wall = time.perf_counter() - started
-    steps_this_call = trainer.state.global_step - (run_dir.resume_step or 0)
     _save_final_model(trainer, out)
+    return _Fitted(trainer, result, wall, mem, timer, metrics, reporter)
 
-    validation = None
-    if prep.eval is not None:
-        validation = with_natural(per_source_loss(trainer.model, prep.eval, pad_token_id=pad_id, batch_size=batch),
-                                  train_rows)
-        metrics.write(eval_record(trainer.state.global_step, validation))
-        reporter(eval_record(trainer.state.global_step, validation))
-    report = {
+
+def _validate(plan: Any, model: Any) -> dict[str, Any]:
+    """Per-source validation loss, with the natural mixture's (training rows as weights)."""
+    from colm.evaluation import per_source_loss, with_natural
+
+    return with_natural(per_source_loss(model, plan.data.eval, pad_token_id=plan.tokenizer.pad_token_id,
+                                        batch_size=plan.eval_batch_size), plan.train_rows)
+
+
+def _final_validation(plan: Any, fitted: _Fitted) -> dict[str, Any] | None:
+    from colm.cli.progress import eval_record
+
+    if plan.data.eval is None:
+        return None
+    validation = _validate(plan, fitted.trainer.model)
+    record = eval_record(fitted.trainer.state.global_step, validation)
+    fitted.metrics.write(record)
+    fitted.reporter(record)
+    return validation
+
+
+def _report(argv: Sequence[str], plan: Any, model_args: Any, data_args: Any, targs: Any, coreset: Any,
+            run_dir: Any, identity_record: dict[str, Any], fitted: _Fitted,
+            validation: dict[str, Any] | None) -> dict[str, Any]:
+    """report.json's content."""
+    from colm.cli.report import pseudo_sources_report, whole_run_train_loss
+    from colm.integrations.selection_log import SELECTIONS_FILE, selection_summary
+
+    out, trainer, mem = run_dir.path, fitted.trainer, fitted.memory
+    steps_this_call = trainer.state.global_step - (run_dir.resume_step or 0)
+    return {
         "command": "colm train " + " ".join(argv),
         "output_dir": str(out),
         "global_step": trainer.state.global_step,
         # Over the whole run: the Trainer's number covers only the steps since the resume.
         "train_loss": whole_run_train_loss(out / "metrics.jsonl", run_dir.resume_step,
-                                           result.training_loss, steps_this_call,
+                                           fitted.result.training_loss, steps_this_call,
                                            history=trainer.state.log_history),
         "resumed_from": run_dir.resume_from,
         # What defines the run, and every setting a resume changed (with its step).
         "identity": identity_record["identity"],
         "changed_settings": identity_record["changes"],
-        "train_wall_s": wall,
+        "train_wall_s": fitted.wall_s,
         "config": {
             "model": dataclasses.asdict(model_args),
             "data": dataclasses.asdict(data_args),
             "coreset": coreset.to_dict() if coreset is not None else None,
             "training": targs.to_dict(),
         },
-        "data": {"train": prep.train_stats, "validation": prep.eval_stats,
-                 "validation_source": prep.eval_spec},
-        "selection": _without_steps(selection_summary(out / "selections.jsonl")),
-        "pseudo_sources": pseudo_sources_report(trainer, prep.train),
+        "data": {"train": plan.data.train_stats, "validation": plan.data.eval_stats,
+                 "validation_source": plan.data.eval_spec},
+        "selection": _without_steps(selection_summary(out / SELECTIONS_FILE)),
+        "pseudo_sources": pseudo_sources_report(trainer, plan.data.train),
         "validation": validation,
-        "time": timer.summary(),
+        "time": fitted.timer.summary(),
         "memory": {"peak_bytes": mem.peak_bytes, "kind": mem.kind, "description": mem.description},
     }
-    write_report(out, report, train_markdown(report) + run_identity.changes_markdown(report["changed_settings"]))
-    _print_summary(report, text_table)
-    return 0
 
 
 def _run_training(trainer: Any, out: Path, run_dir: Any) -> Any:
     """trainer.train(), with the failures that are not colm's bugs told as what they are."""
     from colm.cli.errors import RunFailed
-    from colm.cli.modeling import _SIZE_MISMATCH
-    from colm.cli.write_faults import failed_save
     from colm.integrations.checkpoints import CheckpointError, latest_complete_checkpoint
     from colm.integrations.non_finite import NonFiniteTrainingError
+    from colm.integrations.write_faults import failed_save
+    from colm.models.checkpoint import SIZE_MISMATCH
 
     try:
         return trainer.train(resume_from_checkpoint=run_dir.resume_from)
@@ -340,7 +306,7 @@ def _run_training(trainer: Any, out: Path, run_dir: Any) -> Any:
         kept = f"the last good checkpoint is {good.path}" if good is not None else "no checkpoint was saved"
         raise RunFailed(f"{err}; {kept}") from None
     except Exception as err:
-        mismatch = _SIZE_MISMATCH.search(str(err)) if isinstance(err, RuntimeError) else None
+        mismatch = SIZE_MISMATCH.search(str(err)) if isinstance(err, RuntimeError) else None
         if mismatch is not None and run_dir.resume_from is not None:
             name, saved, current = mismatch.groups()
             raise UsageError(
@@ -356,8 +322,8 @@ def _run_training(trainer: Any, out: Path, run_dir: Any) -> Any:
 def _save_final_model(trainer: Any, out: Path) -> None:
     """The final model (or LoRA adapter) + tokenizer in the output dir root; a write the machine
     refuses is named (safetensors reports a full disk in its own error type)."""
-    from colm.cli.write_faults import probe_reason
     from colm.files import WriteError, os_reason
+    from colm.integrations.write_faults import probe_reason
 
     try:
         trainer.save_model()

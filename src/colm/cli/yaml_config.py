@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import enum
 import json
-import types
-import typing
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +26,7 @@ from typing import Any
 from colm.cli.errors import UsageError
 from colm.config import RENAMED_FIELDS, CoresetConfig
 from colm.errors import RenamedWarning
+from colm.field_types import NONE_WORDS, option_types, shape
 
 #: Mappings whose keys are CoresetConfig field names.
 SELECTION_SECTIONS = ("coreset", "selection")
@@ -39,8 +37,6 @@ MAX_DEPTH = 16
 #: Tags of plain YAML values; anything else (python objects, custom `!tags`) is refused.
 SAFE_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in (
     "str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp"))
-#: Options where `null` is a documented value that the parser spells differently.
-NULL_TOKENS = {"topk_dims": "none"}
 
 
 def load_yaml_options(path: str, parser: argparse.ArgumentParser) -> list[str]:
@@ -91,12 +87,12 @@ def load_yaml_options(path: str, parser: argparse.ArgumentParser) -> list[str]:
         action = dests[dest]
         value = yaml.safe_load(yaml.serialize(value_node))
         if value is None:
-            if dest in NULL_TOKENS:
-                tokens += [action.flag, NULL_TOKENS[dest]]
-                continue
             default = parser.get_default(dest)
             if default is None:
                 continue  # unset is this option's default
+            if action.none_token is not None:  # e.g. topk_dims: null keeps every coordinate
+                tokens += [action.flag, action.none_token]
+                continue
             raise UsageError(
                 f"{path}:{line}: {key}: null is not a value of this option (expected "
                 f"{_expected(action, default)}); leave the key out to use the default ({default!r})"
@@ -167,33 +163,31 @@ def _entries(root: Any, path: str) -> Iterator[tuple[str, str, str | None, Any, 
 @dataclasses.dataclass(frozen=True)
 class _Option:
     """What a YAML value of one option must become on the command line (from the dataclass
-    field that defines the option: HfArgumentParser makes one `--name` option per field)."""
+    field that defines the option: HfArgumentParser makes one `--name` option per field).
+    `none_token`: the text that means None for an option whose type allows it (colm's own
+    options, converted by colm.field_types), where `null` is not the default."""
 
     flag: str
     is_list: bool
     choices: tuple[Any, ...]
+    none_token: str | None = None
 
 
 def _dest_actions(parser: Any) -> dict[str, _Option]:
-    """dest -> option, for every field of the dataclasses the parser was built from."""
+    """dest -> option, for every field of the dataclasses the parser was built from; each
+    field's type read by colm.field_types.shape."""
+    from colm.cli.args import converts_text
+
     out: dict[str, _Option] = {}
     for cls in getattr(parser, "dataclass_types", ()):
-        hints = typing.get_type_hints(cls)
+        kinds = option_types(cls)
         for f in dataclasses.fields(cls):
             if not f.init or f.name.startswith("_"):
                 continue
-            kind = hints.get(f.name, Any)
-            args = [a for a in typing.get_args(kind) if a is not type(None)]
-            if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1:
-                kind = args[0]  # Optional[X] or X | None -> X
-            origin = typing.get_origin(kind)
-            if origin is typing.Literal:
-                choices = typing.get_args(kind)
-            elif isinstance(kind, type) and issubclass(kind, enum.Enum):
-                choices = tuple(e.value for e in kind)
-            else:
-                choices = tuple(f.metadata.get("choices", ()))
-            out.setdefault(f.name, _Option(f"--{f.name}", origin in (list, tuple), choices))
+            s = shape(kinds.get(f.name, Any))
+            choices = tuple(f.metadata.get("choices", ())) or s.choices
+            none = NONE_WORDS[0] if s.optional and converts_text(cls) else None
+            out.setdefault(f.name, _Option(f"--{f.name}", s.is_list, choices, none))
     return out
 
 

@@ -59,24 +59,6 @@ class Lab:
             self.train_rows = dict(sorted(Counter(map(str, self.train["source"])).items()))
 
 
-class StepClock(TrainerCallback):
-    """Wall time of every optimizer step (median reported: robust to a slow first step)."""
-
-    def __init__(self) -> None:
-        self.marks: list[float] = []
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if not self.marks:
-            self.marks.append(time.perf_counter())
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.marks.append(time.perf_counter())
-
-    def median(self) -> float:
-        gaps = [b - a for a, b in zip(self.marks, self.marks[1:])]
-        return statistics.median(gaps) if gaps else float("nan")
-
-
 class StepProgress(TrainerCallback):
     """Prints `arm, seed, step` about ten times per run; times itself (harness overhead)."""
 
@@ -120,10 +102,11 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
     pooled arm's selections.jsonl into `output_dir` (default <lab.output_dir>/arms/<arm>/seed<seed>)."""
     import torch
 
-    from colm.cli.memory import PeakMemory
-    from colm.cli.train import make_trainer
     from colm.evaluation import mixture_losses, natural_defined, per_source_loss
     from colm.integrations.non_finite import NonFiniteTrainingError
+    from colm.training.memory import PeakMemory
+    from colm.training.step_timer import StepTimer
+    from colm.training.trainer import make_trainer
 
     t0 = time.perf_counter()
     coreset = arm.coreset_config(lab.base_coreset, seed)
@@ -131,7 +114,7 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
     targs = lab.training_args(steps, arm.accumulation, seed,
                               output_dir or str(lab.output_dir / "arms" / arm.name / f"seed{seed}"))
     model = lab.new_model(seed)
-    clock = StepClock()
+    clock = StepTimer()
     ticker = StepProgress(f"{arm.name} seed {seed}", steps, progress)
     trainer = make_trainer(model, lab.tokenizer, lab.train, targs, coreset,
                            callbacks=[clock, ticker, *callbacks], log_selections=log_selections,
@@ -180,10 +163,10 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
     row.update({
         "gradient_accumulation_steps": targs.gradient_accumulation_steps,
         "train_rows_per_step": cost.train_rows, "scoring_rows_per_step": cost.scoring_rows,
-        "score_s": score_s, "step_s": clock.median(), "wall_s": wall, "eval_s": eval_s,
+        "score_s": score_s, "step_s": clock.summary()["median_s"], "wall_s": wall, "eval_s": eval_s,
         # Harness overhead: building the arm's trainer, sampler and progress, outside training.
         "harness_s": setup_s + ticker.own_s,
-        # CPU: peak RSS growth over the arm's start (see colm.cli.memory); CUDA: max allocated growth.
+        # CPU: peak RSS growth over the arm's start (see colm.training.memory); CUDA: max allocated growth.
         "peak_mem_mib": mem.peak_bytes / 2**20, "mem_kind": mem.kind, "mem_description": mem.description,
         "coreset": coreset.to_dict() if coreset else None, "sampler": arm.sampler,
     })

@@ -4,11 +4,13 @@
     ds = load_mixture(default_mixture_dir(), split="train")
     tokens, stats = tokenize_mixture(ds, tokenizer, max_length=512)
 
+`prepare_data(DataArguments(...), tokenizer, seed=...)` (colm.data.prepare) does all of it as
+`colm train` does: load, check (empty responses, chat template), tokenize with the on-disk cache.
 The package folder also holds the data: `math_mixture/` (see its README.md for sources,
 attribution and licenses).
 
-Imports: anything but colm.models, colm.integrations and colm.cli (tests/test_layers.py checks
-it).
+Imports: anything but colm.models, colm.integrations, colm.training, colm.compare and colm.cli
+(tests/test_layers.py checks it).
 """
 from __future__ import annotations
 

@@ -25,7 +25,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .pool import replayed, score_pool
 from .replay import LastLayerReplay
+from .structure import model_device
+from .targets import find_target_parameters
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -121,3 +124,14 @@ def _per_example_fallback(losses: torch.Tensor, leaf: torch.Tensor) -> torch.Ten
     return torch.stack(
         [torch.zeros_like(leaf) if r is None else r for r in rows]
     ).reshape(losses.shape[0], -1).float()  # [n, numel]
+
+
+def exact_features(model: nn.Module, batches, config, step: int = 0, *, gather: bool = False,
+                   optimizer=None, placed: torch.Tensor | None = None) -> torch.Tensor:
+    """``feature="exact"`` (colm.features.registry): ``[N, d]`` float32 on the model's device."""
+    device = model_device(model)
+    targets = find_target_parameters(model, config.feature_modules)
+    local = score_pool(model, batches, config,
+                       lambda chunk: replayed(model, chunk, lambda r: exact_gradients(r, targets)),
+                       gather=gather, placed=placed, width=sum(p.numel() for p in targets.values()))  # [N, d]
+    return local.to(device=device, dtype=torch.float32)

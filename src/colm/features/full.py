@@ -165,3 +165,15 @@ def full_adam_features(
     else:
         g = g / counts.mean().clamp_min(1.0)  # pool mean of rows = the token-averaged gradient
     return adam_space(g, optimizer, params)
+
+
+def full_adam_pool_features(model: nn.Module, batches: Sequence[Batch], config, step: int = 0, *,
+                            gather: bool = False, optimizer=None, placed=None) -> torch.Tensor:
+    """``feature="full_adam"`` (colm.features.registry): full_adam_features in scoring mode."""
+    from .state import scoring_mode
+
+    if placed is not None:
+        raise ValueError("gradient_features: `placed` is not supported with feature='full_adam'")
+
+    with scoring_mode(model):
+        return full_adam_features(model, batches, config, optimizer, gather=gather)

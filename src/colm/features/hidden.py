@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .pool import score_pool
 from .sharded import is_sharded
 from .structure import StopForward, model_device, model_inputs, output_embeddings
 
@@ -56,3 +57,12 @@ def final_hidden_features(model: nn.Module, batch: Mapping[str, torch.Tensor]) -
     n, T = inputs["input_ids"].shape
     index = last_token_index(inputs.get("attention_mask"), n, T).to(hidden.device)  # [n]
     return hidden[torch.arange(n, device=hidden.device), index].float()  # [n, h]
+
+
+def hidden_features(model: nn.Module, batches, config, step: int = 0, *, gather: bool = False,
+                    optimizer=None, placed: torch.Tensor | None = None) -> torch.Tensor:
+    """``feature="hidden"`` (colm.features.registry): ``[N, hidden]`` float32 on the model's device."""
+    device = model_device(model)
+    local = score_pool(model, batches, config, lambda chunk: final_hidden_features(model, chunk), gather=gather,
+                       placed=placed)  # no rows scored: no width to agree on
+    return local.to(device=device, dtype=torch.float32)

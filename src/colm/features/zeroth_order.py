@@ -25,8 +25,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .pool import replayed, score_pool
 from .replay import LastLayerReplay
 from .state import scoring_mode
+from .structure import model_device
 from .targets import find_target_parameters
 
 
@@ -137,3 +139,17 @@ def zo_coefficients(
             minus = replay.losses(_perturbed(replay, targets, z, -eps))  # [n]
             columns.append((plus - minus) / (2.0 * eps))
     return torch.stack(columns, dim=1)  # [n, m]
+
+
+def zo_features(model: nn.Module, batches, config, step: int = 0, *, gather: bool = False,
+                optimizer=None, placed: torch.Tensor | None = None) -> torch.Tensor:
+    """``feature="zo"`` (colm.features.registry): ``[N, d]`` float32 on the model's device. Only
+    the coefficients ``[n, m]`` are gathered; every rank rebuilds ``c z`` from seed and step."""
+    device = model_device(model)
+    targets = find_target_parameters(model, config.feature_modules)
+    coefficients = score_pool(
+        model, batches, config,
+        lambda chunk: replayed(model, chunk, lambda r: zo_coefficients(r, None, config, step, targets=targets)),
+        gather=gather, placed=placed, width=config.zo_probes)  # [N, m]
+    numel = sum(p.numel() for p in targets.values())
+    return zo_features_from_coefficients(coefficients, config, step, numel, device)  # [N, d]

@@ -26,7 +26,6 @@ Private members of `transformers.Trainer` are used only through `colm.integratio
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 import os
@@ -59,6 +58,7 @@ from colm.integrations.packing import check_one_row_per_example, check_unpacked
 from colm.integrations.pool_size import check_training_pool, pool_size
 from colm.integrations.precision import warn_slow_half_precision
 from colm.integrations.pseudo_sources import PseudoSources
+from colm.integrations.selection_log import SELECTIONS_FILE, append_selection
 from colm.integrations.sharding import check_sharding
 from colm.integrations.streams import IndexedStream, given_source_sizes, is_stream
 from colm.selection.selector import CoresetSelector, Selection
@@ -73,7 +73,6 @@ STEP_EXAMPLES_KEY = "colm_step_examples"
 SELECTOR_STATE_FILE = "colm_selector.safetensors"
 #: Written by colm before the safetensors format (pickle): still read, with weights_only=True.
 LEGACY_SELECTOR_STATE_FILE = "colm_selector.pt"
-SELECTIONS_FILE = "selections.jsonl"
 _PRIVATE_KEYS = (SOURCE, ID_KEY)
 
 
@@ -525,9 +524,7 @@ class CoresetTrainerMixin(PrivateOverrides):
                 "pool_sources": dict(Counter(sources)),
                 "stats": {k: float(v) for k, v in selection.stats.items()},
             }
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            with open(os.path.join(self.args.output_dir, SELECTIONS_FILE), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_selection(self.args.output_dir, record)
 
     def _add_to_step_stats(self, stats: dict[str, float]) -> None:
         """Add numbers of the current step to the sums averaged at the next training log."""

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from colm.field_types import env_switch
+
 # Below this many feature entries the torch code takes at most a few milliseconds and a
 # first-use compile would cost more than it could ever save.
 MIN_ELEMENTS = 1 << 20
@@ -49,7 +51,7 @@ _pool_key: tuple[int, int] = (0, 0)  # (pid, workers): a forked child must not r
 
 
 def _enabled_by_env() -> bool:
-    return os.environ.get("COLM_NUMBA", "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_switch("COLM_NUMBA", True)
 
 
 def _compile() -> dict[str, Callable[..., Any]] | None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from colm.selection.methods.task import Pick, SourceTask
+from colm.selection.methods.task import Pick, SourceTask, each_source
 
 if TYPE_CHECKING:
     from colm.config import CoresetConfig
@@ -107,8 +107,4 @@ def _null_direction(a: Tensor) -> Tensor | None:
 
 def fill(tasks: Sequence[SourceTask], config: CoresetConfig) -> list[Pick]:
     """Registry fill (``within_source="balanced"``)."""
-    picks = []
-    for t in tasks:
-        assert t.features is not None  # needs_features=True
-        picks.append(Pick(balanced_sample(t.features, t.budget, t.generator)))
-    return picks
+    return each_source(tasks, lambda t, features: Pick(balanced_sample(features, t.budget, t.generator)))

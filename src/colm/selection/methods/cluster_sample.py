@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from colm.selection.methods.task import Pick, SourceTask
+from colm.selection.methods.task import Pick, SourceTask, each_source
 
 if TYPE_CHECKING:
     from colm.config import CoresetConfig
@@ -50,8 +50,5 @@ def cluster_sample(sim: Tensor, b: int, generator: torch.Generator) -> Tensor:
 
 def fill(tasks: Sequence[SourceTask], config: CoresetConfig) -> list[Pick]:
     """Registry fill (``within_source="cluster_sample"``), on facility location's similarity."""
-    picks = []
-    for t in tasks:
-        assert t.features is not None  # needs_features=True
-        picks.append(Pick(cluster_sample(facility_similarity(t.features, config.similarity), t.budget, t.generator)))
-    return picks
+    return each_source(tasks, lambda t, features: Pick(
+        cluster_sample(facility_similarity(features, config.similarity), t.budget, t.generator)))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from colm.selection.methods.task import Pick, SourceTask
+from colm.selection.methods.task import Pick, SourceTask, each_source
 
 if TYPE_CHECKING:
     from colm.config import CoresetConfig
@@ -94,9 +94,8 @@ def _improve_by_swaps(
 
 def fill(tasks: Sequence[SourceTask], config: CoresetConfig) -> list[Pick]:
     """Registry fill (``within_source="mean_match"``); the objective is the squared error."""
-    picks = []
-    for t in tasks:
-        assert t.features is not None  # needs_features=True
-        local, error = mean_match(t.features, t.budget)
-        picks.append(Pick(local, objective=error))
-    return picks
+    def pick(t: SourceTask, features: Tensor) -> Pick:
+        local, error = mean_match(features, t.budget)
+        return Pick(local, objective=error)
+
+    return each_source(tasks, pick)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from colm.selection.methods.mean_match import mean_match
-from colm.selection.methods.task import Pick, SourceTask
+from colm.selection.methods.task import Pick, SourceTask, each_source
 
 if TYPE_CHECKING:
     from colm.config import CoresetConfig
@@ -98,9 +98,4 @@ def nnls_match(x: Tensor, b: int, max_swaps: int | None = None) -> tuple[Tensor,
 def fill(tasks: Sequence[SourceTask], config: CoresetConfig) -> list[Pick]:
     """Registry fill (``within_source="nnls"``): mean matching's picks with fitted loss weights
     (``Pick.weights``, mean 1; the "fitted" weight rule scales them per source)."""
-    picks = []
-    for t in tasks:
-        assert t.features is not None  # needs_features=True
-        local, loss_weights = nnls_match(t.features, t.budget)
-        picks.append(Pick(local, loss_weights))
-    return picks
+    return each_source(tasks, lambda t, features: Pick(*nnls_match(features, t.budget)))

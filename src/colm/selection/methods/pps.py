@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from colm.selection.methods.task import Pick, SourceTask
+from colm.selection.methods.task import Pick, SourceTask, each_source
 
 if TYPE_CHECKING:
     from colm.config import CoresetConfig
@@ -75,9 +75,5 @@ def pps_sample(size: Tensor, b: int, generator: torch.Generator) -> tuple[Tensor
 def fill(tasks: Sequence[SourceTask], config: CoresetConfig) -> list[Pick]:
     """Registry fill (``within_source="pps"``): size = the row's feature norm; ``Pick.weights``
     are the Horvitz-Thompson ``1 / pi``."""
-    picks = []
-    for t in tasks:
-        assert t.features is not None  # needs_features=True
-        local, ht = pps_sample(torch.linalg.vector_norm(t.features.double(), dim=1), t.budget, t.generator)  # [b], [b]
-        picks.append(Pick(local, ht))
-    return picks
+    return each_source(tasks, lambda t, features: Pick(
+        *pps_sample(torch.linalg.vector_norm(features.double(), dim=1), t.budget, t.generator)))  # [b], [b]

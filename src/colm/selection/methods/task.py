@@ -7,6 +7,7 @@ and turns each ``Pick`` into weights with the method's weight rule
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,17 @@ class Pick:
     local: Tensor
     weights: Tensor | None = None
     objective: Tensor | None = None
+
+
+def each_source(tasks: Sequence[SourceTask], pick: Callable[[SourceTask, Tensor], Pick]) -> list[Pick]:
+    """The fill loop of a method that chooses each source on its own: ``pick(task, features)``
+    per task, in order (``features`` present: the method is registered with needs_features)."""
+    picks = []
+    for t in tasks:
+        if t.features is None:
+            raise RuntimeError("this within-source method needs features; it is registered with needs_features=True")
+        picks.append(pick(t, t.features))
+    return picks
 
 
 def weigh(rule: str, pick: Pick, n: int, b: int, weighted: bool, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -1,16 +1,25 @@
-"""Load and tokenize the training and validation mixtures of a command (before any output)."""
+"""Load, check and tokenize the training and validation mixtures that DataArguments describe.
+
+    from colm.data.arguments import DataArguments
+    from colm.data.prepare import prepare_data
+    data = prepare_data(DataArguments(data="my_mixture/", max_length=512), tokenizer, seed=0)
+    data.train, data.eval           # tokenized: input_ids, labels, source
+"""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from colm.cli.chat_format import as_chat, check_chat_template
-from colm.cli.empty_responses import check_empty_responses
-from colm.data import DataError, default_mixture_dir, load_mixture, tokenize_mixture
-from colm.data.loading import LoadReport
+from colm.data.arguments import DataArguments
+from colm.data.chat import as_chat, check_chat_template
+from colm.data.empty_responses import check_empty_responses
+from colm.data.errors import DataError
+from colm.data.loading import LoadReport, load_mixture
+from colm.data.mixture import default_mixture_dir
+from colm.data.templating import tokenize_mixture
 from colm.data.validation_data import choose_validation, match_sources
+from colm.field_types import env_switch
 
 #: Environment variable: 0 (or off/false/no) tokenizes afresh, neither reading nor writing the
 #: cache of tokenized data.
@@ -20,7 +29,7 @@ DATA_CACHE_ENV = "COLM_DATA_CACHE"
 def data_cache_dir() -> Path | None:
     """Where commands cache tokenized data: `default_cache_dir()/tokenized` ($COLM_CACHE, else
     ~/.cache/colm); None when $COLM_DATA_CACHE turns the cache off."""
-    if os.environ.get(DATA_CACHE_ENV, "").strip().lower() in {"0", "off", "false", "no"}:
+    if not env_switch(DATA_CACHE_ENV, True):
         return None
     from colm.files import default_cache_dir
 
@@ -28,7 +37,7 @@ def data_cache_dir() -> Path | None:
 
 
 @dataclass
-class Prepared:
+class PreparedData:
     """Raw and tokenized splits with their statistics (eval parts None without validation)."""
 
     train_raw: Any
@@ -40,7 +49,7 @@ class Prepared:
     eval_spec: str | None
 
 
-def _load(spec: Any, split: str | None, data_args: Any, cap: int | None, seed: int,
+def _load(spec: Any, split: str | None, data_args: DataArguments, cap: int | None, seed: int,
           report: LoadReport | None = None):
     return load_mixture(
         spec, split=split,
@@ -50,14 +59,14 @@ def _load(spec: Any, split: str | None, data_args: Any, cap: int | None, seed: i
     )
 
 
-def eval_spec_for(data_args: Any) -> tuple[Any, str | None]:
+def eval_spec_for(data_args: DataArguments) -> tuple[Any, str | None]:
     """(spec, split) of the validation data by colm.data.validation_data's precedence rule:
     --eval-data, else --data's own validation split, else (None, None)."""
     choice = choose_validation(data_args.data, data_args.eval_data, data_args.eval_split)
     return choice.spec, choice.split
 
 
-def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = False) -> Prepared:
+def prepare_data(data_args: DataArguments, tokenizer: Any, *, seed: int, need_eval: bool = False) -> PreparedData:
     """Load, filter and tokenize train (and validation) data; every problem is a DataError
     naming the file and line or the field."""
     spec = data_args.data if data_args.data is not None else default_mixture_dir()
@@ -88,7 +97,7 @@ def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = Fals
             raise DataError(f"no validation data: {choice.why.split(' (')[0]}; pass --eval-data (a file "
                             "or folder), or put a validation file next to the training one (validation.jsonl)")
         print(f"colm: {choice.line()}", flush=True)
-        return Prepared(train_raw, train, train_stats, None, None, None, None)
+        return PreparedData(train_raw, train, train_stats, None, None, None, None)
     print(f"colm: {choice.line()}", flush=True)
     eval_seen = LoadReport()
     eval_raw = _load(eval_spec, eval_split, data_args, data_args.max_eval_examples_per_source, seed, eval_seen)
@@ -101,4 +110,4 @@ def prepare(data_args: Any, tokenizer: Any, *, seed: int, need_eval: bool = Fals
         eval_raw, tokenizer, max_length=data_args.max_length, template=data_args.template,
         cache_dir=data_cache_dir(),
     )
-    return Prepared(train_raw, train, train_stats, eval_raw, evald, eval_stats, str(eval_spec))
+    return PreparedData(train_raw, train, train_stats, eval_raw, evald, eval_stats, str(eval_spec))

@@ -1,4 +1,5 @@
-"""PNG plots of the demo (matplotlib, headless Agg backend)."""
+"""PNG plots of arms trained side by side (`colm demo`): loss curves, per-source losses, selection
+shares (matplotlib, headless Agg backend)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from colm.cli.report import share_series
+from colm.integrations.selection_log import share_series
 
 
 def _pyplot():

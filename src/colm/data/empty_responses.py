@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from colm.data import DataError
+from colm.data.errors import DataError
 from colm.data.loading import MESSAGES, RESPONSE, SOURCE
 
 

@@ -1,4 +1,8 @@
-"""Load the model and tokenizer a command asks for, and wrap it in LoRA when asked."""
+"""A trained model back from its folder: a saved model, a Trainer checkpoint-N, or a LoRA adapter
+(whose base model is named in adapter_config.json, or recorded by `colm train` in colm_run.json).
+
+Bad input raises colm.errors.InputError naming the folder (`--checkpoint` as the CLI calls it).
+"""
 from __future__ import annotations
 
 import json
@@ -7,63 +11,18 @@ import re
 from pathlib import Path
 from typing import Any
 
-from colm.cli.errors import UsageError
+from colm.errors import InputError
+from colm.models.loading import check_vocabulary
 
 #: Written into a run's output dir: what `colm evaluate` needs to rebuild the base model of a
 #: LoRA adapter trained on colm's embedded default (which has no Hub id to point to).
 RUN_FILE = "colm_run.json"
 
 
-def load(model_args: Any, *, seed: int) -> tuple[Any, Any]:
-    """(model, tokenizer) for ModelArguments; LoRA-wrapped when --lora-r > 0.
-
-    The embedded default is built from $COLM_CACHE (tokenizer cache); a pretrained model
-    offline that is not cached fails at once with a ValueError naming it.
-    """
-    from colm.models.default import load_model_and_tokenizer
-
-    kwargs: dict[str, Any] = {}
-    if model_args.model is not None:
-        if model_args.dtype is not None:
-            import torch
-
-            kwargs["dtype"] = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
-        if model_args.trust_remote_code:
-            kwargs["trust_remote_code"] = True
-    try:
-        model, tokenizer = load_model_and_tokenizer(
-            model_args.model, size=model_args.model_size, seed=seed, **kwargs
-        )
-    except ValueError as err:  # the library's "cannot load this model" (it names the model)
-        raise UsageError(f"--model: {' '.join(str(err).split())}") from None
-    check_vocabulary(model, tokenizer, f"--model {model_args.model}")
-    if model_args.lora_r > 0:
-        model = apply_lora(model, model_args)
-    return model, tokenizer
-
-
-def apply_lora(model: Any, model_args: Any) -> Any:
-    """A peft LoRA model (only the adapters train). Bad target names raise UsageError; the
-    numbers were checked with the other settings (colm.cli.settings)."""
-    from peft import LoraConfig, get_peft_model
-
-    targets: Any = model_args.lora_target_modules
-    if targets == ["all-linear"]:
-        targets = "all-linear"
-    config = LoraConfig(
-        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-        target_modules=targets, task_type="CAUSAL_LM",
-    )
-    try:
-        return get_peft_model(model, config)
-    except ValueError as err:
-        raise UsageError(f"--lora-target-modules: {' '.join(str(err).split())}") from None
-
-
 def run_info(model_args: Any, data_args: Any, seed: int) -> dict[str, Any]:
     """What a later `colm evaluate` needs to know about how the model was trained."""
     return {
-        "model": _absolute_if_local(model_args.model),
+        "model": absolute_if_local(model_args.model),
         "model_size": model_args.model_size,
         "model_seed": seed,
         "lora_r": model_args.lora_r,
@@ -71,7 +30,7 @@ def run_info(model_args: Any, data_args: Any, seed: int) -> dict[str, Any]:
         "use_chat_template": data_args.use_chat_template,
         "max_length": data_args.max_length,
         # The data, so `colm evaluate --checkpoint RUN` validates on the run's own by default.
-        "data": _absolute_if_local(data_args.data),
+        "data": absolute_if_local(data_args.data),
         "validation": _validation_of(data_args),
         "fields": {"source_field": data_args.source_field, "prompt_field": data_args.prompt_field,
                    "response_field": data_args.response_field, "messages_field": data_args.messages_field},
@@ -84,11 +43,11 @@ def _validation_of(data_args: Any) -> dict[str, Any]:
     from colm.data.validation_data import choose_validation
 
     choice = choose_validation(data_args.data, data_args.eval_data, data_args.eval_split)
-    spec = choice.spec if choice.spec is None or not isinstance(choice.spec, str) else _absolute_if_local(choice.spec)
+    spec = choice.spec if choice.spec is None or not isinstance(choice.spec, str) else absolute_if_local(choice.spec)
     return {"data": spec, "split": choice.split}
 
 
-def _absolute_if_local(model: str | None) -> str | None:
+def absolute_if_local(model: str | None) -> str | None:
     # A relative folder or .gguf path would break `colm evaluate` run from another directory.
     if model is not None and Path(model).expanduser().exists():
         return str(Path(model).expanduser().resolve())
@@ -103,7 +62,7 @@ def find_run_info(checkpoint: Path) -> dict[str, Any]:
             try:
                 return json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as err:
-                raise UsageError(f"{path}: malformed JSON ({err.msg})") from None
+                raise InputError(f"{path}: malformed JSON ({err.msg})") from None
     return {}
 
 
@@ -115,12 +74,12 @@ def load_checkpoint(checkpoint: str | os.PathLike) -> tuple[Any, Any, dict[str, 
 
     path = Path(checkpoint).expanduser()
     if not path.is_dir():
-        raise UsageError(f"--checkpoint {checkpoint}: no such folder")
+        raise InputError(f"--checkpoint {checkpoint}: no such folder")
     info = find_run_info(path)
     has_adapter = (path / "adapter_config.json").is_file()
     has_model = (path / "config.json").is_file()
     if not (has_adapter or has_model):
-        raise UsageError(
+        raise InputError(
             f"--checkpoint {checkpoint}: neither a model folder (config.json) nor a LoRA adapter "
             "(adapter_config.json); pass a `colm train` output dir or one of its checkpoint-N folders"
         )
@@ -129,51 +88,35 @@ def load_checkpoint(checkpoint: str | os.PathLike) -> tuple[Any, Any, dict[str, 
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path))
         except Exception as err:
-            from colm.cli.model_files import describe_load_failure
+            from colm.models.load_failures import describe_load_failure
 
             what = describe_load_failure(path, err)  # damaged weights, another model's config
             if what is None and not isinstance(err, (OSError, ValueError)):
                 raise
-            raise UsageError(f"--checkpoint {checkpoint}: {what or f'could not load the model ({err})'}") from None
+            raise InputError(f"--checkpoint {checkpoint}: {what or f'could not load the model ({err})'}") from None
     else:
         model = _load_adapter(path, info)
     if tok_dir is not None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
         except (OSError, ValueError) as err:
-            raise UsageError(f"--checkpoint {checkpoint}: could not load its tokenizer ({err})") from None
+            raise InputError(f"--checkpoint {checkpoint}: could not load its tokenizer ({err})") from None
     elif info.get("model") is None and info:
         from colm.models.default import default_tokenizer
 
         tokenizer = default_tokenizer()
     else:
-        raise UsageError(f"--checkpoint {checkpoint}: no tokenizer files in the folder")
+        raise InputError(f"--checkpoint {checkpoint}: no tokenizer files in the folder")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     check_vocabulary(model, tokenizer, f"--checkpoint {checkpoint}")
-    from colm.cli.model_files import first_non_finite
+    from colm.models.load_failures import first_non_finite
 
     bad = first_non_finite(model)
     if bad is not None:  # evaluating it would print a table of nan as a result
-        raise UsageError(f"--checkpoint {checkpoint}: its weights are not finite numbers ({bad} holds "
+        raise InputError(f"--checkpoint {checkpoint}: its weights are not finite numbers ({bad} holds "
                          "NaN or infinity): the run that saved them diverged")
     return model, tokenizer, info
-
-
-def check_vocabulary(model: Any, tokenizer: Any, where: str) -> None:
-    """Refuse a tokenizer that can produce ids the model has no embedding for.
-
-    Such a pair fails deep inside the first forward pass with an IndexError; a model with more
-    embeddings than tokens (padded vocabularies are common) is fine.
-    """
-    embeddings = model.get_input_embeddings()
-    n_rows = getattr(embeddings, "num_embeddings", None)
-    if n_rows is not None and len(tokenizer) > n_rows:
-        raise UsageError(
-            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
-            f"{n_rows}: they do not belong together; pair the model with the tokenizer it was "
-            "trained with"
-        )
 
 
 def _load_adapter(path: Path, info: dict[str, Any]) -> Any:
@@ -183,7 +126,7 @@ def _load_adapter(path: Path, info: dict[str, Any]) -> Any:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{config_file}: malformed JSON ({err})") from None
+        raise InputError(f"{config_file}: malformed JSON ({err})") from None
     base_id = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     if info and info.get("model") is None:
         from colm.models.default import default_model, default_tokenizer
@@ -198,9 +141,9 @@ def _load_adapter(path: Path, info: dict[str, Any]) -> Any:
         try:
             base, _ = load_model_and_tokenizer(base_name)
         except ValueError as err:
-            raise UsageError(f"--checkpoint {path}: the adapter's base model: {' '.join(str(err).split())}") from None
+            raise InputError(f"--checkpoint {path}: the adapter's base model: {' '.join(str(err).split())}") from None
     else:
-        raise UsageError(
+        raise InputError(
             f"--checkpoint {path}: LoRA adapter without a base model "
             f"(no base_model_name_or_path and no {RUN_FILE})"
         )
@@ -210,14 +153,14 @@ def _load_adapter(path: Path, info: dict[str, Any]) -> Any:
         mismatch = _first_size_mismatch(str(err))
         if mismatch is None:
             raise
-        raise UsageError(
+        raise InputError(
             f"--checkpoint {path}: the LoRA adapter does not fit its base model {base_name} "
             f"({mismatch}): it was trained on another base model; point base_model_name_or_path in "
             f"adapter_config.json (or model/model_size in {RUN_FILE}) at the model it was trained on"
         ) from None
 
 
-_SIZE_MISMATCH = re.compile(
+SIZE_MISMATCH = re.compile(
     r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
     r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)"
 )
@@ -225,7 +168,7 @@ _SIZE_MISMATCH = re.compile(
 
 def _first_size_mismatch(message: str) -> str | None:
     """'<param> is [a, b] in the adapter but [c, d] in the base' from torch's load error."""
-    match = _SIZE_MISMATCH.search(message)
+    match = SIZE_MISMATCH.search(message)
     if match is None:
         return None
     name, saved, current = match.groups()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from colm.data import DataError
+from colm.data.errors import DataError
 from colm.data.loading import MESSAGES, PROMPT, RESPONSE
 
 
