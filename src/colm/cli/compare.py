@@ -88,7 +88,7 @@ def parse_with_resume(argv: Sequence[str]):
     # colm train's dataclasses (its RunArguments: --allow-changed-settings for a resumed comparison), then ours
     model_args, data_args, sel_args, run_args, targs, extra = cli_args.parse_command(parser, argv, 6)
     cli_args.as_plain_training_arguments(targs)
-    from colm.cli.train import check_seeds
+    from colm.training.checks import check_seeds
 
     check_seeds(targs)  # before --seed becomes the base selection seed
     base = cli_args.to_coreset_config(sel_args, targs)

@@ -16,9 +16,6 @@ from typing import Any
 
 from colm.cli.errors import UsageError
 
-#: TrainingArguments' own default of num_train_epochs: any other value was given by the user.
-DEFAULT_EPOCHS = 3.0
-
 
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -73,20 +70,6 @@ def check_selection_options(sel: Any, coreset: Any, argv: Sequence[str]) -> None
         _refuse_or_warn(mode, ignored, sel, argv, "colm train")
 
 
-def check_epochs(targs: Any, command: str) -> None:
-    """--num-train-epochs given while --max-steps decides the length (a value out of range is
-    left to colm.cli.option_ranges, which names the range)."""
-    epochs = targs.num_train_epochs
-    if not (isinstance(epochs, (int, float)) and 0 < epochs < float("inf")):
-        return
-    if targs.max_steps > 0 and epochs != DEFAULT_EPOCHS:
-        raise UsageError(
-            f"--num-train-epochs {targs.num_train_epochs}: does nothing while --max-steps is {targs.max_steps} "
-            f"(--max-steps decides; {command}'s default is 100 steps): "
-            + ("pass --max-steps -1 to train by epochs" if command == "colm train" else
-               "colm compare trains --max-steps steps per arm; leave --num-train-epochs out"))
-
-
 def _config(arm: Any, base: Any, seed: int) -> Any:
     """The arm's CoresetConfig, or None when it has none or an invalid one (refused later, by name)."""
     try:
@@ -100,6 +83,7 @@ def check_compare_options(sel: Any, targs: Any, arms: Sequence[Any], base: Any, 
     """colm compare: refuse train options that a comparison ignores, base selection options that
     no arm uses, and arm overrides that the arm's own mode ignores."""
     from colm.selection.ignored import ignored_fields
+    from colm.training.checks import check_epochs
 
     if sel.no_coreset:
         raise UsageError("--no-coreset: does nothing in colm compare: the arms say which runs select "

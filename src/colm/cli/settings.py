@@ -42,7 +42,7 @@ def check_train_settings(model_args: Any, data_args: Any, targs: Any) -> None:
         raise UsageError(sharding)
     if not math.isfinite(targs.learning_rate) or targs.learning_rate <= 0:
         raise UsageError(f"--learning-rate: must be > 0, got {targs.learning_rate}")
-    from colm.cli.option_ranges import check_numeric_options
+    from colm.training.option_ranges import check_numeric_options
 
     check_numeric_options(model_args, targs, data_args)
     if model_args.lora_r < 0:

@@ -16,7 +16,7 @@ from typing import Any
 from colm.cli import args as cli_args
 from colm.cli.errors import UsageError
 from colm.cli.settings import check_train_settings
-from colm.training.checks import check_pseudo_sources
+from colm.training.checks import check_epochs, check_pseudo_sources, check_seeds
 from colm.training.trainer import make_trainer
 
 DESCRIPTION = (
@@ -66,20 +66,13 @@ def parse(argv: Sequence[str]):
     return model_args, data_args, sel_args, targs, coreset, run_args
 
 
-def check_seeds(targs: Any) -> None:
-    """The seeds numpy and torch accept (a negative one failed inside the Trainer, as a bug)."""
-    for flag, value in (("--seed", targs.seed), ("--data-seed", targs.data_seed)):
-        if value is not None and not 0 <= value < 2**32:
-            raise UsageError(f"{flag}: {value} is not a seed; expected a whole number from 0 to 2**32 - 1")
-
-
 def run(argv: Sequence[str]) -> int:
     model_args, data_args, sel, targs, coreset, run_args = parse(argv)
     from colm import phases
 
     phases.enable(not targs.disable_tqdm)  # GGUF, tokenization, embedding pass, evaluation bars
     check_train_settings(model_args, data_args, targs)
-    from colm.cli.option_effect import check_epochs, check_selection_options
+    from colm.cli.option_effect import check_selection_options
 
     check_selection_options(sel, coreset, argv)  # e.g. --no-coreset --pool-factor 4: refused, not ignored
     check_epochs(targs, "colm train")
@@ -255,8 +248,8 @@ def _report(argv: Sequence[str], plan: Any, model_args: Any, data_args: Any, tar
             run_dir: Any, identity_record: dict[str, Any], fitted: _Fitted,
             validation: dict[str, Any] | None) -> dict[str, Any]:
     """report.json's content."""
-    from colm.cli.report import pseudo_sources_report, whole_run_train_loss
     from colm.integrations.selection_log import SELECTIONS_FILE, selection_summary
+    from colm.training.run_summary import pseudo_sources_report, whole_run_train_loss
 
     out, trainer, mem = run_dir.path, fitted.trainer, fitted.memory
     steps_this_call = trainer.state.global_step - (run_dir.resume_step or 0)

@@ -1,6 +1,7 @@
 """One training run, as colm's commands set it up: prepare the model and data (`prepare_run`,
-a RunPlan), check the selection settings against the data, build the CoresetTrainer
-(`make_trainer`), and measure its steps and peak memory. `colm train`, `colm compare` and
+a RunPlan), check the training options' ranges (`option_ranges`) and the selection settings
+against the data (`checks`), build the CoresetTrainer (`make_trainer`), measure its steps and
+peak memory, and summarize the finished run (`run_summary`). `colm train`, `colm compare` and
 `colm demo` are thin layers over these; a Python user can call them directly:
 
     from colm import CoresetConfig

@@ -1,5 +1,6 @@
-"""Selection settings checked against the run they are for (its data and training arguments),
-before anything is written: each raises colm.errors.InputError naming the option."""
+"""A run's settings checked before anything is written: the selection settings against the run
+they are for (its data and training arguments), the seeds, and --num-train-epochs where
+--max-steps decides. Each raises colm.errors.InputError naming the option."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -49,3 +50,28 @@ def check_pseudo_sources(coreset: Any, targs: Any, n_rows: int | None = None) ->
             f"--pseudo-sources: {coreset.pseudo_sources} clusters, but the training data has only "
             f"{n_rows} examples; use at most {n_rows}, or 'auto'"
         )
+
+
+def check_seeds(targs: Any) -> None:
+    """The seeds numpy and torch accept (a negative one failed inside the Trainer, as a bug)."""
+    for flag, value in (("--seed", targs.seed), ("--data-seed", targs.data_seed)):
+        if value is not None and not 0 <= value < 2**32:
+            raise InputError(f"{flag}: {value} is not a seed; expected a whole number from 0 to 2**32 - 1")
+
+
+#: TrainingArguments' own default of num_train_epochs: any other value was given by the user.
+DEFAULT_EPOCHS = 3.0
+
+
+def check_epochs(targs: Any, command: str) -> None:
+    """--num-train-epochs given while --max-steps decides the length (a value out of range is
+    left to colm.training.option_ranges, which names the range)."""
+    epochs = targs.num_train_epochs
+    if not (isinstance(epochs, (int, float)) and 0 < epochs < float("inf")):
+        return
+    if targs.max_steps > 0 and epochs != DEFAULT_EPOCHS:
+        raise InputError(
+            f"--num-train-epochs {targs.num_train_epochs}: does nothing while --max-steps is {targs.max_steps} "
+            f"(--max-steps decides; {command}'s default is 100 steps): "
+            + ("pass --max-steps -1 to train by epochs" if command == "colm train" else
+               "colm compare trains --max-steps steps per arm; leave --num-train-epochs out"))

@@ -3,7 +3,8 @@
 `--weight-decay nan` used to train until the gradient norm turned NaN and then blame the
 learning rate; `--max-grad-norm -1` silently turned clipping off; `--label-smoothing-factor 2`
 trained on a negative target weight; `--num-train-epochs inf` never ended. Every such value is
-refused right after parsing, naming the option, the value and the range.
+refused right after parsing, naming the option, the value and the range (an InputError, which
+the command line prints as one line).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from colm.cli.errors import UsageError
+from colm.errors import InputError
 
 #: (option, attribute, what is expected, test) over TrainingArguments (None values are skipped).
 TRAINING_RANGES: tuple[tuple[str, str, str, Callable[[float], bool]], ...] = (
@@ -32,18 +33,18 @@ TRAINING_RANGES: tuple[tuple[str, str, str, Callable[[float], bool]], ...] = (
 
 
 def check_numeric_options(model_args: Any, targs: Any, data_args: Any = None) -> None:
-    """Raise UsageError naming the first numeric option outside its range."""
+    """Raise InputError naming the first numeric option outside its range."""
     for option, name in (("--max-examples-per-source", "max_examples_per_source"),
                          ("--max-eval-examples-per-source", "max_eval_examples_per_source")):
         cap = getattr(data_args, name, None)
         if cap is not None and not (isinstance(cap, int) and cap >= 1):  # the loader named neither
-            raise UsageError(f"{option}: expected an integer >= 1 (or no cap), got {cap}")
+            raise InputError(f"{option}: expected an integer >= 1 (or no cap), got {cap}")
     for option, name, expected, ok in TRAINING_RANGES:
         value = getattr(targs, name, None)
         if value is None or isinstance(value, bool):
             continue
         if isinstance(value, (int, float)) and not (not math.isnan(value) and ok(value)):
-            raise UsageError(f"{option}: expected {expected}, got {value}")
+            raise InputError(f"{option}: expected {expected}, got {value}")
     alpha = getattr(model_args, "lora_alpha", None)
     if isinstance(alpha, float) and not math.isfinite(alpha):
-        raise UsageError(f"--lora-alpha: expected a finite number > 0, got {alpha}")
+        raise InputError(f"--lora-alpha: expected a finite number > 0, got {alpha}")
