@@ -31,6 +31,7 @@ class Toy:
     ("NULL", int | None, None),
     (["a", "b"], list[str] | None, ["a", "b"]),
     (["none"], list[str] | None, None),
+    ([""], list[str] | None, [""]),  # one empty name, refused by its reader (`--sources ''`), not "all"
     ("a", list[str] | None, ["a"]),
     (["0.9", "0.99"], list[float], [0.9, 0.99]),
     ("auto", int | str | None, "auto"),

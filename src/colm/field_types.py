@@ -129,8 +129,9 @@ def from_text(value: Any, kind: Any) -> Any:
 
 
 def _means_none(value: Any) -> bool:
-    if isinstance(value, list):
-        return len(value) == 1 and _means_none(value[0])
+    if isinstance(value, list):  # ['none'] is None; [''] is one empty name, which the option's
+        # reader refuses by name (`--sources ''` names no source) rather than reading as "all"
+        return len(value) == 1 and value[0].strip() != "" and _means_none(value[0])
     return value.strip().lower() in NONE_WORDS
 
 

@@ -23,11 +23,19 @@ def _option(name: str) -> str:
 
 def given_selection_fields(sel: Any) -> list[str]:
     """The selection options whose value differs from their default (set by flag or YAML)."""
+    from colm.field_types import TextValueError, from_text, option_types
+
+    types = option_types(type(sel))
     given = []
     for f in dataclasses.fields(sel):
         if f.name == "no_coreset":
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.name in types:  # the parser converts a text default ('none') as it converts a flag's text
+            try:
+                default = from_text(default, types[f.name])
+            except TextValueError:
+                pass
         if getattr(sel, f.name) != default and str(getattr(sel, f.name)) != str(default):
             given.append(f.name)
     return given
