@@ -24,8 +24,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 STDLIB = set(sys.stdlib_module_names)
 
 # package -> (third-party roots allowed or None for any, colm prefixes forbidden or allowed)
-ALLOWED_THIRD_PARTY = {"colm.selection": {"torch", "numpy", "numba", "safetensors"}}
-ALLOWED_COLM = {"colm.selection": ("colm.config", "colm.errors", "colm.tagged_files", "colm.selection")}
+ALLOWED_THIRD_PARTY = {"colm.selection": {"torch", "numpy", "numba", "safetensors"},
+                       "colm.diagnostics": {"torch"}}
+ALLOWED_COLM = {"colm.selection": ("colm.config", "colm.errors", "colm.tagged_files", "colm.selection"),
+                "colm.diagnostics": ("colm.errors", "colm.diagnostics")}
 FORBIDDEN_COLM = {
     "colm.features": ("colm.integrations", "colm.cli"),
     "colm.data": ("colm.models", "colm.integrations", "colm.cli"),
