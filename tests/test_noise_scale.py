@@ -264,3 +264,28 @@ def test_resume_keeps_the_moving_averages(tmp_path):
     assert resumed.noise_scale.ema.count == whole.noise_scale.ema.count == 6
     assert resumed.noise_scale.ema.b_simple == pytest.approx(whole.noise_scale.ema.b_simple, rel=1e-4)
     assert [h["step"] for h in resumed.noise_scale.history] == list(range(6))
+
+
+@pytest.mark.multiprocess
+def test_two_ranks_read_local_and_reduced_gradients(tmp_path):
+    # torchrun, 2 CPU ranks (gloo): with no accumulation the callback reads each rank's own
+    # gradient before DDP reduces it and the reduced one; with accumulation 2 the first
+    # micro-batch and the local accumulated gradient; both ranks log the same averaged estimate
+    worker = Path(__file__).with_name("noise_scale_ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(worker), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for accumulation in (1, 2):
+        ranks = [json.loads((tmp_path / f"ga{accumulation}" / f"rank{r}.json").read_text()) for r in (0, 1)]
+        assert all(r["world"] == 2 and len(r["steps"]) == 3 for r in ranks)
+        for rank in ranks:
+            for step in rank["steps"]:
+                assert step["read_small"] == pytest.approx(step["brute_small"], rel=1e-4)
+                assert step["read_big"] == pytest.approx(step["brute_big"], rel=1e-4)
+                assert step["read_small"] != pytest.approx(step["read_big"], rel=1e-3)
+        b_simple = [[s["b_simple"] for s in r["steps"]] for r in ranks]
+        assert b_simple[0] == pytest.approx(b_simple[1], rel=1e-9, nan_ok=True)
+        if accumulation == 1:
+            assert {s["b_small"] for s in ranks[0]["steps"]} == {2.0}
+            assert {s["b_big"] for s in ranks[0]["steps"]} == {4.0}
