@@ -41,10 +41,11 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 def build_parser():
     """The HfArgumentParser of `colm train` (also used to render --help and docs)."""
     from colm.cli.identity import RunArguments
+    from colm.cli.noise_scale import NoiseScaleArguments
 
     parser = cli_args.ColmArgumentParser.create(
         [cli_args.ModelArguments, cli_args.DataArguments, cli_args.SelectionArguments,
-         RunArguments, cli_args.training_arguments_class()],
+         RunArguments, cli_args.training_arguments_class(), NoiseScaleArguments],
         prog="colm train", description=DESCRIPTION,
         usage="colm train [--config FILE.yaml] [options]   (all options below; flags override the YAML)",
     )
@@ -55,9 +56,10 @@ def build_parser():
 
 def parse(argv: Sequence[str]):
     """(ModelArguments, DataArguments, SelectionArguments, TrainingArguments, CoresetConfig|None,
-    RunArguments)."""
+    RunArguments, NoiseScaleArguments)."""
     parser = build_parser()
-    model_args, data_args, sel_args, run_args, targs = cli_args.parse_command(parser, argv, 5)
+    model_args, data_args, sel_args, run_args, targs, noise = cli_args.parse_command(parser, argv, 6)
+    noise.check()
     # The subclass only gave --help its section title; Trainer pickles its args into every
     # checkpoint (training_args.bin), so hand it the plain class (same fields and layout).
     from transformers import TrainingArguments
@@ -65,7 +67,7 @@ def parse(argv: Sequence[str]):
     targs.__class__ = TrainingArguments
     check_seeds(targs)  # before --seed becomes the selection seed (named as --seed, not --selection-seed)
     coreset = cli_args.to_coreset_config(sel_args, targs)
-    return model_args, data_args, sel_args, targs, coreset, run_args
+    return model_args, data_args, sel_args, targs, coreset, run_args, noise
 
 
 def check_seeds(targs: Any) -> None:
@@ -138,10 +140,11 @@ def pseudo_sources_report(trainer: Any, train_dataset: Any) -> dict[str, Any] | 
 def make_trainer(
     model: Any, tokenizer: Any, train_dataset: Any, targs: Any, coreset: Any, *,
     callbacks: Sequence[Any] = (), log_selections: bool = True, progress: Any = None,
-    train_sampler: Any = None,
+    train_sampler: Any = None, noise_scale: Any = None,
 ):
     """A CoresetTrainer whose progress display is colm's (or none); `train_sampler` replaces the
-    Trainer's random order (the re-weighting control of `colm compare`)."""
+    Trainer's random order (the re-weighting control of `colm compare`); `noise_scale` (a
+    NoiseScaleArguments) turns on the gradient noise scale."""
     from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -155,6 +158,8 @@ def make_trainer(
         coreset_config=coreset if coreset is not None else CoresetConfig(pool_factor=1),
         log_selections=log_selections and coreset is not None,
         callbacks=list(callbacks), train_sampler=train_sampler,
+        noise_scale_every=noise_scale.noise_scale_every if noise_scale is not None else 0,
+        noise_scale_split=bool(noise_scale is not None and noise_scale.noise_scale_split),
     )
     # transformers' bar (or its raw-dict printer) would duplicate ours.
     trainer.remove_callback(ProgressCallback)
@@ -165,7 +170,7 @@ def make_trainer(
 
 
 def run(argv: Sequence[str]) -> int:
-    model_args, data_args, sel, targs, coreset, run_args = parse(argv)
+    model_args, data_args, sel, targs, coreset, run_args, noise = parse(argv)
     from colm import phases
 
     phases.enable(not targs.disable_tqdm)  # GGUF, tokenization, embedding pass, evaluation bars
@@ -188,16 +193,18 @@ def run(argv: Sequence[str]) -> int:
         if run_dir.finished is not None:
             print(rundir.finished_message(run_dir, targs.max_steps, targs.num_train_epochs))
             return 0
-        return _train(argv, model_args, data_args, targs, coreset, run_dir, run_args)
+        return _train(argv, model_args, data_args, targs, coreset, run_dir, run_args, noise)
 
 
 def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, coreset: Any, run_dir: Any,
-           run_args: Any) -> int:
+           run_args: Any, noise: Any = None) -> int:
     from transformers.trainer_utils import IntervalStrategy
 
     from colm.cli import dataprep, modeling
     from colm.cli import identity as run_identity
     from colm.cli.memory import PeakMemory
+    from colm.cli.noise_scale import markdown as noise_scale_markdown
+    from colm.cli.noise_scale import summary as noise_scale_summary
     from colm.cli.progress import (
         BackendReporter,
         LogLines,
@@ -270,7 +277,8 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
         ))
     trainer = None
     try:
-        trainer = make_trainer(model, tokenizer, prep.train, targs, coreset, callbacks=callbacks, progress=progress)
+        trainer = make_trainer(model, tokenizer, prep.train, targs, coreset, callbacks=callbacks, progress=progress,
+                               noise_scale=noise)
         reporter.trainer = trainer
         started = time.perf_counter()
         with PeakMemory() as mem:
@@ -317,8 +325,10 @@ def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, cor
         "validation": validation,
         "time": timer.summary(),
         "memory": {"peak_bytes": mem.peak_bytes, "kind": mem.kind, "description": mem.description},
+        "noise_scale": noise_scale_summary(trainer.noise_scale, coreset.pool_factor if coreset else None),
     }
-    write_report(out, report, train_markdown(report) + run_identity.changes_markdown(report["changed_settings"]))
+    write_report(out, report, train_markdown(report) + noise_scale_markdown(report["noise_scale"])
+                 + run_identity.changes_markdown(report["changed_settings"]))
     _print_summary(report, text_table)
     return 0
 

@@ -255,7 +255,7 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
                "batch": float(self._batch), "measurements": float(self.ema.count)}
         if self.skipped_clipped:
             out["skipped_clipped"] = float(self.skipped_clipped)
-        return {PREFIX + k: v for k, v in out.items()}
+        return {PREFIX + k: v for k, v in out.items() if math.isfinite(v)}  # no NaN in JSON logs
 
     def on_step_end(self, args, state, control, **kwargs):
         # at the Trainer's logging steps, as a record of its own (a callback cannot add keys to

@@ -1,0 +1,307 @@
+"""The gradient noise scale on the labs: is the two-size estimate right, and does it predict?
+
+    lab       (b) the tiny lab (embedded tiny Llama, shipped math mixture, batch 16, lr 3e-3,
+              cosine, 100 steps: benchmarks/quality.py's random_b arm) trained with
+              NoiseScaleCallback(every=1, split=True). Every --probe-every steps, at the
+              weights of that step: B_simple from full per-example gradients (torch.func) of
+              --rows random training rows, with a bootstrap interval over the rows; the same from
+              the last decoder block's parameters only and from colm's default feature parameters
+              (the last block's value projection); and the two-size estimate (halves of 8 of a
+              batch of 16) averaged over --repeats random batches at the same weights, with a
+              bootstrap interval over the repeats. The callback's moving average is recorded too.
+    relation  (c) the measured gain of random 2b over random b at equal steps (stored quality
+              runs) next to B_simple / b from `lab`, and McCandlish et al.'s prediction of the
+              step ratio (1 + B/b) / (1 + B/2b).
+    cost      the callback's step-time cost: the same run with and without it (accumulation 2,
+              and one process with the split), median step time of --repeats alternating runs,
+              as ratios.
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/noise_scale.py lab \
+        --seeds 0,1,2 --out benchmarks/results/noise_scale_lab.json
+    .venv/bin/python benchmarks/noise_scale.py relation --lab benchmarks/results/noise_scale_lab.json
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/noise_scale.py cost \
+        --out benchmarks/results/noise_scale_cost.json
+
+The pretrained lab (SmolLM2-135M + LoRA, benchmarks/pretrained.py) has no stored random b /
+random 2b results yet; `lab --pretrained` runs the same measurement there (a GPU run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.utils import logging as hf_logging
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from colm.diagnostics.noise_scale import per_example_estimates, two_size_estimates  # noqa: E402
+from colm.features.full import per_example_summed_nll_gradients, trainable_parameters  # noqa: E402
+from colm.features.structure import find_decoder_stack  # noqa: E402
+from colm.features.targets import find_target_parameters  # noqa: E402
+from colm.integrations.noise_scale import NoiseScaleCallback  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def bootstrap_ratio(g2: list[float], trace: list[float], draws: int = 500, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of mean(trace) / mean(g2) over paired samples."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(g2)
+    a, b = torch.tensor(g2, dtype=torch.float64), torch.tensor(trace, dtype=torch.float64)
+    idx = torch.randint(0, n, (draws, n), generator=gen)
+    ratios = b[idx].mean(1) / a[idx].mean(1)
+    ratios = torch.where(a[idx].mean(1) > 0, ratios, torch.tensor(math.inf, dtype=torch.float64))
+    q = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return float(q[0]), float(q[1])
+
+
+def gram_estimates(gram: torch.Tensor, counts: torch.Tensor) -> tuple[float, float]:
+    """(|G|^2, tr(Sigma)) of the rows drawn `counts[i]` times each, from their Gram matrix
+    (per_example_estimates' formulas, without touching the long gradient vectors)."""
+    n = float(counts.sum())
+    mean_sq = float(counts @ gram @ counts) / n**2
+    trace = (float(counts @ gram.diagonal()) - n * mean_sq) / (n - 1)
+    return mean_sq - trace / n, trace
+
+
+def per_example_bootstrap(gram: torch.Tensor, draws: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval over the rows of the per-example B_simple."""
+    gen = torch.Generator().manual_seed(seed)
+    n = gram.shape[0]
+    out = []
+    for _ in range(draws):
+        counts = torch.bincount(torch.randint(0, n, (n,), generator=gen), minlength=n).double()
+        g2, trace = gram_estimates(gram, counts)
+        out.append(trace / g2 if g2 > 0 else math.inf)
+    q = torch.quantile(torch.tensor(out, dtype=torch.float64), torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return float(q[0]), float(q[1])
+
+
+class Probe(TrainerCallback):
+    """At every `every`-th step's start (the weights that step's gradient is taken at): the
+    per-example and the repeated two-size estimates."""
+
+    def __init__(self, lab: Any, collate: Any, every: int, rows: int, repeats: int, half: int, seed: int) -> None:
+        self.lab, self.collate, self.every, self.rows, self.repeats, self.half = lab, collate, every, rows, repeats, half
+        self.gen = torch.Generator().manual_seed(1000 + seed)
+        self.records: list[dict[str, Any]] = []
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self.records.append(self.measure(model, state.global_step))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == args.max_steps and state.global_step % self.every == 0:
+            self.records.append(self.measure(model, state.global_step))  # the final weights
+
+    def batch(self, n: int) -> dict[str, torch.Tensor]:
+        picks = torch.randperm(len(self.lab.train), generator=self.gen)[:n].tolist()
+        rows = [{k: self.lab.train[i][k] for k in ("input_ids", "labels")} for i in picks]
+        return self.collate(rows)
+
+    def measure(self, model: Any, step: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        was_training = model.training
+        model.eval()  # no dropout in the tiny model; eval keeps vmap's per-row calls identical
+        params = trainable_parameters(model)
+        batch = self.batch(self.rows)
+        sums, counts = per_example_summed_nll_gradients(model, batch, params)
+        # each row's share of the token-averaged loss: its summed NLL over the mean tokens per row
+        grads = (sums / counts.double().mean().float()).double()  # [rows, P]
+        columns = column_ranges(params)
+        last = find_decoder_stack(model).last_prefix
+        subsets = {
+            "full": list(params),
+            "last_block": [n for n in params if n.startswith(last)],
+            "feature_params": list(find_target_parameters(model)),
+        }
+        record: dict[str, Any] = {"step": step}
+        for name, names in subsets.items():
+            cols = torch.cat([torch.arange(*columns[n]) for n in names])
+            sub = grads[:, cols]
+            gram = sub @ sub.T  # [rows, rows]
+            g2, trace = gram_estimates(gram, torch.ones(len(gram), dtype=torch.float64))
+            if not self.records and name == "full":  # once: the Gram route is per_example_estimates
+                direct = per_example_estimates(sub)
+                assert math.isclose(direct[1], trace, rel_tol=1e-6), (direct, trace)
+            lo, hi = per_example_bootstrap(gram)
+            record[f"per_example_{name}"] = {"b_simple": trace / g2 if g2 > 0 else math.inf, "g2": g2,
+                                             "trace": trace, "ci": [lo, hi], "params": int(sub.shape[1])}
+        # the two-size estimate at the same weights, repeated on fresh batches
+        model.train()
+        g2s, traces = [], []
+        for _ in range(self.repeats):
+            b = self.batch(2 * self.half)
+            halves = [{k: v[i * self.half:(i + 1) * self.half] for k, v in b.items()} for i in range(2)]
+            tokens = [float((h["labels"][:, 1:] != -100).sum()) for h in halves]
+            vecs = []
+            for h in halves:
+                model.zero_grad()
+                out = model(**h)
+                # the Trainer's token-normalized loss over the whole batch of 2*half rows
+                (out.loss * tokens[len(vecs)] / sum(tokens)).backward()
+                vecs.append(torch.cat([p.grad.flatten().double() for p in params.values()]))
+            model.zero_grad()
+            small = vecs[0] / (tokens[0] / sum(tokens))
+            big = vecs[0] + vecs[1]
+            shares = [t / sum(tokens) for t in tokens]
+            b_big = 1 / sum(s * s / self.half for s in shares)
+            g2, trace = two_size_estimates(self.half, float(small.square().sum()), b_big, float(big.square().sum()))
+            g2s.append(g2)
+            traces.append(trace)
+        lo, hi = bootstrap_ratio(g2s, traces)
+        g2m, trm = statistics.fmean(g2s), statistics.fmean(traces)
+        record["two_size"] = {"b_simple": trm / g2m if g2m > 0 else math.inf, "g2": g2m, "trace": trm,
+                              "ci": [lo, hi], "repeats": self.repeats}
+        record["seconds"] = time.perf_counter() - t0
+        model.train(was_training)
+        print(json.dumps({"step": step, **{k: round(v["b_simple"], 1) for k, v in record.items()
+                                           if isinstance(v, dict)}}), flush=True)
+        return record
+
+
+def column_ranges(params: dict[str, torch.nn.Parameter]) -> dict[str, tuple[int, int]]:
+    out, start = {}, 0
+    for name, p in params.items():
+        out[name] = (start, start + p.numel())
+        start += p.numel()
+    return out
+
+
+def tiny_lab(batch: int, lr: float, steps: int) -> Any:
+    from quality import make_lab
+
+    from colm.data import default_mixture_dir, load_mixture, tokenize_mixture
+    from colm.models.default import default_tokenizer
+
+    tokenizer = default_tokenizer()
+    train, _ = tokenize_mixture(load_mixture(default_mixture_dir(), split="train"), tokenizer, max_length=128)
+    evald, _ = tokenize_mixture(load_mixture(default_mixture_dir(), split="validation", max_examples_per_source=32,
+                                             seed=0), tokenizer, max_length=128)
+    return make_lab({"steps": steps, "batch": batch, "lr": lr, "model_size": "tiny"}, tokenizer, train, evald)
+
+
+def run_lab(args: argparse.Namespace) -> None:
+    from transformers import DataCollatorForSeq2Seq
+
+    from colm.compare.arms import Arm
+    from colm.compare.run import run_arm
+
+    if args.pretrained:
+        raise SystemExit("lab --pretrained: run it on a GPU machine with benchmarks/pretrained.py's lab; "
+                         "see docs/benchmarks.md (pending)")
+    lab = tiny_lab(args.batch, args.lr, args.steps)
+    collate = DataCollatorForSeq2Seq(lab.tokenizer, padding=True, label_pad_token_id=-100)
+    results: dict[str, Any] = {"settings": {**vars(args), "out": str(args.out), "torch": torch.__version__,
+                                            "threads": torch.get_num_threads()}, "runs": []}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        torch.manual_seed(seed)
+        callback = NoiseScaleCallback(every=1, split=True)
+        probe = Probe(lab, collate, args.probe_every, args.rows, args.repeats, args.batch // 2, seed)
+        row = run_arm(Arm("random_b", accumulation=1, coreset=None), seed, lab, args.steps,
+                      callbacks=[probe, callback])
+        results["runs"].append({
+            "seed": seed, "val_loss_natural": row.get("val_loss_natural"), "val_loss_mean": row.get("val_loss_mean"),
+            "probes": probe.records, "callback": callback.history,
+        })
+        args.out.write_text(json.dumps(results, indent=1, default=str))
+
+
+def relation(args: argparse.Namespace) -> None:
+    lab = json.loads(args.lab.read_text())
+    runs: list[dict[str, Any]] = []
+    for path in args.quality:
+        runs += json.loads(Path(path).read_text())["runs"]
+    from quality import training_rows, with_natural
+
+    runs = with_natural(runs, training_rows(128))
+    by_seed: dict[str, dict[int, dict[str, float]]] = {}
+    for r in runs:
+        if r["arm"] in ("random_b", "random_2b") and r.get("budget", "steps") == "steps" and r.get("steps", 100) == 100:
+            by_seed.setdefault(r["arm"], {})[r["seed"]] = r
+    seeds = sorted(set(by_seed.get("random_b", {})) & set(by_seed.get("random_2b", {})))
+    b = lab["settings"]["batch"]
+    print(f"tiny lab, batch b = {b}, 100 steps; random 2b = accumulation 2 at equal steps ({len(seeds)} paired seeds)")
+    for key in ("val_loss_natural", "val_loss_mean"):
+        gains = [by_seed["random_b"][s][key] - by_seed["random_2b"][s][key] for s in seeds]
+        sd = statistics.stdev(gains) if len(gains) > 1 else math.nan
+        print(f"  gain of 2b over b ({key}): {statistics.fmean(gains):+.3f} "
+              f"(sd {sd:.3f}, 95% t interval +-{2.262 * sd / math.sqrt(len(gains)):.3f})")
+    steps = sorted({p["step"] for run in lab["runs"] for p in run["probes"]})
+    print("\n| step | B_simple per-example (full) | B / b | predicted step ratio of 2b over b, (1+B/b)/(1+B/2b) |")
+    print("|---|---|---|---|")
+    ratios = []
+    for step in steps:
+        vals = [p["per_example_full"]["b_simple"] for run in lab["runs"] for p in run["probes"] if p["step"] == step]
+        bs = statistics.fmean(vals)
+        pred = (1 + bs / b) / (1 + bs / (2 * b))
+        if step > 0:
+            ratios.append(pred)
+        print(f"| {step} | {bs:.0f} | {bs / b:.1f} | {pred:.2f} |")
+    print(f"\nmean predicted step ratio over steps > 0: {statistics.fmean(ratios):.2f} (2 = doubling the batch "
+          "halves the steps needed; 1 = no gain)")
+
+
+def run_cost(args: argparse.Namespace) -> None:
+    from colm.compare.arms import Arm
+    from colm.compare.run import run_arm
+
+    lab = tiny_lab(args.batch, args.lr, args.steps)
+    cases = {"accumulation 2": (Arm("random_2b", accumulation=2, coreset=None), False),
+             "split (accumulation 1)": (Arm("random_b", accumulation=1, coreset=None), True)}
+    out: dict[str, Any] = {"settings": {**vars(args), "out": str(args.out), "torch": torch.__version__,
+                                        "threads": torch.get_num_threads()}, "cases": {}}
+    for name, (arm, split) in cases.items():
+        times: dict[str, list[float]] = {"off": [], "on": []}
+        for rep in range(args.repeats):
+            for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):  # alternate: drift hits both
+                callbacks = [NoiseScaleCallback(every=args.every, split=split)] if mode == "on" else []
+                row = run_arm(arm, 0, lab, args.steps, evaluate=False, callbacks=callbacks)
+                times[mode].append(row["step_s"])
+        off, on = statistics.median(times["off"]), statistics.median(times["on"])
+        out["cases"][name] = {"median_step_s_off": off, "median_step_s_on": on, "ratio": on / off,
+                              "every": args.every, "step_s": times}
+        print(f"{name}: every {args.every}: {on:.4f} s vs {off:.4f} s per step, ratio {on / off:.3f}", flush=True)
+        args.out.write_text(json.dumps(out, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    lab = sub.add_parser("lab")
+    lab.add_argument("--seeds", default="0,1,2")
+    lab.add_argument("--steps", type=int, default=100)
+    lab.add_argument("--batch", type=int, default=16)
+    lab.add_argument("--lr", type=float, default=3e-3)
+    lab.add_argument("--probe-every", type=int, default=10)
+    lab.add_argument("--rows", type=int, default=64)
+    lab.add_argument("--repeats", type=int, default=32)
+    lab.add_argument("--pretrained", action="store_true")
+    lab.add_argument("--out", type=Path, default=RESULTS / "noise_scale_lab.json")
+    rel = sub.add_parser("relation")
+    rel.add_argument("--lab", type=Path, default=RESULTS / "noise_scale_lab.json")
+    rel.add_argument("--quality", nargs="+", default=[
+        str(RESULTS / n) for n in ("quality_runs.json", "quality_random_b_more_a_runs.json",
+                                   "quality_random_b_more_b_runs.json", "quality_random_b_more_c_runs.json")])
+    cost = sub.add_parser("cost")
+    cost.add_argument("--steps", type=int, default=30)
+    cost.add_argument("--batch", type=int, default=16)
+    cost.add_argument("--lr", type=float, default=3e-3)
+    cost.add_argument("--every", type=int, default=10)
+    cost.add_argument("--repeats", type=int, default=5)
+    cost.add_argument("--out", type=Path, default=RESULTS / "noise_scale_cost.json")
+    args = ap.parse_args()
+    hf_logging.set_verbosity_error()
+    {"lab": run_lab, "relation": relation, "cost": run_cost}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
