@@ -45,3 +45,26 @@ def test_negative_noise_scale_every_is_refused(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", *MICRO, "--noise-scale-every", "-1", "--output-dir", tmp_path / "x")
     assert_usage_error(code, err, "--noise-scale-every", ">= 0")
     assert not (tmp_path / "x").exists()
+
+
+def test_compare_says_what_the_noise_scale_predicts_for_the_larger_batch(tmp_path, capsys):
+    from test_cli_compare import MICRO as COMPARE_MICRO
+    from test_cli_compare import run_cli as compare_cli
+    from test_cli_compare import user_folder
+
+    data = user_folder(tmp_path / "my_data")
+    out = tmp_path / "cmp"
+    code, _, err = compare_cli(capsys, "compare", "--data", data, "--arms", "plain,accumulate2", "--baseline",
+                               "plain", "--seeds", "0,1", *COMPARE_MICRO, "--noise-scale-every", "1",
+                               "--noise-scale-split", "--output-dir", out)
+    assert code == 0, err
+    runs = json.loads((out / "report.json").read_text())["runs"]
+    modes = {r["arm"]: r["noise_scale"]["mode"] for r in runs}
+    assert modes == {"plain": "split", "accumulate2": "accumulation"}
+    assert all(r["noise_scale"]["measurements"] == 3 for r in runs)
+    md = (out / "report.md").read_text()
+    assert "## Would a larger batch help? (gradient noise scale)" in md
+    section = md.split("## Would a larger batch help?")[1].split("## Compute per arm")[0]
+    if any(r["noise_scale"]["b_simple_last"] is not None for r in runs):  # 3 tiny steps: may be undefined
+        assert "accumulate2 trains 2x the baseline's rows per step" in section
+        assert "each of its steps is worth about" in section and "natural mixture" in section

@@ -51,10 +51,11 @@ def build_parser():
     from colm.cli import args as cli_args
     from colm.cli import train
     from colm.cli.identity import RunArguments
+    from colm.cli.noise_scale import NoiseScaleArguments
 
     parser = cli_args.ColmArgumentParser.create(
         [cli_args.ModelArguments, cli_args.DataArguments, cli_args.SelectionArguments,
-         RunArguments, cli_args.training_arguments_class(), CompareArguments],
+         RunArguments, cli_args.training_arguments_class(), CompareArguments, NoiseScaleArguments],
         prog="colm compare",
         description=("Train every --arms arm for every --seeds seed from the same initialisation "
                      "and data order, evaluate per source, and write report.md with the "
@@ -76,11 +77,16 @@ def build_parser():
 def parse(argv: Sequence[str]):
     """(model, data, training args, base CoresetConfig, arms, seeds, baseline, budget, intervals,
     exact match)."""
-    return parse_with_resume(argv)[:-1]
+    return parse_all(argv)[:10]
 
 
 def parse_with_resume(argv: Sequence[str]):
     """`parse`, plus --allow-changed-settings (the fields a resumed comparison may change)."""
+    return parse_all(argv)[:11]
+
+
+def parse_all(argv: Sequence[str]):
+    """`parse_with_resume`, plus the noise-scale options (NoiseScaleArguments)."""
     from transformers import TrainingArguments
 
     from colm.cli import args as cli_args
@@ -88,7 +94,8 @@ def parse_with_resume(argv: Sequence[str]):
 
     parser = build_parser()
     # colm train's dataclasses (its RunArguments: --allow-changed-settings for a resumed comparison), then ours
-    model_args, data_args, sel_args, run_args, targs, extra = cli_args.parse_command(parser, argv, 6)
+    model_args, data_args, sel_args, run_args, targs, extra, noise = cli_args.parse_command(parser, argv, 7)
+    noise.check()
     targs.__class__ = TrainingArguments
     from colm.cli.train import check_seeds
 
@@ -128,14 +135,14 @@ def parse_with_resume(argv: Sequence[str]):
                          f"got {extra.exact_match_max_new_tokens}")
     exact = (extra.exact_match_per_source, extra.exact_match_max_new_tokens)
     return (model_args, data_args, targs, base or CoresetConfig(), arms, seeds, baseline, extra.budget, intervals,
-            exact, run_args.allow_changed_settings)
+            exact, run_args.allow_changed_settings, noise)
 
 
 def run(argv: Sequence[str]) -> int:
     from colm.cli.settings import check_train_settings
 
     (model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, exact,
-     allow_changed) = parse_with_resume(argv)
+     allow_changed, noise) = parse_all(argv)
     check_train_settings(model_args, data_args, targs)
     for arm in arms:  # every arm's config is valid before anything loads
         try:
@@ -152,11 +159,11 @@ def run(argv: Sequence[str]) -> int:
 
         ownership.check(out, "colm compare", data_args.overwrite_output_dir)  # e.g. a colm train run's report
         return _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out,
-                        exact, allow_changed)
+                        exact, allow_changed, noise)
 
 
 def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out: Path,
-             exact: tuple[int, int] = (0, 96), allow_changed: str | None = None) -> int:
+             exact: tuple[int, int] = (0, 96), allow_changed: str | None = None, noise: Any = None) -> int:
     from colm.cli import dataprep, modeling
     from colm.cli.train import check_pool, check_small_sources
     from colm.compare import report
@@ -202,6 +209,7 @@ def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, bu
         train_rows=dict(prep.train_stats["per_source"]),
         exact_match_raw=exact_raw, template=data_args.template, max_new_tokens=exact[1],
         max_prompt_length=data_args.max_length,
+        noise_scale=noise if noise is not None and noise.noise_scale_every else None,
     )
     settings = {
         "arms": [a.name for a in arms], "seeds": seeds, "baseline": baseline, "budget": budget,

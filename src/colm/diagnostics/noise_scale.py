@@ -77,12 +77,12 @@ def regime_sentence(b_simple: float, batch: float) -> str:
     """One sentence saying what B_simple means for a run training on `batch` examples per step."""
     where = regime(b_simple, batch)
     if where == "below":
-        return (f"The batch ({batch:g}) is well below the gradient noise scale (B_simple ~ {b_simple:.0f}): "
+        return (f"The batch ({batch:g}) is well below the gradient noise scale (B_simple ~ {b_simple:.3g}): "
                 "a larger effective batch (accumulation, or a coreset imitating one) should pay per step.")
     if where == "far above":
-        return (f"The batch ({batch:g}) is far above the gradient noise scale (B_simple ~ {b_simple:.0f}): "
+        return (f"The batch ({batch:g}) is far above the gradient noise scale (B_simple ~ {b_simple:.3g}): "
                 "a larger batch buys little per step; more small steps pay at equal compute.")
-    return (f"The batch ({batch:g}) is near the gradient noise scale (B_simple ~ {b_simple:.0f}): "
+    return (f"The batch ({batch:g}) is near the gradient noise scale (B_simple ~ {b_simple:.3g}): "
             "a larger batch helps per step, but less than proportionally.")
 
 
