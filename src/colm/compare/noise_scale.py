@@ -48,7 +48,8 @@ def markdown(runs: Sequence[dict[str, Any]], arms: Sequence[dict[str, Any]], bas
     if not measured:
         return lines + ["No arm measured B_simple (an arm with one process and no accumulation needs "
                         "--noise-scale-split).", ""]
-    lines += ["| arm | rows per step | B_simple at the end (mean over seeds) | B_simple / rows |", "|---|---:|---:|---:|"]
+    lines += ["| arm | rows per step | B_simple at the end (mean over seeds) | B_simple / rows |",
+              "|---|---:|---:|---:|"]
     for arm, values in measured.items():
         b = statistics.fmean(values)
         lines.append(f"| {arm} | {rows_per_step[arm]:g} | {b:.3g} | {b / rows_per_step[arm]:.2g} |")
