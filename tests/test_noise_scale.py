@@ -289,3 +289,23 @@ def test_two_ranks_read_local_and_reduced_gradients(tmp_path):
         if accumulation == 1:
             assert {s["b_small"] for s in ranks[0]["steps"]} == {2.0}
             assert {s["b_big"] for s in ranks[0]["steps"]} == {4.0}
+
+
+def test_exact_features_give_a_second_estimate_labelled_as_theirs(tmp_path, monkeypatch):
+    # selection with exact per-example gradient features: the pool's features are per-example
+    # gradients of the last block's value projection; their estimate is logged apart
+    from colm import CoresetConfig
+    from colm.integrations import noise_scale as ns
+
+    seen = []
+    real = ns.per_example_estimates
+    monkeypatch.setattr(ns, "per_example_estimates", lambda g: seen.append(g.shape) or real(g))
+    trainer = coreset_trainer(tmp_path, accumulation=2, every=2, max_steps=4)
+    trainer.coreset_config = CoresetConfig(pool_factor=2, within_source="mean_match", feature="exact",
+                                           selection_seed=7)
+    trainer.selector = None
+    trainer.train()
+    assert trainer.noise_scale.feature_ema.count == 2 and len(seen) == 2
+    assert all(shape[0] == 16 for shape in seen)  # the pool: 2 x 4 x 2 rows
+    logged = [r for r in trainer.state.log_history if "noise_scale/feature_params_trace" in r]
+    assert logged and all("noise_scale/b_simple" in r or "noise_scale/grad_sq" in r for r in logged)

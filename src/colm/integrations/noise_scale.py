@@ -37,7 +37,13 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from colm import distributed
-from colm.diagnostics.noise_scale import NoiseScaleEMA, effective_batch, regime, two_size_estimates
+from colm.diagnostics.noise_scale import (
+    NoiseScaleEMA,
+    effective_batch,
+    per_example_estimates,
+    regime,
+    two_size_estimates,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +72,9 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
         self.split = split
         self.log = log
         self.ema = NoiseScaleEMA(beta=beta)
+        #: The second estimate, from per-example gradients of the parameters colm's selection
+        #: features cover (CoresetTrainer with feature="exact" only): those parameters' noise scale.
+        self.feature_ema = NoiseScaleEMA(beta=beta)
         #: One record per measurement: step, the step's estimates and the averages after it.
         self.history: list[dict[str, float]] = []
         self.mode: str | None = None
@@ -87,11 +96,14 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
 
     @property
     def noise_scale_state(self) -> dict[str, Any]:
-        return {"ema": self.ema.state_dict(), "history": list(self.history), "skipped_clipped": self.skipped_clipped}
+        return {"ema": self.ema.state_dict(), "feature_ema": self.feature_ema.state_dict(),
+                "history": list(self.history), "skipped_clipped": self.skipped_clipped}
 
     @noise_scale_state.setter
     def noise_scale_state(self, value: Mapping[str, Any]) -> None:
         self.ema.load_state_dict(value["ema"])
+        if "feature_ema" in value:
+            self.feature_ema.load_state_dict(value["feature_ema"])
         self.history = [dict(r) for r in value.get("history", [])]
         self.skipped_clipped = int(value.get("skipped_clipped", 0))
 
@@ -215,6 +227,13 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
                 return rows, [t / sum(tokens) for t in tokens]
         return rows, [1.0 / len(rows)] * len(rows)
 
+    def add_feature_estimate(self, step: int, features: torch.Tensor) -> None:
+        """The per-example estimate from a pool's exact gradient features ([n, d], rows drawn at
+        random): the noise scale of the parameters they cover, logged apart as
+        noise_scale/feature_params_*."""
+        if step % self.every == 0 and features.shape[0] >= 2:
+            self.feature_ema.update(*per_example_estimates(features))
+
     def _two_sizes(self, args: Any, model: Any) -> tuple[float, float, float, float] | None:
         """(b_small, |G_small|^2, b_big, |G_big|^2) of this step, in one common scale; None when
         the step cannot be measured."""
@@ -249,9 +268,14 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
     # ---- reporting -----------------------------------------------------------------------------
     def records(self) -> dict[str, float]:
         """The latest averages as `noise_scale/*` log entries (empty before any measurement)."""
+        out: dict[str, float] = {}
+        if self.feature_ema.count:
+            out |= {"feature_params_b_simple": self.feature_ema.b_simple,
+                    "feature_params_grad_sq": self.feature_ema.g2_mean,
+                    "feature_params_trace": self.feature_ema.trace_mean}
         if not self.ema.count:
-            return {}
-        out = {"b_simple": self.ema.b_simple, "grad_sq": self.ema.g2_mean, "trace": self.ema.trace_mean,
+            return {PREFIX + k: v for k, v in out.items() if math.isfinite(v)}
+        out |= {"b_simple": self.ema.b_simple, "grad_sq": self.ema.g2_mean, "trace": self.ema.trace_mean,
                "batch": float(self._batch), "measurements": float(self.ema.count)}
         if self.skipped_clipped:
             out["skipped_clipped"] = float(self.skipped_clipped)
@@ -260,7 +284,7 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
     def on_step_end(self, args, state, control, **kwargs):
         # at the Trainer's logging steps, as a record of its own (a callback cannot add keys to
         # the Trainer's loss record before the report_to callbacks have seen it)
-        if control.should_log and self.log is not None and self.ema.count:
+        if control.should_log and self.log is not None and (self.ema.count or self.feature_ema.count):
             self.log(self.records())
             control.should_log = True  # on_log cleared it: the Trainer's own record is still due
 

@@ -396,6 +396,11 @@ class CoresetTrainerMixin(NoiseScaleSplitMixin, PrivateOverrides):
             placed=placed,
         )  # [N, d]
         scored = None if placed is None else distributed.gather_rows(placed[:, None].to(torch.uint8))[:, 0].bool()
+        if self.noise_scale is not None and self.coreset_config.feature == "exact":
+            # per-example gradients of the rows scored (small sources kept whole are not: then
+            # the estimate covers the large sources' rows only)
+            self.noise_scale.add_feature_estimate(
+                self.state.global_step, features if scored is None else features[scored])
         return features, scored, (time.perf_counter() - start) * 1e3
 
     def _rows_to_score(self, local_rows: list[dict[str, Any]]) -> torch.Tensor | None:
