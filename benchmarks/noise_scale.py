@@ -22,8 +22,12 @@
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/noise_scale.py cost \
         --out benchmarks/results/noise_scale_cost.json
 
-The pretrained lab (SmolLM2-135M + LoRA, benchmarks/pretrained.py) has no stored random b /
-random 2b results yet; `lab --pretrained` runs the same measurement there (a GPU run).
+The pretrained lab (SmolLM2-135M + LoRA) has no stored random b / random 2b results yet. Its
+runs measure B_simple themselves (the two-size estimate, split steps of random_b), a GPU run:
+
+    python benchmarks/pretrained.py --arms random_b,random_2b --seeds 0,1,2 --steps 400 --batch 16 \
+        --max-length 512 --dtype bf16 --noise-scale-every 10 --out benchmarks/results/pretrained_noise.json
+    .venv/bin/python benchmarks/noise_scale.py relation --pretrained benchmarks/results/pretrained_noise.json
 """
 from __future__ import annotations
 
@@ -195,9 +199,6 @@ def run_lab(args: argparse.Namespace) -> None:
     from colm.compare.arms import Arm
     from colm.compare.run import run_arm
 
-    if args.pretrained:
-        raise SystemExit("lab --pretrained: run it on a GPU machine with benchmarks/pretrained.py's lab; "
-                         "see docs/benchmarks.md (pending)")
     lab = tiny_lab(args.batch, args.lr, args.steps)
     collate = DataCollatorForSeq2Seq(lab.tokenizer, padding=True, label_pad_token_id=-100)
     results: dict[str, Any] = {"settings": {**vars(args), "out": str(args.out), "torch": torch.__version__,
@@ -215,39 +216,68 @@ def run_lab(args: argparse.Namespace) -> None:
         args.out.write_text(json.dumps(results, indent=1, default=str))
 
 
-def relation(args: argparse.Namespace) -> None:
-    lab = json.loads(args.lab.read_text())
-    runs: list[dict[str, Any]] = []
-    for path in args.quality:
-        runs += json.loads(Path(path).read_text())["runs"]
-    from quality import training_rows, with_natural
-
-    runs = with_natural(runs, training_rows(128))
-    by_seed: dict[str, dict[int, dict[str, float]]] = {}
+def paired_gain(runs: list[dict[str, Any]], key: str) -> tuple[float, float, int]:
+    """Mean over seeds of random_b minus random_2b (positive: 2b is better), its 95% t half-width
+    and the number of paired seeds."""
+    by: dict[str, dict[int, float]] = {}
     for r in runs:
-        if r["arm"] in ("random_b", "random_2b") and r.get("budget", "steps") == "steps" and r.get("steps", 100) == 100:
-            by_seed.setdefault(r["arm"], {})[r["seed"]] = r
-    seeds = sorted(set(by_seed.get("random_b", {})) & set(by_seed.get("random_2b", {})))
-    b = lab["settings"]["batch"]
-    print(f"tiny lab, batch b = {b}, 100 steps; random 2b = accumulation 2 at equal steps ({len(seeds)} paired seeds)")
+        if r["arm"] in ("random_b", "random_2b") and r.get("budget", "steps") == "steps" \
+                and r.get("steps", 100) == 100 and r.get(key) is not None:
+            by.setdefault(r["arm"], {})[r["seed"]] = r[key]
+    seeds = sorted(set(by.get("random_b", {})) & set(by.get("random_2b", {})))
+    gains = [by["random_b"][s] - by["random_2b"][s] for s in seeds]
+    if len(gains) < 2:
+        return (gains[0] if gains else math.nan), math.nan, len(gains)
+    from scipy import stats as sstats
+
+    half = float(sstats.t.ppf(0.975, len(gains) - 1)) * statistics.stdev(gains) / math.sqrt(len(gains))
+    return statistics.fmean(gains), half, len(gains)
+
+
+def relation_table(curve: dict[int, list[float]], b: int) -> list[str]:
+    """B_simple over training (mean over seeds) next to b and the step worth of 2b."""
+    lines = ["| step | B_simple (mean over seeds) | B / b | one step of 2b is worth (1+B/b)/(1+B/2b) steps of b |",
+             "|---|---:|---:|---:|"]
+    for step in sorted(curve):
+        bs = statistics.fmean(curve[step])
+        lines.append(f"| {step} | {bs:.0f} | {bs / b:.1f} | {(1 + bs / b) / (1 + bs / (2 * b)):.2f} |")
+    return lines
+
+
+def relation(args: argparse.Namespace) -> None:
+    if args.pretrained is not None:
+        data = json.loads(args.pretrained.read_text())
+        runs, b = data["runs"], data["settings"]["batch"]
+        curve: dict[int, list[float]] = {}
+        for r in runs:
+            if r["arm"] == "random_b" and r.get("noise_scale"):
+                for step, bs, *_ in r["noise_scale"]["per_step"]:
+                    if math.isfinite(bs) and step % args.every == 0:
+                        curve.setdefault(step, []).append(bs)
+        if not curve:
+            raise SystemExit(f"{args.pretrained}: no random_b run with noise_scale; train with "
+                             "benchmarks/pretrained.py --arms random_b,random_2b --noise-scale-every 10")
+        title = f"pretrained lab ({args.pretrained}), b = {b}; B_simple: random_b's two-size moving average"
+    else:
+        lab = json.loads(args.lab.read_text())
+        b = lab["settings"]["batch"]
+        runs = []
+        for path in args.quality:
+            runs += json.loads(Path(path).read_text())["runs"]
+        from quality import training_rows, with_natural
+
+        runs = with_natural(runs, training_rows(128))
+        curve = {}
+        for run in lab["runs"]:
+            for p in run["probes"]:
+                curve.setdefault(p["step"], []).append(p["per_example_full"]["b_simple"])
+        title = f"tiny lab, b = {b}; B_simple: full per-example gradients ({args.lab})"
+    print(title)
     for key in ("val_loss_natural", "val_loss_mean"):
-        gains = [by_seed["random_b"][s][key] - by_seed["random_2b"][s][key] for s in seeds]
-        sd = statistics.stdev(gains) if len(gains) > 1 else math.nan
-        print(f"  gain of 2b over b ({key}): {statistics.fmean(gains):+.3f} "
-              f"(sd {sd:.3f}, 95% t interval +-{2.262 * sd / math.sqrt(len(gains)):.3f})")
-    steps = sorted({p["step"] for run in lab["runs"] for p in run["probes"]})
-    print("\n| step | B_simple per-example (full) | B / b | predicted step ratio of 2b over b, (1+B/b)/(1+B/2b) |")
-    print("|---|---|---|---|")
-    ratios = []
-    for step in steps:
-        vals = [p["per_example_full"]["b_simple"] for run in lab["runs"] for p in run["probes"] if p["step"] == step]
-        bs = statistics.fmean(vals)
-        pred = (1 + bs / b) / (1 + bs / (2 * b))
-        if step > 0:
-            ratios.append(pred)
-        print(f"| {step} | {bs:.0f} | {bs / b:.1f} | {pred:.2f} |")
-    print(f"\nmean predicted step ratio over steps > 0: {statistics.fmean(ratios):.2f} (2 = doubling the batch "
-          "halves the steps needed; 1 = no gain)")
+        gain, half, n = paired_gain(runs, key)
+        print(f"  gain of random 2b over random b at equal steps ({key}): {gain:+.3f} +- {half:.3f} ({n} seeds)")
+    print()
+    print("\n".join(relation_table(curve, b)))
 
 
 def run_cost(args: argparse.Namespace) -> None:
@@ -284,10 +314,12 @@ def main() -> None:
     lab.add_argument("--probe-every", type=int, default=10)
     lab.add_argument("--rows", type=int, default=64)
     lab.add_argument("--repeats", type=int, default=32)
-    lab.add_argument("--pretrained", action="store_true")
     lab.add_argument("--out", type=Path, default=RESULTS / "noise_scale_lab.json")
     rel = sub.add_parser("relation")
     rel.add_argument("--lab", type=Path, default=RESULTS / "noise_scale_lab.json")
+    rel.add_argument("--pretrained", type=Path, default=None,
+                     help="benchmarks/pretrained.py's --out (random_b and random_2b with --noise-scale-every)")
+    rel.add_argument("--every", type=int, default=10, help="with --pretrained: the table's step spacing")
     rel.add_argument("--quality", nargs="+", default=[
         str(RESULTS / n) for n in ("quality_runs.json", "quality_random_b_more_a_runs.json",
                                    "quality_random_b_more_b_runs.json", "quality_random_b_more_c_runs.json")])

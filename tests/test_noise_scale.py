@@ -309,3 +309,48 @@ def test_exact_features_give_a_second_estimate_labelled_as_theirs(tmp_path, monk
     assert all(shape[0] == 16 for shape in seen)  # the pool: 2 x 4 x 2 rows
     logged = [r for r in trainer.state.log_history if "noise_scale/feature_params_trace" in r]
     assert logged and all("noise_scale/b_simple" in r or "noise_scale/grad_sq" in r for r in logged)
+
+
+def test_the_pretrained_script_records_the_noise_scale_of_random_b(tmp_path, monkeypatch):
+    # benchmarks/pretrained.py --noise-scale-every: the runs carry B_simple per measured step,
+    # which `benchmarks/noise_scale.py relation --pretrained` reads
+    pytest.importorskip("gguf")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_pretrained_script import load_script
+    from tiny_gguf import write_tiny_llama
+
+    monkeypatch.setenv("COLM_CACHE", str(tmp_path / "cache"))
+    script = load_script()
+    model = tmp_path / "tiny.gguf"
+    write_tiny_llama(model)
+    out = tmp_path / "results.json"
+    code = script.main(["--toy", "--model", str(model), "--out", str(out), "--lora-r", "2", "--template", "chat",
+                        "--max-length", "512", "--workdir", str(tmp_path / "work"), "--arms", "random_b,random_2b",
+                        "--seeds", "0", "--noise-scale-every", "1"])
+    assert code in (0, None)
+    runs = {r["arm"]: r for r in json.loads(out.read_text())["runs"]}
+    assert runs["random_b"]["noise_scale"]["mode"] == "split"
+    assert runs["random_2b"]["noise_scale"]["mode"] == "accumulation"
+    steps = runs["random_b"]["steps"] if "steps" in runs["random_b"] else None
+    per_step = runs["random_b"]["noise_scale"]["per_step"]
+    assert per_step and all(len(p) == 4 for p in per_step) and (steps is None or len(per_step) <= steps)
+    # and the relation table reads them
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("noise_scale_benchmark",
+                                                  Path(__file__).parents[1] / "benchmarks" / "noise_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    finite = [p for p in per_step if math.isfinite(p[1])]
+    if finite:  # a toy run's average may still be undefined
+        bench.relation(argparse.Namespace(pretrained=out, every=1, lab=None, quality=[]))
+
+
+def test_b_simple_is_undefined_while_an_average_is_not_positive():
+    ema = NoiseScaleEMA()
+    ema.update(-1.0, 5.0)
+    assert math.isnan(ema.b_simple)
+    ema = NoiseScaleEMA()
+    ema.update(1.0, -5.0)
+    assert math.isnan(ema.b_simple)

@@ -122,9 +122,9 @@ class NoiseScaleEMA:
 
     @property
     def b_simple(self) -> float:
-        """tr(Sigma) / |G|^2 of the averages; nan before any measurement or while the averaged
-        |G|^2 is not positive (the noise still swamps the signal)."""
-        if not self.count or self.g2 <= 0:
+        """tr(Sigma) / |G|^2 of the averages; nan before any measurement or while either average
+        is not positive (the measurements' noise still swamps what they measure)."""
+        if not self.count or self.g2 <= 0 or self.trace <= 0:
             return math.nan
         return self.trace / self.g2  # the bias corrections cancel
 
