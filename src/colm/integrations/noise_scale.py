@@ -126,7 +126,11 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
         self._batch = int(args.per_device_train_batch_size) * accumulation * world
         self._model = model
         self._restored = False
-        if accumulation >= 2:
+        if model is not None and _sharded(model):
+            self.mode = None
+            logger.warning("noise scale: the model's parameters are sharded (FSDP2), so a gradient "
+                           "norm needs a reduction the callback does not do; nothing is measured")
+        elif accumulation >= 2:
             self.mode = "accumulation"
         elif world >= 2:
             self.mode = "ddp"
@@ -293,6 +297,14 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
         if not self.ema.count or not math.isfinite(self.ema.b_simple):
             return None
         return regime(self.ema.b_simple, self._batch)
+
+
+def _sharded(model: torch.nn.Module) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def add_noise_scale(trainer: Any, every: int = 10, beta: float = 0.9, split: bool = False) -> NoiseScaleCallback:
