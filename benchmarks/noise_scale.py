@@ -46,7 +46,11 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from colm.diagnostics.noise_scale import per_example_estimates, two_size_estimates  # noqa: E402
+from colm.diagnostics.noise_scale import (  # noqa: E402
+    per_example_estimates,
+    pooled_b_simple,
+    two_size_estimates,
+)
 from colm.features.full import per_example_summed_nll_gradients, trainable_parameters  # noqa: E402
 from colm.features.structure import find_decoder_stack  # noqa: E402
 from colm.features.targets import find_target_parameters  # noqa: E402
@@ -55,20 +59,16 @@ from colm.integrations.noise_scale import NoiseScaleCallback  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
-def bootstrap_ratio(g2: list[float], trace: list[float], draws: int = 500, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of mean(trace) / mean(g2) over paired samples."""
-    gen = torch.Generator().manual_seed(seed)
-    n = len(g2)
-    a, b = torch.tensor(g2, dtype=torch.float64), torch.tensor(trace, dtype=torch.float64)
-    idx = torch.randint(0, n, (draws, n), generator=gen)
-    ratios = b[idx].mean(1) / a[idx].mean(1)
-    ratios = torch.where(a[idx].mean(1) > 0, ratios, torch.tensor(math.inf, dtype=torch.float64))
-    q = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64))
-    return float(q[0]), float(q[1])
+def ratio_interval(g2: float, g2_se: float, trace: float, trace_se: float) -> list[float]:
+    """A conservative 95% interval of trace / g2 from normal intervals of each: the ratio of
+    their ends (upper end inf while g2's interval reaches 0)."""
+    g_lo, g_hi = g2 - 1.96 * g2_se, g2 + 1.96 * g2_se
+    t_lo, t_hi = max(0.0, trace - 1.96 * trace_se), trace + 1.96 * trace_se
+    return [t_lo / g_hi if g_hi > 0 else math.inf, t_hi / g_lo if g_lo > 0 else math.inf]
 
 
 def gram_estimates(gram: torch.Tensor, counts: torch.Tensor) -> tuple[float, float]:
-    """(|G|^2, tr(Sigma)) of the rows drawn `counts[i]` times each, from their Gram matrix
+    """(|G|^2, tr(Sigma)) of the rows weighted by `counts` (0/1), from their Gram matrix
     (per_example_estimates' formulas, without touching the long gradient vectors)."""
     n = float(counts.sum())
     mean_sq = float(counts @ gram @ counts) / n**2
@@ -76,17 +76,21 @@ def gram_estimates(gram: torch.Tensor, counts: torch.Tensor) -> tuple[float, flo
     return mean_sq - trace / n, trace
 
 
-def per_example_bootstrap(gram: torch.Tensor, draws: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval over the rows of the per-example B_simple."""
-    gen = torch.Generator().manual_seed(seed)
+def jackknife(gram: torch.Tensor) -> tuple[float, float]:
+    """Jackknife standard errors of the per-example |G|^2 and tr(Sigma) estimates (both
+    U-statistics: every leave-one-out estimate is unbiased too)."""
     n = gram.shape[0]
+    loo = []
+    for i in range(n):
+        counts = torch.ones(n, dtype=torch.float64)
+        counts[i] = 0
+        loo.append(gram_estimates(gram, counts))
     out = []
-    for _ in range(draws):
-        counts = torch.bincount(torch.randint(0, n, (n,), generator=gen), minlength=n).double()
-        g2, trace = gram_estimates(gram, counts)
-        out.append(trace / g2 if g2 > 0 else math.inf)
-    q = torch.quantile(torch.tensor(out, dtype=torch.float64), torch.tensor([0.025, 0.975], dtype=torch.float64))
-    return float(q[0]), float(q[1])
+    for k in range(2):
+        values = [v[k] for v in loo]
+        mean = statistics.fmean(values)
+        out.append(math.sqrt((n - 1) / n * sum((v - mean) ** 2 for v in values)))
+    return out[0], out[1]
 
 
 class Probe(TrainerCallback):
@@ -136,9 +140,10 @@ class Probe(TrainerCallback):
             if not self.records and name == "full":  # once: the Gram route is per_example_estimates
                 direct = per_example_estimates(sub)
                 assert math.isclose(direct[1], trace, rel_tol=1e-6), (direct, trace)
-            lo, hi = per_example_bootstrap(gram)
-            record[f"per_example_{name}"] = {"b_simple": trace / g2 if g2 > 0 else math.inf, "g2": g2,
-                                             "trace": trace, "ci": [lo, hi], "params": int(sub.shape[1])}
+            g2_se, trace_se = jackknife(gram)
+            record[f"per_example_{name}"] = {
+                "b_simple": trace / g2 if g2 > 0 else math.inf, "g2": g2, "trace": trace, "g2_se": g2_se,
+                "trace_se": trace_se, "ci": ratio_interval(g2, g2_se, trace, trace_se), "params": int(sub.shape[1])}
         # the two-size estimate at the same weights, repeated on fresh batches
         model.train()
         g2s, traces = [], []
@@ -161,10 +166,11 @@ class Probe(TrainerCallback):
             g2, trace = two_size_estimates(self.half, float(small.square().sum()), b_big, float(big.square().sum()))
             g2s.append(g2)
             traces.append(trace)
-        lo, hi = bootstrap_ratio(g2s, traces)
         g2m, trm = statistics.fmean(g2s), statistics.fmean(traces)
+        g2_se, trace_se = (statistics.stdev(v) / math.sqrt(len(v)) for v in (g2s, traces))
         record["two_size"] = {"b_simple": trm / g2m if g2m > 0 else math.inf, "g2": g2m, "trace": trm,
-                              "ci": [lo, hi], "repeats": self.repeats}
+                              "g2_se": g2_se, "trace_se": trace_se, "ci": ratio_interval(g2m, g2_se, trm, trace_se),
+                              "repeats": self.repeats, "g2_each": g2s, "trace_each": traces}
         record["seconds"] = time.perf_counter() - t0
         model.train(was_training)
         print(json.dumps({"step": step, **{k: round(v["b_simple"], 1) for k, v in record.items()
@@ -248,16 +254,20 @@ def relation(args: argparse.Namespace) -> None:
     if args.pretrained is not None:
         data = json.loads(args.pretrained.read_text())
         runs, b = data["runs"], data["settings"]["batch"]
-        curve: dict[int, list[float]] = {}
+        pooled: dict[int, tuple[list[float], list[float]]] = {}
         for r in runs:
             if r["arm"] == "random_b" and r.get("noise_scale"):
-                for step, bs, *_ in r["noise_scale"]["per_step"]:
-                    if math.isfinite(bs) and step % args.every == 0:
-                        curve.setdefault(step, []).append(bs)
+                for step, g2, trace, *_ in r["noise_scale"]["per_step"]:
+                    window = pooled.setdefault(step // args.every * args.every, ([], []))
+                    window[0].append(g2)
+                    window[1].append(trace)
+        # each window of --every steps pools its measurements over steps and seeds
+        curve = {step: [pooled_b_simple(*pair)] for step, pair in pooled.items()}
         if not curve:
             raise SystemExit(f"{args.pretrained}: no random_b run with noise_scale; train with "
                              "benchmarks/pretrained.py --arms random_b,random_2b --noise-scale-every 10")
-        title = f"pretrained lab ({args.pretrained}), b = {b}; B_simple: random_b's two-size moving average"
+        title = (f"pretrained lab ({args.pretrained}), b = {b}; B_simple: random_b's two-size estimates, "
+                 f"pooled over seeds and windows of {args.every} steps")
     else:
         lab = json.loads(args.lab.read_text())
         b = lab["settings"]["batch"]

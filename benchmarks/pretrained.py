@@ -218,7 +218,8 @@ def noise_scale_row(callback: Any) -> dict[str, Any]:
     from colm.compare.noise_scale import arm_row_summary
 
     return {**(arm_row_summary(callback) or {}),
-            "per_step": [[h["step"], h["b_simple"], h["b_small"], h["b_big"]] for h in callback.history]}
+            "per_step": [[h["step"], h["grad_sq_step"], h["trace_step"], h["b_small"], h["b_big"]]
+                         for h in callback.history]}
 
 
 def _source_rows(dataset: Any) -> dict[str, int]:

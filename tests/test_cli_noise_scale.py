@@ -65,6 +65,6 @@ def test_compare_says_what_the_noise_scale_predicts_for_the_larger_batch(tmp_pat
     md = (out / "report.md").read_text()
     assert "## Would a larger batch help? (gradient noise scale)" in md
     section = md.split("## Would a larger batch help?")[1].split("## Compute per arm")[0]
-    if any(r["noise_scale"]["b_simple_last"] is not None for r in runs):  # 3 tiny steps: may be undefined
+    if any(r["noise_scale"]["b_simple_late"] is not None for r in runs):  # 3 tiny steps: may be undefined
         assert "accumulate2 trains 2x the baseline's rows per step" in section
         assert "each of its steps is worth about" in section and "natural mixture" in section

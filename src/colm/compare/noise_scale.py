@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from colm.diagnostics.noise_scale import regime_sentence
+from colm.diagnostics.noise_scale import pooled_b_simple, regime_sentence
 
 
 def arm_row_summary(callback: Any) -> dict[str, Any] | None:
@@ -21,10 +21,12 @@ def arm_row_summary(callback: Any) -> dict[str, Any] | None:
     if callback is None:
         return None
     history = callback.history
-    finite = [h["b_simple"] for h in history if math.isfinite(h["b_simple"])]
+    late = history[len(history) // 2:]
+    b_late = pooled_b_simple([h["grad_sq_step"] for h in late], [h["trace_step"] for h in late])
     return {"mode": callback.mode, "measurements": callback.ema.count,
-            "b_simple_last": finite[-1] if finite else None,
-            "b_simple_median": statistics.median(finite) if finite else None,
+            "b_simple_late": b_late if math.isfinite(b_late) else None,
+            "grad_sq_late": statistics.fmean(h["grad_sq_step"] for h in late) if late else None,
+            "trace_late": statistics.fmean(h["trace_step"] for h in late) if late else None,
             "batch": float(history[-1]["batch"]) if history else None}
 
 
@@ -35,27 +37,30 @@ def step_worth(b_simple: float, batch: float, larger: float) -> float:
 
 def markdown(runs: Sequence[dict[str, Any]], arms: Sequence[dict[str, Any]], baseline: str) -> list[str]:
     """Lines of report.md (none when no run measured the noise scale)."""
-    measured: dict[str, list[float]] = {}
+    components: dict[str, tuple[list[float], list[float]]] = {}
     rows_per_step: dict[str, float] = {}
     for r in runs:
         rows_per_step[r["arm"]] = float(r.get("train_rows_per_step") or 0)
         ns = r.get("noise_scale") or {}
-        if ns.get("b_simple_last") is not None:
-            measured.setdefault(r["arm"], []).append(ns["b_simple_last"])
+        if ns.get("grad_sq_late") is not None:
+            g2s, traces = components.setdefault(r["arm"], ([], []))
+            g2s.append(ns["grad_sq_late"])
+            traces.append(ns["trace_late"])
+    # pooled over seeds: the ratio of the mean estimates (one seed's is noisy)
+    measured = {arm: b for arm, (g2s, traces) in components.items() if math.isfinite(b := pooled_b_simple(g2s, traces))}
     if not any(r.get("noise_scale") for r in runs):
         return []
     lines = ["## Would a larger batch help? (gradient noise scale)", ""]
     if not measured:
         return lines + ["No arm measured B_simple (an arm with one process and no accumulation needs "
                         "--noise-scale-split).", ""]
-    lines += ["| arm | rows per step | B_simple at the end (mean over seeds) | B_simple / rows |",
+    lines += ["| arm | rows per step | B_simple, later half of the run (pooled over seeds) | B_simple / rows |",
               "|---|---:|---:|---:|"]
-    for arm, values in measured.items():
-        b = statistics.fmean(values)
+    for arm, b in measured.items():
         lines.append(f"| {arm} | {rows_per_step[arm]:g} | {b:.3g} | {b / rows_per_step[arm]:.2g} |")
     lines.append("")
     source = baseline if baseline in measured else next(iter(measured))
-    b_simple = statistics.fmean(measured[source])
+    b_simple = measured[source]
     base_rows = rows_per_step.get(baseline) or rows_per_step[source]
     lines.append(regime_sentence(b_simple, base_rows) + f" (B_simple from {source}.)")
     natural = {a["arm"]: a["losses"]["val_loss_natural"].get("paired") for a in arms}

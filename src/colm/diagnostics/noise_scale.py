@@ -63,6 +63,16 @@ def per_example_estimates(grads: torch.Tensor) -> tuple[float, float]:
     return float(mean.square().sum()) - trace / n, trace
 
 
+def pooled_b_simple(g2s: list[float], traces: list[float]) -> float:
+    """B_simple of many single-step estimates: the ratio of their means (nan while either mean
+    is not positive). Far less noisy than a short moving average when each step's estimate is
+    noisy, as it is when the batch is well below B_simple."""
+    if not g2s:
+        return math.nan
+    g2, trace = sum(g2s) / len(g2s), sum(traces) / len(traces)
+    return trace / g2 if g2 > 0 and trace > 0 else math.nan
+
+
 def regime(b_simple: float, batch: float) -> str:
     """'below', 'near' or 'far above': where `batch` stands relative to B_simple."""
     ratio = b_simple / batch
