@@ -18,6 +18,7 @@
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/noise_scale.py lab \
         --seeds 0,1,2 --out benchmarks/results/noise_scale_lab.json
+    .venv/bin/python benchmarks/noise_scale.py summarize --lab benchmarks/results/noise_scale_lab.json
     .venv/bin/python benchmarks/noise_scale.py relation --lab benchmarks/results/noise_scale_lab.json
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/noise_scale.py cost \
         --out benchmarks/results/noise_scale_cost.json
@@ -222,6 +223,61 @@ def run_lab(args: argparse.Namespace) -> None:
         args.out.write_text(json.dumps(results, indent=1, default=str))
 
 
+def pooled(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several measurements (seeds, steps) of one estimator pooled: the mean |G|^2 and tr(Sigma)
+    estimates, their standard errors (independent measurements) and B_simple with its interval."""
+    k = len(records)
+    g2 = statistics.fmean(r["g2"] for r in records)
+    trace = statistics.fmean(r["trace"] for r in records)
+    g2_se = math.sqrt(sum(r["g2_se"] ** 2 for r in records)) / k
+    trace_se = math.sqrt(sum(r["trace_se"] ** 2 for r in records)) / k
+    b = trace / g2 if g2 > 0 and trace > 0 else math.inf
+    return {"b_simple": b, "ci": ratio_interval(g2, g2_se, trace, trace_se), "g2": g2, "trace": trace}
+
+
+ESTIMATORS = (("per_example_full", "per-example, all parameters"), ("two_size", "two-size (8 of 16, 32 batches)"),
+              ("per_example_last_block", "per-example, last block"),
+              ("per_example_feature_params", "per-example, feature parameters (last v_proj)"))
+
+
+def summarize_lab(args: argparse.Namespace) -> None:
+    """Markdown: per probed step, every estimator pooled over seeds, with intervals; then pooled
+    over the later steps, and the last-layer estimates' ratio to the full one."""
+    lab = json.loads(args.lab.read_text())
+    runs = lab["runs"]
+    fmt = (lambda x: f"{x['b_simple']:.0f} [{x['ci'][0]:.0f}, "
+           f"{'inf' if math.isinf(x['ci'][1]) else format(x['ci'][1], '.0f')}]")
+    print(f"{len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)}); B_simple [95% interval], pooled over seeds")
+    print("\n| step | " + " | ".join(t for _, t in ESTIMATORS) + " |")
+    print("|---|" + "---|" * len(ESTIMATORS))
+    steps = sorted({p["step"] for r in runs for p in r["probes"]})
+    for step in steps:
+        probes = [p for r in runs for p in r["probes"] if p["step"] == step]
+        print(f"| {step} | " + " | ".join(fmt(pooled([p[k] for p in probes])) for k, _ in ESTIMATORS) + " |")
+    for lo, hi in ((10, 40), (50, 100)):
+        probes = [p for r in runs for p in r["probes"] if lo <= p["step"] <= hi]
+        cells = {k: pooled([p[k] for p in probes]) for k, _ in ESTIMATORS}
+        print(f"| {lo}-{hi} pooled | " + " | ".join(fmt(cells[k]) for k, _ in ESTIMATORS) + " |")
+        full = cells["per_example_full"]["b_simple"]
+        print(f"\nsteps {lo}-{hi}: two-size / per-example {cells['two_size']['b_simple'] / full:.2f}; last block / "
+              f"all parameters {cells['per_example_last_block']['b_simple'] / full:.2f}; feature parameters / all "
+              f"{cells['per_example_feature_params']['b_simple'] / full:.2f}")
+    callback = [h for r in runs for h in r["callback"]]
+    print("\nthe callback during training (every step, halves of 8 of the step's batch):")
+    for lo, hi in ((10, 40), (50, 100)):
+        at = [h for h in callback if lo <= h["step"] <= hi and h["step"] % 10 == 0]
+        g2, tr = statistics.fmean(h["grad_sq_step"] for h in at), statistics.fmean(h["trace_step"] for h in at)
+        print(f"  at the probed steps {lo}-{hi} ({len(at)} single measurements): ratio of means "
+              f"{tr / g2 if g2 > 0 else math.inf:.0f}")
+    for lo, hi in ((0, 9), (10, 39), (40, 69), (70, 99)):
+        part = [h for h in callback if lo <= h["step"] <= hi]
+        g2s, trs = [h["grad_sq_step"] for h in part], [h["trace_step"] for h in part]
+        plain = statistics.fmean(trs) / statistics.fmean(g2s)
+        print(f"  steps {lo}-{hi}: pooled (median of means) {pooled_b_simple(g2s, trs):.0f}, plain ratio of "
+              f"means {plain:.0f} ({len(part)} measurements; largest |G_big|^2 "
+              f"{max(h['grad_sq_big'] for h in part):.3g}, median {statistics.median(h['grad_sq_big'] for h in part):.3g})")
+
+
 def paired_gain(runs: list[dict[str, Any]], key: str) -> tuple[float, float, int]:
     """Mean over seeds of random_b minus random_2b (positive: 2b is better), its 95% t half-width
     and the number of paired seeds."""
@@ -290,13 +346,26 @@ def relation(args: argparse.Namespace) -> None:
     print("\n".join(relation_table(curve, b)))
 
 
+class TrainingClock(TrainerCallback):
+    """Wall and process CPU seconds from on_train_begin to on_train_end (training only)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = (time.perf_counter(), time.process_time())
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.wall = time.perf_counter() - self.start[0]
+        self.cpu = time.process_time() - self.start[1]
+
+
 def run_cost(args: argparse.Namespace) -> None:
-    """Training wall time with the callback over without it: each repeat runs both (alternating
-    which goes first, so drift hits both), the ratio is of the medians over repeats. The wall
-    time covers every step, measured or not; `every 1` gives the cost of a measured step."""
+    """Training time with the callback over without it: each repeat runs both (alternating which
+    goes first, so drift hits both), the ratio is of the medians over repeats. The time covers
+    every step, measured or not; `every 1` gives the cost of a measured step. Process CPU time
+    (one thread) is the headline: on a shared machine wall time mostly measures the neighbours."""
     from colm.compare.arms import Arm
     from colm.compare.run import run_arm
 
+    torch.set_num_threads(1)
     lab = tiny_lab(args.batch, args.lr, args.steps)
     cases = {"accumulation 2": (Arm("random_2b", accumulation=2, coreset=None), False),
              "split (accumulation 1)": (Arm("random_b", accumulation=1, coreset=None), True)}
@@ -304,17 +373,20 @@ def run_cost(args: argparse.Namespace) -> None:
                                         "threads": torch.get_num_threads()}, "cases": {}}
     for name, (arm, split) in cases.items():
         for every in args.every:
-            wall: dict[str, list[float]] = {"off": [], "on": []}
+            times: dict[str, dict[str, list[float]]] = {m: {"cpu": [], "wall": []} for m in ("off", "on")}
             for rep in range(args.repeats):
                 for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):
-                    callbacks = [NoiseScaleCallback(every=every, split=split)] if mode == "on" else []
-                    row = run_arm(arm, 0, lab, args.steps, evaluate=False, callbacks=callbacks)
-                    wall[mode].append(row["wall_s"])
-            off, on = statistics.median(wall["off"]), statistics.median(wall["on"])
-            out["cases"][f"{name}, every {every}"] = {"median_wall_s_off": off, "median_wall_s_on": on,
-                                                      "ratio": on / off, "wall_s": wall}
-            print(f"{name}, every {every}: {on:.2f} s vs {off:.2f} s for {args.steps} steps, ratio {on / off:.3f}",
-                  flush=True)
+                    clock = TrainingClock()
+                    callbacks = [clock] + ([NoiseScaleCallback(every=every, split=split)] if mode == "on" else [])
+                    run_arm(arm, 0, lab, args.steps, evaluate=False, callbacks=callbacks)
+                    times[mode]["cpu"].append(clock.cpu)
+                    times[mode]["wall"].append(clock.wall)
+            ratio = {k: statistics.median(times["on"][k]) / statistics.median(times["off"][k]) for k in ("cpu", "wall")}
+            out["cases"][f"{name}, every {every}"] = {"ratio_cpu": ratio["cpu"], "ratio_wall": ratio["wall"],
+                                                      "seconds": times}
+            print(f"{name}, every {every}: CPU time ratio {ratio['cpu']:.3f} (median of {args.repeats}: "
+                  f"{statistics.median(times['on']['cpu']):.2f} s vs {statistics.median(times['off']['cpu']):.2f} s "
+                  f"for {args.steps} steps); wall ratio {ratio['wall']:.3f}", flush=True)
             args.out.write_text(json.dumps(out, indent=1))
 
 
@@ -332,6 +404,8 @@ def main() -> None:
     lab.add_argument("--out", type=Path, default=RESULTS / "noise_scale_lab.json")
     rel = sub.add_parser("relation")
     rel.add_argument("--lab", type=Path, default=RESULTS / "noise_scale_lab.json")
+    summ = sub.add_parser("summarize")
+    summ.add_argument("--lab", type=Path, default=RESULTS / "noise_scale_lab.json")
     rel.add_argument("--pretrained", type=Path, default=None,
                      help="benchmarks/pretrained.py's --out (random_b and random_2b with --noise-scale-every)")
     rel.add_argument("--every", type=int, default=10, help="with --pretrained: the table's step spacing")
@@ -347,7 +421,7 @@ def main() -> None:
     cost.add_argument("--out", type=Path, default=RESULTS / "noise_scale_cost.json")
     args = ap.parse_args()
     hf_logging.set_verbosity_error()
-    {"lab": run_lab, "relation": relation, "cost": run_cost}[args.command](args)
+    {"lab": run_lab, "summarize": summarize_lab, "relation": relation, "cost": run_cost}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -352,3 +352,14 @@ def test_b_simple_is_undefined_while_an_average_is_not_positive():
     ema = NoiseScaleEMA()
     ema.update(1.0, -5.0)
     assert math.isnan(ema.b_simple)
+
+
+def test_pooled_b_simple_is_not_decided_by_one_spike():
+    from colm.diagnostics.noise_scale import pooled_b_simple
+
+    g2s, traces = [1.0] * 20, [50.0] * 20
+    assert pooled_b_simple(g2s, traces) == pytest.approx(50.0)
+    g2s[3], traces[3] = -500.0, 5000.0  # one step's spike: the plain ratio of means turns negative
+    assert sum(traces) / sum(g2s) < 0
+    assert pooled_b_simple(g2s, traces) == pytest.approx(50.0)
+    assert pooled_b_simple([1.0, 3.0], [10.0, 10.0]) == pytest.approx(5.0)  # few: the plain means

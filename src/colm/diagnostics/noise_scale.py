@@ -63,14 +63,31 @@ def per_example_estimates(grads: torch.Tensor) -> tuple[float, float]:
     return float(mean.square().sum()) - trace / n, trace
 
 
-def pooled_b_simple(g2s: list[float], traces: list[float]) -> float:
-    """B_simple of many single-step estimates: the ratio of their means (nan while either mean
-    is not positive). Far less noisy than a short moving average when each step's estimate is
-    noisy, as it is when the batch is well below B_simple."""
+def pooled_b_simple(g2s: list[float], traces: list[float], groups: int = 5) -> float:
+    """B_simple of many single-step estimates: the ratio of their means, each mean taken as the
+    median of `groups` consecutive group means when there are at least 2 x `groups` estimates
+    (median of means: a few steps with a gradient spike, common early in training, would
+    otherwise decide the ratio); nan while either is not positive. Far less noisy than a short
+    moving average when each step's estimate is noisy, as it is when the batch is well below
+    B_simple."""
     if not g2s:
         return math.nan
-    g2, trace = sum(g2s) / len(g2s), sum(traces) / len(traces)
+    g2, trace = _median_of_means(g2s, groups), _median_of_means(traces, groups)
     return trace / g2 if g2 > 0 and trace > 0 else math.nan
+
+
+def _median_of_means(values: list[float], groups: int) -> float:
+    if len(values) < 2 * groups:
+        return sum(values) / len(values)
+    base, extra = divmod(len(values), groups)
+    means, start = [], 0
+    for g in range(groups):
+        size = base + (1 if g < extra else 0)
+        means.append(sum(values[start:start + size]) / size)
+        start += size
+    means.sort()
+    mid = len(means) // 2
+    return means[mid] if len(means) % 2 else (means[mid - 1] + means[mid]) / 2
 
 
 def regime(b_simple: float, batch: float) -> str:
