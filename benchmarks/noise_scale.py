@@ -298,7 +298,7 @@ def paired_gain(runs: list[dict[str, Any]], key: str) -> tuple[float, float, int
 
 def relation_table(curve: dict[int, list[float]], b: int) -> list[str]:
     """B_simple over training (mean over seeds) next to b and the step worth of 2b."""
-    lines = ["| step | B_simple (mean over seeds) | B / b | one step of 2b is worth (1+B/b)/(1+B/2b) steps of b |",
+    lines = ["| step | B_simple (pooled over seeds) | B / b | one step of 2b is worth (1+B/b)/(1+B/2b) steps of b |",
              "|---|---:|---:|---:|"]
     for step in sorted(curve):
         bs = statistics.fmean(curve[step])
@@ -333,10 +333,11 @@ def relation(args: argparse.Namespace) -> None:
         from quality import training_rows, with_natural
 
         runs = with_natural(runs, training_rows(128))
-        curve = {}
+        by_step: dict[int, list[dict[str, Any]]] = {}
         for run in lab["runs"]:
             for p in run["probes"]:
-                curve.setdefault(p["step"], []).append(p["per_example_full"]["b_simple"])
+                by_step.setdefault(p["step"], []).append(p["per_example_full"])
+        curve = {step: [pooled(records)["b_simple"]] for step, records in by_step.items()}  # pooled over seeds
         title = f"tiny lab, b = {b}; B_simple: full per-example gradients ({args.lab})"
     print(title)
     for key in ("val_loss_natural", "val_loss_mean"):
