@@ -68,3 +68,5 @@ def test_compare_says_what_the_noise_scale_predicts_for_the_larger_batch(tmp_pat
     if any(r["noise_scale"]["b_simple_late"] is not None for r in runs):  # 3 tiny steps: may be undefined
         assert "accumulate2 trains 2x the baseline's rows per step" in section
         assert "each of its steps is worth about" in section and "natural mixture" in section
+        # and the verdict at the top says it as the reason
+        assert "Why (gradient noise scale" in md.split("## Losses")[0]

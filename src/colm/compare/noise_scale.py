@@ -35,6 +35,16 @@ def step_worth(b_simple: float, batch: float, larger: float) -> float:
     return (1 + b_simple / batch) / (1 + b_simple / larger)
 
 
+def verdict_lines(runs: Sequence[dict[str, Any]], arms: Sequence[dict[str, Any]], baseline: str) -> list[str]:
+    """The verdict's reason, under it: for each arm with more rows per step than the baseline,
+    what its steps are worth by the measured noise scale and whether it won (none when off)."""
+    body = markdown(runs, arms, baseline)
+    reasons = [line[2:] for line in body if line.startswith("- ")]
+    if not reasons:
+        return []
+    return ["Why (gradient noise scale, see \"Would a larger batch help?\"): " + " ".join(reasons), ""]
+
+
 def markdown(runs: Sequence[dict[str, Any]], arms: Sequence[dict[str, Any]], baseline: str) -> list[str]:
     """Lines of report.md (none when no run measured the noise scale)."""
     components: dict[str, tuple[list[float], list[float]]] = {}
