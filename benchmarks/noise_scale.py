@@ -310,15 +310,15 @@ def relation(args: argparse.Namespace) -> None:
     if args.pretrained is not None:
         data = json.loads(args.pretrained.read_text())
         runs, b = data["runs"], data["settings"]["batch"]
-        pooled: dict[int, tuple[list[float], list[float]]] = {}
+        windows: dict[int, tuple[list[float], list[float]]] = {}
         for r in runs:
             if r["arm"] == "random_b" and r.get("noise_scale"):
                 for step, g2, trace, *_ in r["noise_scale"]["per_step"]:
-                    window = pooled.setdefault(step // args.every * args.every, ([], []))
+                    window = windows.setdefault(step // args.every * args.every, ([], []))
                     window[0].append(g2)
                     window[1].append(trace)
         # each window of --every steps pools its measurements over steps and seeds
-        curve = {step: [pooled_b_simple(*pair)] for step, pair in pooled.items()}
+        curve = {step: [pooled_b_simple(*pair)] for step, pair in windows.items()}
         if not curve:
             raise SystemExit(f"{args.pretrained}: no random_b run with noise_scale; train with "
                              "benchmarks/pretrained.py --arms random_b,random_2b --noise-scale-every 10")
