@@ -56,7 +56,12 @@ def build_parser():
 
 def parse(argv: Sequence[str]):
     """(ModelArguments, DataArguments, SelectionArguments, TrainingArguments, CoresetConfig|None,
-    RunArguments, NoiseScaleArguments)."""
+    RunArguments); `parse_all` adds NoiseScaleArguments."""
+    return parse_all(argv)[:6]
+
+
+def parse_all(argv: Sequence[str]):
+    """`parse`'s tuple and NoiseScaleArguments."""
     parser = build_parser()
     model_args, data_args, sel_args, run_args, targs, noise = cli_args.parse_command(parser, argv, 6)
     noise.check()
@@ -170,7 +175,7 @@ def make_trainer(
 
 
 def run(argv: Sequence[str]) -> int:
-    model_args, data_args, sel, targs, coreset, run_args, noise = parse(argv)
+    model_args, data_args, sel, targs, coreset, run_args, noise = parse_all(argv)
     from colm import phases
 
     phases.enable(not targs.disable_tqdm)  # GGUF, tokenization, embedding pass, evaluation bars
