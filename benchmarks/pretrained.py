@@ -180,7 +180,13 @@ def run_job(arm: str, seed: int, args: argparse.Namespace, model_path: str) -> d
             self.marks.append(time.perf_counter())
 
     clock = Clock()
-    trainer = make_trainer(model, tok, train, targs, coreset, callbacks=[clock], log_selections=False)
+    noise = None
+    if args.noise_scale_every:  # random_b has no accumulation: its measured steps are split in two
+        from colm.cli.noise_scale import NoiseScaleArguments
+
+        noise = NoiseScaleArguments(noise_scale_every=args.noise_scale_every, noise_scale_split=True)
+    trainer = make_trainer(model, tok, train, targs, coreset, callbacks=[clock], log_selections=False,
+                           noise_scale=noise)
     started = time.perf_counter()
     with PeakMemory() as mem:
         trainer.train()
@@ -202,7 +208,18 @@ def run_job(arm: str, seed: int, args: argparse.Namespace, model_path: str) -> d
         "peak_mem_mib": mem.peak_bytes / 2**20, "mem_kind": mem.kind,
         "coreset": coreset.to_dict() if coreset else None,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **({"noise_scale": noise_scale_row(trainer.noise_scale)} if noise is not None else {}),
     }
+
+
+def noise_scale_row(callback: Any) -> dict[str, Any]:
+    """The run's gradient noise scale: the summary and B_simple at every measured step
+    (benchmarks/noise_scale.py relation --pretrained reads it)."""
+    from colm.compare.noise_scale import arm_row_summary
+
+    return {**(arm_row_summary(callback) or {}),
+            "per_step": [[h["step"], h["grad_sq_step"], h["trace_step"], h["b_small"], h["b_big"]]
+                         for h in callback.history]}
 
 
 def _source_rows(dataset: Any) -> dict[str, int]:
@@ -273,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=320)
     ap.add_argument("--eval-batch", type=int, default=64)
     ap.add_argument("--parallel", type=int, default=1, help="jobs at once (processes)")
+    ap.add_argument("--noise-scale-every", type=int, default=0,
+                    help="measure the gradient noise scale every N steps (0: off; benchmarks/noise_scale.py)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
     ap.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     ap.add_argument("--workdir", default="/tmp/colm_pretrained")

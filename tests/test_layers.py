@@ -4,6 +4,7 @@ One rule per package, also stated in the docstring of its __init__:
 - colm.selection: torch, numpy, numba and the standard library; of colm, only colm.config,
   colm.errors, colm.field_types (text to values), colm.tagged_files (the checkpoint file format)
   and colm.selection itself.
+- colm.diagnostics: torch and the standard library; of colm, only colm.errors and itself.
 - colm.features: not colm.integrations, colm.training, colm.compare, colm.cli.
 - colm.data: not colm.models, colm.integrations, colm.training, colm.compare, colm.cli.
 - colm.models: not colm.integrations, colm.training, colm.compare, colm.cli.
@@ -29,9 +30,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 STDLIB = set(sys.stdlib_module_names)
 
 # package -> (third-party roots allowed or None for any, colm prefixes forbidden or allowed)
-ALLOWED_THIRD_PARTY = {"colm.selection": {"torch", "numpy", "numba", "safetensors"}}
+ALLOWED_THIRD_PARTY = {"colm.selection": {"torch", "numpy", "numba", "safetensors"},
+                       "colm.diagnostics": {"torch"}}
 ALLOWED_COLM = {"colm.selection": ("colm.config", "colm.errors", "colm.field_types", "colm.tagged_files",
-                                   "colm.selection")}
+                                   "colm.selection"),
+                "colm.diagnostics": ("colm.errors", "colm.diagnostics")}
 FORBIDDEN_COLM = {
     "colm.features": ("colm.integrations", "colm.training", "colm.compare", "colm.cli"),
     "colm.data": ("colm.models", "colm.integrations", "colm.training", "colm.compare", "colm.cli"),

@@ -30,15 +30,20 @@ PAPER = CoresetConfig(within_source="facility_location", feature="zo", zo_probes
 
 
 class StepTimes(TrainerCallback):
+    """Seconds from one step's end to the next's: the whole step, including drawing the pool,
+    scoring it and selecting (which happen before the Trainer's on_step_begin)."""
+
     def __init__(self) -> None:
         self.times: list[float] = []
-        self._t = 0.0
+        self._last: float | None = None
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._t = time.perf_counter()
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._t)
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
 
 
 class PickedRows(TrainerCallback):

@@ -51,10 +51,11 @@ def build_parser():
     from colm.cli import args as cli_args
     from colm.cli import train
     from colm.cli.identity import RunArguments
+    from colm.cli.noise_scale import NoiseScaleArguments
 
     parser = cli_args.ColmArgumentParser.create(
         [cli_args.ModelArguments, cli_args.DataArguments, cli_args.SelectionArguments,
-         RunArguments, cli_args.training_arguments_class(), CompareArguments],
+         RunArguments, cli_args.training_arguments_class(), CompareArguments, NoiseScaleArguments],
         prog="colm compare",
         description=("Train every --arms arm for every --seeds seed from the same initialisation "
                      "and data order, evaluate per source, and write report.md with the "
@@ -76,17 +77,23 @@ def build_parser():
 def parse(argv: Sequence[str]):
     """(model, data, training args, base CoresetConfig, arms, seeds, baseline, budget, intervals,
     exact match)."""
-    return parse_with_resume(argv)[:-1]
+    return parse_all(argv)[:10]
 
 
 def parse_with_resume(argv: Sequence[str]):
     """`parse`, plus --allow-changed-settings (the fields a resumed comparison may change)."""
+    return parse_all(argv)[:11]
+
+
+def parse_all(argv: Sequence[str]):
+    """`parse_with_resume`, plus the noise-scale options (NoiseScaleArguments)."""
     from colm.cli import args as cli_args
     from colm.compare.arms import ArmError, parse_arms
 
     parser = build_parser()
     # colm train's dataclasses (its RunArguments: --allow-changed-settings for a resumed comparison), then ours
-    model_args, data_args, sel_args, run_args, targs, extra = cli_args.parse_command(parser, argv, 6)
+    model_args, data_args, sel_args, run_args, targs, extra, noise = cli_args.parse_command(parser, argv, 7)
+    noise.check()
     cli_args.as_plain_training_arguments(targs)
     from colm.training.checks import check_seeds
 
@@ -126,14 +133,14 @@ def parse_with_resume(argv: Sequence[str]):
                          f"got {extra.exact_match_max_new_tokens}")
     exact = (extra.exact_match_per_source, extra.exact_match_max_new_tokens)
     return (model_args, data_args, targs, base or CoresetConfig(), arms, seeds, baseline, extra.budget, intervals,
-            exact, run_args.allow_changed_settings)
+            exact, run_args.allow_changed_settings, noise)
 
 
 def run(argv: Sequence[str]) -> int:
     from colm.cli.settings import check_train_settings
 
     (model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, exact,
-     allow_changed) = parse_with_resume(argv)
+     allow_changed, noise) = parse_all(argv)
     check_train_settings(model_args, data_args, targs)
     for arm in arms:  # every arm's config is valid before anything loads
         try:
@@ -150,18 +157,18 @@ def run(argv: Sequence[str]) -> int:
 
         ownership.check(out, "colm compare", data_args.overwrite_output_dir)  # e.g. a colm train run's report
         return _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out,
-                        exact, allow_changed)
+                        exact, allow_changed, noise)
 
 
 def _compare(argv, model_args, data_args, targs, base, arms, seeds, baseline, budget, intervals, out: Path,
-             exact: tuple[int, int] = (0, 96), allow_changed: str | None = None) -> int:
+             exact: tuple[int, int] = (0, 96), allow_changed: str | None = None, noise: Any = None) -> int:
     from colm.compare import report
     from colm.compare.identity import compare_identity
     from colm.compare.run import costed_plan
 
     # ---- load and check everything before writing anything
     plan, exact_raw = _load_and_check(model_args, data_args, targs, base, arms, seeds, exact)
-    lab = _lab(plan, data_args, targs, base, out, exact_raw, exact)
+    lab = _lab(plan, data_args, targs, base, out, exact_raw, exact, noise)
     settings = {
         "arms": [a.name for a in arms], "seeds": seeds, "baseline": baseline, "budget": budget,
         "max_steps": targs.max_steps, "batch": lab.batch, "model": dataclasses.asdict(model_args),
@@ -221,7 +228,7 @@ def _load_and_check(model_args, data_args, targs, base, arms, seeds, exact: tupl
     return plan, exact_raw
 
 
-def _lab(plan, data_args, targs, base, out: Path, exact_raw, exact: tuple[int, int]):
+def _lab(plan, data_args, targs, base, out: Path, exact_raw, exact: tuple[int, int], noise: Any = None):
     """What every arm x seed shares: the data, a fresh model per seed, its TrainingArguments."""
     from colm.compare.run import Lab
 
@@ -239,6 +246,7 @@ def _lab(plan, data_args, targs, base, out: Path, exact_raw, exact: tuple[int, i
         output_dir=out, eval_batch_size=plan.eval_batch_size, train_rows=plan.train_rows,
         exact_match_raw=exact_raw, template=data_args.template, max_new_tokens=exact[1],
         max_prompt_length=data_args.max_length,
+        noise_scale=noise if noise is not None and noise.noise_scale_every else None,
     )
 
 

@@ -43,10 +43,11 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 def build_parser():
     """The HfArgumentParser of `colm train` (also used to render --help and docs)."""
     from colm.cli.identity import RunArguments
+    from colm.cli.noise_scale import NoiseScaleArguments
 
     parser = cli_args.ColmArgumentParser.create(
         [cli_args.ModelArguments, cli_args.DataArguments, cli_args.SelectionArguments,
-         RunArguments, cli_args.training_arguments_class()],
+         RunArguments, cli_args.training_arguments_class(), NoiseScaleArguments],
         prog="colm train", description=DESCRIPTION,
         usage="colm train [--config FILE.yaml] [options]   (all options below; flags override the YAML)",
     )
@@ -57,17 +58,23 @@ def build_parser():
 
 def parse(argv: Sequence[str]):
     """(ModelArguments, DataArguments, SelectionArguments, TrainingArguments, CoresetConfig|None,
-    RunArguments)."""
+    RunArguments); `parse_all` adds NoiseScaleArguments."""
+    return parse_all(argv)[:6]
+
+
+def parse_all(argv: Sequence[str]):
+    """`parse`'s tuple and NoiseScaleArguments."""
     parser = build_parser()
-    model_args, data_args, sel_args, run_args, targs = cli_args.parse_command(parser, argv, 5)
+    model_args, data_args, sel_args, run_args, targs, noise = cli_args.parse_command(parser, argv, 6)
+    noise.check()
     cli_args.as_plain_training_arguments(targs)
     check_seeds(targs)  # before --seed becomes the selection seed (named as --seed, not --selection-seed)
     coreset = cli_args.to_coreset_config(sel_args, targs)
-    return model_args, data_args, sel_args, targs, coreset, run_args
+    return model_args, data_args, sel_args, targs, coreset, run_args, noise
 
 
 def run(argv: Sequence[str]) -> int:
-    model_args, data_args, sel, targs, coreset, run_args = parse(argv)
+    model_args, data_args, sel, targs, coreset, run_args, noise = parse_all(argv)
     from colm import phases
 
     phases.enable(not targs.disable_tqdm)  # GGUF, tokenization, embedding pass, evaluation bars
@@ -90,25 +97,27 @@ def run(argv: Sequence[str]) -> int:
         if run_dir.finished is not None:
             print(rundir.finished_message(run_dir, targs.max_steps, targs.num_train_epochs))
             return 0
-        return _train(argv, model_args, data_args, targs, coreset, run_dir, run_args)
+        return _train(argv, model_args, data_args, targs, coreset, run_dir, run_args, noise)
 
 
 def _train(argv: Sequence[str], model_args: Any, data_args: Any, targs: Any, coreset: Any, run_dir: Any,
-           run_args: Any) -> int:
+           run_args: Any, noise: Any = None) -> int:
     """Load and check, start the output folder, train, validate, report: each phase below."""
     plan = _load_and_check(model_args, data_args, targs, coreset)
     eval_every = _eval_every(targs, plan)
     identity_record = _identity_record(plan, model_args, data_args, targs, coreset, run_dir, run_args)
     # ---- from here on the output dir is written
     _start_output(run_dir, model_args, data_args, targs, identity_record)
-    fitted = _fit(plan, targs, coreset, run_dir, eval_every)
+    fitted = _fit(plan, targs, coreset, run_dir, eval_every, noise)
     validation = _final_validation(plan, fitted)
     report = _report(argv, plan, model_args, data_args, targs, coreset, run_dir, identity_record, fitted,
                      validation)
     from colm.cli.identity import changes_markdown
+    from colm.cli.noise_scale import markdown as noise_scale_markdown
     from colm.cli.report import text_table, train_markdown, write_report
 
-    write_report(run_dir.path, report, train_markdown(report) + changes_markdown(report["changed_settings"]))
+    write_report(run_dir.path, report, train_markdown(report) + noise_scale_markdown(report["noise_scale"])
+                 + changes_markdown(report["changed_settings"]))
     _print_summary(report, text_table)
     return 0
 
@@ -181,7 +190,7 @@ class _Fitted:
     reporter: Any
 
 
-def _fit(plan: Any, targs: Any, coreset: Any, run_dir: Any, eval_every: int) -> _Fitted:
+def _fit(plan: Any, targs: Any, coreset: Any, run_dir: Any, eval_every: int, noise: Any = None) -> _Fitted:
     """Train with colm's callbacks (metrics, timing, periodic validation, progress bar) and save
     the final model; a start that trained nothing leaves nothing to block the next run."""
     from colm.cli.progress import BackendReporter, LogLines, MetricsFile, PeriodicEval, ProgressBar
@@ -208,7 +217,7 @@ def _fit(plan: Any, targs: Any, coreset: Any, run_dir: Any, eval_every: int) -> 
     trainer = None
     try:
         trainer = make_trainer(plan.model, plan.tokenizer, plan.data.train, targs, coreset, callbacks=callbacks,
-                               progress=progress)
+                               progress=progress, noise_scale=noise)
         reporter.trainer = trainer
         started = time.perf_counter()
         with PeakMemory() as mem:
@@ -248,6 +257,7 @@ def _report(argv: Sequence[str], plan: Any, model_args: Any, data_args: Any, tar
             run_dir: Any, identity_record: dict[str, Any], fitted: _Fitted,
             validation: dict[str, Any] | None) -> dict[str, Any]:
     """report.json's content."""
+    from colm.cli.noise_scale import summary as noise_scale_summary
     from colm.integrations.selection_log import SELECTIONS_FILE, selection_summary
     from colm.training.run_summary import pseudo_sources_report, whole_run_train_loss
 
@@ -279,6 +289,7 @@ def _report(argv: Sequence[str], plan: Any, model_args: Any, data_args: Any, tar
         "validation": validation,
         "time": fitted.timer.summary(),
         "memory": {"peak_bytes": mem.peak_bytes, "kind": mem.kind, "description": mem.description},
+        "noise_scale": noise_scale_summary(trainer.noise_scale, coreset.pool_factor if coreset else None),
     }
 
 

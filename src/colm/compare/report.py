@@ -223,6 +223,8 @@ def plot(arms: list[dict[str, Any]], baseline: str, path: Path, budget: str = "s
 def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str, Any]], baseline: str,
           budget: str, settings: dict[str, Any], intervals: bool, harness: dict[str, float]) -> list[Path]:
     """report.md, report.json and compare.png into `out`; returns the paths written."""
+    from colm.compare.noise_scale import markdown as noise_scale_markdown
+    from colm.compare.noise_scale import verdict_lines as noise_scale_verdict
     from colm.files import atomic_write_json, atomic_write_text, writing
 
     try:
@@ -248,6 +250,7 @@ def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str
         f"Arms: {', '.join(plan)}; seeds: {', '.join(map(str, settings['seeds']))}; baseline: {baseline}; "
         f"budget: {budget_text}. Every arm of a seed starts from the same initialisation and data order.", "",
         *verdict(arms, baseline, plan, intervals=intervals, budget=budget),
+        *noise_scale_verdict(runs, arms, baseline),
         "## Losses", "",
         f"Losses: {NATURAL_NOTE}. Differences are arm minus {baseline}, paired by seed, with a 95% "
         "Student-t interval (negative = the arm is better).", "",
@@ -259,6 +262,7 @@ def write(out: Path, *, runs: Sequence[dict[str, Any]], plan: dict[str, dict[str
             "row of it trained) by the arms named in the last column.", "", per_source, ""] if per_source else []),
         *(["## Exact match (greedy decoding, numeric answers)", "", em, ""] if (em := exact_match_table(
             runs, baseline, intervals=intervals)) else []),
+        *noise_scale_markdown(runs, arms, baseline),
         "## Compute per arm", "", compute_table(plan), "",
         "## Time and memory", "",
         "| arm | s / step (median) | training wall s (mean) | peak memory MiB (max over seeds) |",

@@ -53,6 +53,9 @@ class Lab:
     template: str | None = None
     max_new_tokens: int = 96
     max_prompt_length: int = 512
+    #: noise_scale_every / noise_scale_split (the CLI's NoiseScaleArguments): measure the gradient
+    #: noise scale (None: off).
+    noise_scale: Any = None
 
     def __post_init__(self) -> None:
         if not self.train_rows:
@@ -118,7 +121,7 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
     ticker = StepProgress(f"{arm.name} seed {seed}", steps, progress)
     trainer = make_trainer(model, lab.tokenizer, lab.train, targs, coreset,
                            callbacks=[clock, ticker, *callbacks], log_selections=log_selections,
-                           train_sampler=sampler)
+                           train_sampler=sampler, noise_scale=lab.noise_scale)
     setup_s = time.perf_counter() - t0
     started = time.perf_counter()
     diverged = None
@@ -170,6 +173,10 @@ def run_arm(arm: Arm, seed: int, lab: Lab, steps: int, *, progress: TextIO | Non
         "peak_mem_mib": mem.peak_bytes / 2**20, "mem_kind": mem.kind, "mem_description": mem.description,
         "coreset": coreset.to_dict() if coreset else None, "sampler": arm.sampler,
     })
+    if lab.noise_scale is not None:
+        from colm.compare.noise_scale import arm_row_summary
+
+        row["noise_scale"] = arm_row_summary(trainer.noise_scale)
     return row
 
 

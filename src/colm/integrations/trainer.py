@@ -53,6 +53,7 @@ from colm.integrations.checkpoints import (
     resume_checkpoint,
 )
 from colm.integrations.launch import check_launch
+from colm.integrations.noise_scale import NoiseScaleCallback, NoiseScaleSplitMixin, add_noise_scale
 from colm.integrations.non_finite import check_finite, check_weights
 from colm.integrations.packing import check_one_row_per_example, check_unpacked
 from colm.integrations.pool_size import check_training_pool, pool_size
@@ -131,7 +132,7 @@ def split_evenly(items: Sequence[Any], parts: int) -> list[list[Any]]:
     return out
 
 
-class CoresetTrainerMixin(PrivateOverrides):
+class CoresetTrainerMixin(NoiseScaleSplitMixin, PrivateOverrides):
     """CoLM selection for `transformers.Trainer` or any subclass of it: put it first among the
     bases, e.g. `class MyTrainer(CoresetTrainerMixin, SomeTrainer)`. Each optimizer step then
     trains on a coreset of a larger pool.
@@ -148,6 +149,10 @@ class CoresetTrainerMixin(PrivateOverrides):
             required when train_dataset is a stream (an IterableDataset or any iterable without len()).
         source_column: the column naming each row's source, when it is not `source` (renamed to
             `source` in train_dataset and eval_dataset; a `datasets.Dataset` is needed).
+        noise_scale_every: measure the gradient noise scale every this many optimizer steps and
+            log `noise_scale/*` (colm.integrations.noise_scale); 0 (default) is off.
+        noise_scale_split: with no gradient accumulation and one process, measure by training the
+            measured steps as two half micro-batches (otherwise nothing can be measured).
         All other arguments are the base trainer's (bound by its signature, by position or keyword).
         evaluate() adds the per-source losses (colm.integrations.eval_sources).
     """
@@ -174,6 +179,8 @@ class CoresetTrainerMixin(PrivateOverrides):
         source_sizes: dict[str, int] | None = None,
         train_sampler: Any = None,
         source_column: str = SOURCE,
+        noise_scale_every: int = 0,
+        noise_scale_split: bool = False,
         **kwargs: Any,
     ) -> None:
         if isinstance(coreset_config, dict):  # the fields as a dict (a YAML section, a to_dict())
@@ -235,6 +242,10 @@ class CoresetTrainerMixin(PrivateOverrides):
             )
         if self.selection_enabled and self.train_dataset is not None:
             self.selector = self._build_selector(self.train_dataset)
+        #: The gradient noise scale's callback (None unless noise_scale_every > 0).
+        self.noise_scale: NoiseScaleCallback | None = None
+        if noise_scale_every:
+            self.noise_scale = add_noise_scale(self, every=noise_scale_every, split=noise_scale_split)
 
     # ---- set-up -----------------------------------------------------------------------------
     @property
@@ -384,6 +395,11 @@ class CoresetTrainerMixin(PrivateOverrides):
             placed=placed,
         )  # [N, d]
         scored = None if placed is None else distributed.gather_rows(placed[:, None].to(torch.uint8))[:, 0].bool()
+        if self.noise_scale is not None and self.coreset_config.feature == "exact":
+            # per-example gradients of the rows scored (small sources kept whole are not: then
+            # the estimate covers the large sources' rows only)
+            self.noise_scale.add_feature_estimate(
+                self.state.global_step, features if scored is None else features[scored])
         return features, scored, (time.perf_counter() - start) * 1e3
 
     def _rows_to_score(self, local_rows: list[dict[str, Any]]) -> torch.Tensor | None:
