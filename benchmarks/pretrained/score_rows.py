@@ -97,8 +97,9 @@ def main() -> None:
     raw = load_mixture(default_mixture_dir(), split="train")
     data, _ = tokenize_mixture(raw, tokenizer, max_length=128)
     results: dict[str, list[dict]] = {"every_row": [], "large_sources_only": []}
-    for _ in range(args.repeats):
-        for name in ("every_row", "large_sources_only"):  # alternating blocks
+    for k in range(args.repeats):
+        order = ("every_row", "large_sources_only") if k % 2 == 0 else ("large_sources_only", "every_row")
+        for name in order:  # ABBA blocks: a drift in the machine's load hits both variants alike
             got = run(name == "every_row", args.steps, data, tokenizer, f"/tmp/colm_score_rows/{name}")
             results[name].append(got)
             print(name, f"median step {statistics.median(got['step_s'][1:]):.2f} s, "
