@@ -35,8 +35,28 @@ def load_model(model_args: ModelArguments, *, seed: int) -> tuple[Any, Any]:
         raise InputError(f"--model: {' '.join(str(err).split())}") from None
     check_vocabulary(model, tokenizer, f"--model {model_args.model}")
     if model_args.lora_r > 0:
-        model = apply_lora(model, model_args)
+        model = seeded_lora(model, model_args, seed)
     return model, tokenizer
+
+
+#: Added to the run's seed for the adapters' initialisation, so that their random stream is not
+#: the one the embedded default model's weights were drawn from (seeded with the seed itself).
+LORA_SEED_OFFSET = 0x9E3779B9
+
+
+def seeded_lora(model: Any, model_args: Any, seed: int) -> Any:
+    """`apply_lora` with the adapters initialised from `seed`, leaving the global RNG as it was.
+
+    peft draws lora_A from the global torch RNG. Unseeded, that state is whatever came before:
+    random at process start (torch seeds itself from the OS), else what the previous run of the
+    process left, so `colm compare`'s first run in a process was not reproducible and the arms
+    of one seed did not share their adapters' initialisation."""
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed + LORA_SEED_OFFSET)
+        return apply_lora(model, model_args)
 
 
 def apply_lora(model: Any, model_args: Any) -> Any:
