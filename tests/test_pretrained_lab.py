@@ -61,8 +61,26 @@ def test_tables_use_only_paired_seeds_and_report_both_losses(tmp_path):
     # accumulate2 recovers 100% of its own gap; stratified (k = 2) twice plain's distance: 200%
     assert "| accumulate2 |" in text and "| 100% |" in text and "| 200% |" in text
     assert "| stratified | 3.00 | 1.50 |" in text  # step ratios to plain and accumulate2
+    # The README's table: the control against each arm, in words, both losses (here plain's
+    # losses exceed stratified's by the same amount every seed: a zero-width interval).
+    readme = tables.render_readme(path)
+    assert "2 paired seeds" in readme and "loss averaged over sources" in readme and "natural-mixture loss" in readme
+    assert "| random b (same compute) | **wins** (+" in readme  # plain's losses are higher on both
+    assert "equal compute** | not measured" in readme
+    # Differences 0.10, 0.11, 0.10: the interval excludes zero; 0.1, 0.2, 0.1: it holds zero.
+    assert tables.verdict({0: 1.0, 1: 1.11, 2: 1.1}, {0: 0.9, 1: 1.0, 2: 1.0}).startswith("**wins** (+0.103 [+0.0")
+    assert tables.verdict({0: 0.9, 1: 1.0, 2: 1.0}, {0: 1.0, 1: 1.11, 2: 1.1}).startswith("**loses** (-0.103 [-0.1")
+    assert tables.verdict({0: 1.0, 1: 1.2, 2: 1.1}, {0: 0.9, 1: 1.0, 2: 1.0}).startswith("ties (+0.133 [-0.0")
     docs = tmp_path / "bench.md"
     docs.write_text(f"intro\n{tables.BEGIN}\nold\n{tables.END}\noutro\n")
     tables.write_docs(text, docs)
     body = docs.read_text()
     assert "old" not in body and body.startswith("intro") and body.rstrip().endswith("outro")
+    with pytest.raises(SystemExit, match="markers"):  # the README's markers are not in this file
+        tables.write_docs(readme, docs, tables.README_BEGIN, tables.README_END)
+
+
+def test_the_generated_blocks_have_their_markers_in_the_docs():
+    tables = _tables()
+    assert tables.BEGIN in tables.DOCS.read_text() and tables.END in tables.DOCS.read_text()
+    assert tables.README_BEGIN in tables.README.read_text() and tables.README_END in tables.README.read_text()

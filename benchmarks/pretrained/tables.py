@@ -6,9 +6,11 @@ sources and the worst source (mean +- sd over seeds), paired differences (95% t 
 the stratified control and to plain b, the share of the b -> 2b gap each arm recovers, exact
 match, per-source losses, and step time as ratios to plain b and to accumulate2 (medians of the
 same runs). Only seeds every arm has finished are used, so every comparison is paired.
+`--write-docs` also replaces the README's pretrained table (the control against each other arm,
+both losses, the same words as the tiny lab's table above it).
 
     .venv/bin/python benchmarks/pretrained/tables.py                 # print the tables
-    .venv/bin/python benchmarks/pretrained/tables.py --write-docs    # and replace them in docs/benchmarks.md
+    .venv/bin/python benchmarks/pretrained/tables.py --write-docs    # and replace them in docs/benchmarks.md and README.md
 """
 from __future__ import annotations
 
@@ -25,7 +27,15 @@ from colm.compare.stats import IntervalError, mean_sd, paired_difference  # noqa
 
 RESULTS = ROOT / "benchmarks" / "results" / "pretrained_lab" / "results.jsonl"
 DOCS = ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
 BEGIN, END = "<!-- pretrained-lab tables: begin (generated) -->", "<!-- pretrained-lab tables: end -->"
+README_BEGIN, README_END = "<!-- pretrained-lab readme: begin (generated) -->", "<!-- pretrained-lab readme: end -->"
+# The README's rows: what the control (stratified) is compared with, in the tiny lab's words.
+README_ROWS = (("accumulate2", "random 2b at **equal steps** (twice the compute)"),
+               ("plain", "random b (same compute)"),
+               ("reweighted", "plain b drawn with its source mix, no pool (`reweighted`)"),
+               ("paper", "the paper's selection (gradient medoids; `paper`)"),
+               ("mean_match", "our mean-matching selector (`mean_match`)"))
 LOSSES = (("val_loss_natural", "natural mixture"), ("val_loss_mean", "mean over sources"),
           ("val_loss_worst", "worst source"))
 CONTROL, SMALL, LARGE = "stratified", "plain", "accumulate2"
@@ -124,6 +134,45 @@ def cost_table(table: dict[str, dict[int, dict]], arms: list[str], seeds: list[i
     return lines + [""]
 
 
+def verdict(other: dict[int, float], control: dict[int, float]) -> str:
+    """The control against another arm on one loss, in words: wins / loses beyond the paired 95%
+    interval, or ties (the interval holds zero). Positive numbers: the control's loss is lower."""
+    try:
+        d = paired_difference(other, control)  # other - control
+    except IntervalError:
+        return "—"
+    cell = f"({d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}])"
+    return f"**wins** {cell}" if d.lo > 0 else f"**loses** {cell}" if d.hi < 0 else f"ties {cell}"
+
+
+def readme_table(table: dict[str, dict[int, dict]], arms: list[str], seeds: list[int], settings: dict) -> list[str]:
+    rank = settings.get("model", {}).get("lora_r")
+    lines = [f"On a **pretrained** model (SmolLM2-135M-Instruct + LoRA{f' r{rank}' if rank else ''}, "
+             f"{settings['max_steps']} steps of b = {settings['batch']}, {len(seeds)} paired seeds; "
+             "generated from `benchmarks/results/pretrained_lab/` by `benchmarks/pretrained/tables.py "
+             "--write-docs`; numbers are the other arm's loss minus stratified's, 95% interval):", "",
+             f"| {CONTROL} compared with | loss averaged over sources | natural-mixture loss |", "|---|---|---|"]
+    for arm, words in README_ROWS:
+        if arm not in arms or arm == CONTROL:
+            continue
+        cells = [verdict({s: table[arm][s][k] for s in seeds}, {s: table[CONTROL][s][k] for s in seeds})
+                 for k in ("val_loss_mean", "val_loss_natural")]
+        lines.append(f"| {words} | {cells[0]} | {cells[1]} |")
+    lines.append("| random 2b at **equal compute** | not measured on the pretrained model | |")
+    return lines + [""]
+
+
+def render_readme(path: Path) -> str:
+    settings, runs = read_runs(path.resolve())
+    arms = list(settings["arms"])
+    seeds = paired_seeds(runs, arms)
+    if len(seeds) < 2 or CONTROL not in arms:
+        return (f"On a **pretrained** model (SmolLM2-135M-Instruct + LoRA): {len(seeds)} of "
+                f"{len(settings.get('seeds', [])) or 'the'} seeds have finished every arm so far; this "
+                "table fills in from two (`benchmarks/pretrained/tables.py --write-docs`).\n")
+    return "\n".join(readme_table(by_arm_seed(runs), arms, seeds, settings))
+
+
 def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
@@ -147,13 +196,14 @@ def render(path: Path) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str, docs: Path = DOCS) -> None:
+def write_docs(text: str, docs: Path = DOCS, begin: str = BEGIN, end: str = END) -> None:
+    """Replace what lies between the markers begin ... end in docs with text."""
     body = docs.read_text()
-    if BEGIN not in body or END not in body:
-        raise SystemExit(f"{docs}: markers {BEGIN!r} ... {END!r} not found")
-    head, rest = body.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    docs.write_text(head + BEGIN + "\n" + text.rstrip() + "\n" + END + tail)
+    if begin not in body or end not in body:
+        raise SystemExit(f"{docs}: markers {begin!r} ... {end!r} not found")
+    head, rest = body.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    docs.write_text(head + begin + "\n" + text.rstrip() + "\n" + end + tail)
 
 
 def main() -> None:
@@ -161,10 +211,11 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--write-docs", action="store_true", help=f"replace the generated section of {DOCS.name}")
     args = ap.parse_args()
-    text = render(args.results)
-    print(text)
+    text, readme = render(args.results), render_readme(args.results)
+    print(text + "\n" + readme)
     if args.write_docs:
         write_docs(text)
+        write_docs(readme, README, README_BEGIN, README_END)
 
 
 if __name__ == "__main__":
