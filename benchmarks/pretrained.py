@@ -217,9 +217,7 @@ def noise_scale_row(callback: Any) -> dict[str, Any]:
     (benchmarks/noise_scale.py relation --pretrained reads it)."""
     from colm.compare.noise_scale import arm_row_summary
 
-    return {**(arm_row_summary(callback) or {}),
-            "per_step": [[h["step"], h["grad_sq_step"], h["trace_step"], h["b_small"], h["b_big"]]
-                         for h in callback.history]}
+    return arm_row_summary(callback) or {}
 
 
 def _source_rows(dataset: Any) -> dict[str, int]:

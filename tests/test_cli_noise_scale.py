@@ -62,6 +62,9 @@ def test_compare_says_what_the_noise_scale_predicts_for_the_larger_batch(tmp_pat
     modes = {r["arm"]: r["noise_scale"]["mode"] for r in runs}
     assert modes == {"plain": "split", "accumulate2": "accumulation"}
     assert all(r["noise_scale"]["measurements"] == 3 for r in runs)
+    # every measurement is kept, so B_simple can be pooled again over any steps and seeds
+    assert [[m[0] for m in r["noise_scale"]["per_step"]] for r in runs] == [[0, 1, 2]] * 4
+    assert all(m[4] == 2 * m[3] for r in runs for m in r["noise_scale"]["per_step"])  # two sizes, b and 2b
     md = (out / "report.md").read_text()
     assert "## Would a larger batch help? (gradient noise scale)" in md
     section = md.split("## Would a larger batch help?")[1].split("## Compute per arm")[0]

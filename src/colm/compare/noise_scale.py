@@ -17,7 +17,9 @@ from colm.diagnostics.noise_scale import pooled_b_simple, regime_sentence
 
 
 def arm_row_summary(callback: Any) -> dict[str, Any] | None:
-    """What one arm x seed run keeps of its NoiseScaleCallback (None when none ran)."""
+    """What one arm x seed run keeps of its NoiseScaleCallback (None when none ran): the later
+    half's pooled B_simple and its parts, and per_step = [step, |G|^2, tr(Sigma), b_small, b_big]
+    of every measurement."""
     if callback is None:
         return None
     history = callback.history
@@ -27,7 +29,9 @@ def arm_row_summary(callback: Any) -> dict[str, Any] | None:
             "b_simple_late": b_late if math.isfinite(b_late) else None,
             "grad_sq_late": statistics.fmean(h["grad_sq_step"] for h in late) if late else None,
             "trace_late": statistics.fmean(h["trace_step"] for h in late) if late else None,
-            "batch": float(history[-1]["batch"]) if history else None}
+            "batch": float(history[-1]["batch"]) if history else None,
+            # every measurement, so B_simple can be re-pooled over any window and any seeds later
+            "per_step": [[h["step"], h["grad_sq_step"], h["trace_step"], h["b_small"], h["b_big"]] for h in history]}
 
 
 def step_worth(b_simple: float, batch: float, larger: float) -> float:
