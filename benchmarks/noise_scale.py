@@ -23,8 +23,8 @@
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/noise_scale.py cost \
         --out benchmarks/results/noise_scale_cost.json
 
-The pretrained lab (SmolLM2-135M + LoRA) has no stored random b / random 2b results yet. Its
-runs measure B_simple themselves (the two-size estimate, split steps of random_b), a GPU run:
+The pretrained lab on the CPU (`make pretrained-lab`) measures B_simple on its accumulate2 arm;
+benchmarks/pretrained/tables.py tabulates it. On a GPU, benchmarks/pretrained.py records it too:
 
     python benchmarks/pretrained.py --arms random_b,random_2b --seeds 0,1,2 --steps 400 --batch 16 \
         --max-length 512 --dtype bf16 --noise-scale-every 10 --out benchmarks/results/pretrained_noise.json

@@ -50,6 +50,9 @@ def test_tables_use_only_paired_seeds_and_report_both_losses(tmp_path):
                          "per_source": loss, "step_s": 1.0 + k, "score_s": 0.0, "wall_s": 10.0,
                          "exact_match": {"per_source": {"a": 0.5, "b": 0.0}, "mean": 0.25, "overall": 0.4,
                                          "n": {"a": 4, "b": 1}}})
+            if arm == "accumulate2":  # [step, |G|^2, tr(Sigma), b, 2b]: B_simple = 8 early, 32 late
+                rows[-1]["noise_scale"] = {"per_step": [[t, 1.0, 8.0 if t < 10 else 32.0, 8.0, 16.0]
+                                                        for t in range(20)]}
     path = tmp_path / "results.jsonl"
     settings = {"arms": arms, "max_steps": 3, "batch": 8, "learning_rate": 1e-3, "train_rows": {"a": 80, "b": 20}}
     path.write_text("\n".join(json.dumps(x) for x in [{"kind": "settings", "settings": settings}]
@@ -61,6 +64,9 @@ def test_tables_use_only_paired_seeds_and_report_both_losses(tmp_path):
     # accumulate2 recovers 100% of its own gap; stratified (k = 2) twice plain's distance: 200%
     assert "| accumulate2 |" in text and "| 100% |" in text and "| 200% |" in text
     assert "| stratified | 3.00 | 1.50 |" in text  # step ratios to plain and accumulate2
+    # the noise scale from accumulate2, window by window: B/b = 1 then 4, 2b worth 1.33 then 1.67 steps
+    assert "| 0-9 | 8 | 1.0 | 1.33 |" in text and "| 10-19 | 32 | 4.0 | 1.67 |" in text
+    assert "plain minus accumulate2 (natural mixture; positive: 2b is better): +0.0" in text
     # The README's table: the control against each arm, in words, both losses (here plain's
     # losses exceed stratified's by the same amount every seed: a zero-width interval).
     readme = tables.render_readme(path)

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from colm.compare.stats import IntervalError, mean_sd, paired_difference  # noqa: E402
+from colm.diagnostics.noise_scale import pooled_b_simple  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "pretrained_lab" / "results.jsonl"
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -173,6 +174,35 @@ def render_readme(path: Path) -> str:
     return "\n".join(readme_table(by_arm_seed(runs), arms, seeds, settings))
 
 
+def noise_scale_table(table: dict[str, dict[int, dict]], seeds: list[int], every: int = 10) -> list[str]:
+    """B_simple over training from accumulate2's two sizes per step (its first micro-batch of b
+    and the accumulated 2b), pooled over the paired seeds in windows of `every` steps, with what
+    McCandlish et al.'s model predicts one step of 2b is worth and the b -> 2b gain measured."""
+    runs = [table[LARGE][s] for s in seeds if LARGE in table and (table[LARGE][s].get("noise_scale") or {}).get("per_step")]
+    if len(runs) != len(seeds) or SMALL not in table:
+        return []
+    windows: dict[int, tuple[list[float], list[float]]] = {}
+    for r in runs:
+        for step, g2, trace, *_ in r["noise_scale"]["per_step"]:
+            w = windows.setdefault(step // every * every, ([], []))
+            w[0].append(g2)
+            w[1].append(trace)
+    b = runs[0]["noise_scale"]["per_step"][0][3]
+    lines = [f"**Gradient noise scale** (B_simple = tr(Σ)/|G|², from {LARGE}'s two batch sizes per step, b = {b:g} "
+             f"and 2b, measured at every step, pooled over {len(seeds)} seeds and windows of {every} steps; a step "
+             "of 2b is worth (1 + B/b) / (1 + B/2b) steps of b by McCandlish et al. 2018)", "",
+             "| steps | B_simple | B / b | one step of 2b is worth (steps of b) |", "|---|---:|---:|---:|"]
+    for start in sorted(windows):
+        bs = pooled_b_simple(*windows[start])
+        worth = f"{(1 + bs / b) / (1 + bs / (2 * b)):.2f}" if bs == bs else "—"
+        lines.append(f"| {start}-{start + every - 1} | {bs:.0f} | {bs / b:.1f} | {worth} |")
+    for key, title in LOSSES[:2]:
+        lines.append("")
+        lines.append(f"Measured in the same runs, {SMALL} minus {LARGE} ({title}; positive: 2b is better): "
+                     + _diff({s: table[SMALL][s][key] for s in seeds}, {s: table[LARGE][s][key] for s in seeds}) + ".")
+    return lines + [""]
+
+
 def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
@@ -191,6 +221,7 @@ def render(path: Path) -> str:
              f"{settings['max_steps']} steps of b = {settings['batch']}, learning rate {settings['learning_rate']}).", ""]
     lines += loss_tables(table, arms, seeds)
     lines += exact_match_table(table, arms, seeds)
+    lines += noise_scale_table(table, seeds)
     lines += cost_table(table, arms, seeds)
     lines += per_source_table(table, arms, seeds, settings["train_rows"])
     return "\n".join(lines)
