@@ -266,6 +266,25 @@ def test_resume_keeps_the_moving_averages(tmp_path):
     assert [h["step"] for h in resumed.noise_scale.history] == list(range(6))
 
 
+def test_restoring_callback_states_keeps_our_callback_and_its_log_hook(tmp_path):
+    # restore_callback_states_from_checkpoint=True makes the Trainer rebuild stateful callbacks
+    # from their saved args: without care the rebuilt one has no log hook and is not the object
+    # the trainer (and the caller) holds, so nothing after the resume would be logged or kept.
+    sys.path.insert(0, str(Path(__file__).parent))
+    from trainer_helpers import StopAfter
+
+    out = tmp_path / "cut"
+    kw = dict(accumulation=2, max_steps=6, save_strategy="steps", save_steps=3,
+              restore_callback_states_from_checkpoint=True, logging_steps=1)
+    coreset_trainer(out, callbacks=[StopAfter(3)], **kw).train()
+    resumed = coreset_trainer(out, **kw)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.noise_scale in resumed.callback_handler.callbacks
+    assert [h["step"] for h in resumed.noise_scale.history] == list(range(6))
+    logged = [r["step"] for r in resumed.state.log_history if "noise_scale/b_simple" in r]
+    assert max(logged) >= 4  # steps after the resume reached Trainer.log
+
+
 @pytest.mark.multiprocess
 def test_two_ranks_read_local_and_reduced_gradients(tmp_path):
     # torchrun, 2 CPU ranks (gloo): with no accumulation the callback reads each rank's own

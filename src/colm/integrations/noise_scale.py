@@ -312,7 +312,30 @@ def add_noise_scale(trainer: Any, every: int = 10, beta: float = 0.9, split: boo
     `trainer.log`, so TensorBoard, W&B and every other `report_to` backend get `noise_scale/*`."""
     callback = NoiseScaleCallback(every=every, beta=beta, split=split, log=trainer.log)
     trainer.add_callback(callback)
+    _keep_through_callback_restore(trainer, callback)
     return callback
+
+
+def _keep_through_callback_restore(trainer: Any, callback: NoiseScaleCallback) -> None:
+    """With `restore_callback_states_from_checkpoint=True` a resuming Trainer swaps every stateful
+    callback for a new instance built from its saved args: that one has no log hook (noise_scale/*
+    would stop reaching report_to) and is not the object the caller holds. Put the caller's
+    instance back; it restores the saved averages itself at its first step (`_restore`)."""
+    load = getattr(trainer, "_load_callback_state", None)
+    if load is None:  # a Trainer without the hook: nothing swaps the callback
+        return
+
+    def load_then_keep_ours() -> None:
+        load()
+        callbacks = trainer.callback_handler.callbacks
+        if callback not in callbacks:
+            swapped = [i for i, c in enumerate(callbacks) if type(c) is type(callback)]
+            if swapped:
+                callbacks[swapped[0]] = callback
+            else:
+                callbacks.append(callback)
+
+    trainer._load_callback_state = load_then_keep_ours
 
 
 def split_rows(inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
