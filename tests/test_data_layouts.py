@@ -193,3 +193,30 @@ def test_validation_sources_that_match_no_training_source_are_said_and_natural_i
     assert "(the validation rows' fields: prompt, response, source, task)" in note
     got = with_natural({"per_source": {"other": 2.0}, "mean": 2.0}, {"add": 5, "dbl": 3})
     assert math.isnan(got["natural"]) and got["mean"] == 2.0  # no exception: the run reports the rest
+
+
+def test_a_hub_dataset_validates_on_its_own_validation_split(monkeypatch: pytest.MonkeyPatch):
+    # No network here: a stand-in Hub answers datasets' two calls for one id, as the real Hub
+    # (or the local datasets cache, offline) does for a dataset with train and validation splits.
+    hub = {"train": datasets.Dataset.from_list(TRAIN), "validation": datasets.Dataset.from_list(VALID)}
+    real_load = datasets.load_dataset
+
+    def load_dataset(name, *args, split=None, **kwargs):
+        if name != "someone/math-mix":
+            return real_load(name, *args, split=split, **kwargs)
+        return hub[split] if split else datasets.DatasetDict(hub)
+
+    def get_dataset_split_names(name, *args, **kwargs):
+        if name != "someone/math-mix":
+            raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub or cannot be accessed.")
+        return list(hub)
+
+    monkeypatch.setattr(datasets, "get_dataset_split_names", get_dataset_split_names)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    choice = choose_validation("someone/math-mix", None)
+    assert (choice.spec, choice.split) == ("someone/math-mix", "validation")  # before: no validation
+    assert "Hub dataset's own validation split" in choice.line()
+    assert source_sizes(load_mixture(choice.spec, split=choice.split)) == VALID_SIZES
+    # a Hub id whose splits cannot be read (unknown, or not cached while offline): no validation,
+    # said in the line; loading its training split is what names the problem
+    assert choose_validation("someone/unknown", None).spec is None

@@ -298,6 +298,16 @@ def _load_with_datasets(path: Path, kind: str) -> datasets.Dataset:
         raise DataError(f"{path}: could not read it as {_KIND_NAME[kind]} ({type(err).__name__}: {reason})") from err
 
 
+def hub_split_names(name: str) -> list[str]:
+    """The splits of a Hub dataset (read from the local datasets cache when the Hub is offline);
+    none when they cannot be read: loading its training split then says what is wrong."""
+    try:
+        with datasets_offline(hub_offline()):
+            return list(datasets.get_dataset_split_names(name))
+    except Exception:
+        return []
+
+
 def _load_hub(name: str, split: str | None) -> datasets.Dataset | datasets.DatasetDict:
     offline = hub_offline()
     try:

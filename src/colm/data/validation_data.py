@@ -4,7 +4,8 @@ One precedence rule for every command (`train`, `compare`, `evaluate`, `demo`):
 
 1. `--eval-data` (`eval_data`), when given: the user said so;
 2. else the validation split of `--data` itself: a folder's `validation.*` (or `val`, `dev`,
-   `eval`) files or `<source>.validation.*` files, or a `save_to_disk` DatasetDict's split;
+   `eval`) files or `<source>.validation.*` files, a `save_to_disk` DatasetDict's split, or a
+   Hub dataset's split of that name;
 3. else none: the run trains and reports no validation loss.
 
 `--eval-split` names the split (default "validation", which also takes its other names). The
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from colm.data.hub import looks_like_local_path
 from colm.data.mixture import default_mixture_dir, is_data_file, split_of, validation_split_in
 
 
@@ -73,6 +75,12 @@ def choose_validation(data: Any, eval_data: Any, eval_split: str = "validation")
         return ValidationChoice(eval_data, split, why)
     if own is not None:
         return ValidationChoice(str(folder), own, "the --data folder's own validation split")
+    if isinstance(data, str) and folder is not None and not folder.exists() and not looks_like_local_path(data):
+        from colm.data.loading import hub_split_names  # datasets' Hub machinery: only for a Hub id
+
+        hub_own = validation_split_in(hub_split_names(data), eval_split)
+        if hub_own is not None:
+            return ValidationChoice(data, hub_own, "the Hub dataset's own validation split")
     what = "the --data file" if folder is not None and folder.is_file() else "--data"
     return ValidationChoice(None, None, f"{what} has no {eval_split!r} split and no --eval-data was given "
                                         "(no validation loss is reported)")
