@@ -1,4 +1,5 @@
-"""CoresetTrainer (Python API) under a kill mid-save and a pool larger than the training set."""
+"""CoresetTrainer (Python API) under bad input: a kill mid-save, a damaged checkpoint file, a pool
+larger than the training set, a coreset_config of the wrong type or field."""
 from __future__ import annotations
 
 import logging
@@ -47,3 +48,35 @@ def test_a_pool_larger_than_the_training_set_is_refused(tmp_path):
     trainer = make(tmp_path, 2, dataset=mixture({"a": 6, "b": 4}))
     with pytest.raises(ValueError, match=r"16 examples\) is larger than the training set \(10 examples\)"):
         trainer.train()
+
+
+def trainer_with(config, tmp_path):
+    return CoresetTrainer(model=tiny_llama(), args=training_args(tmp_path, max_steps=1),
+                          train_dataset=mixture(SIZES), data_collator=collator(), coreset_config=config)
+
+
+def test_a_coreset_config_given_as_a_dict_is_taken(tmp_path):
+    trainer = trainer_with({"pool_factor": 2, "within_source": "random"}, tmp_path)
+    assert trainer.coreset_config.pool_factor == 2 and trainer.coreset_config.within_source == "random"
+
+
+def test_a_coreset_config_of_another_type_or_field_is_one_clear_error(tmp_path):
+    with pytest.raises(TypeError, match="coreset_config: expected a CoresetConfig, a dict of its fields or None"):
+        trainer_with(["pool_factor", 2], tmp_path)
+    with pytest.raises(ValueError, match="pool_facter"):
+        trainer_with({"pool_facter": 2}, tmp_path)
+
+
+def test_a_damaged_checkpoint_file_is_named_by_the_python_api(tmp_path):
+    from colm.errors import CheckpointError
+
+    trainer = trainer_with(CoresetConfig(pool_factor=2, within_source="random"), tmp_path)
+    trainer.args.save_strategy = "steps"
+    trainer.args.save_steps = 1
+    trainer.train()
+    weights = tmp_path / "checkpoint-1" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"checkpoint-1/model.safetensors: .*cut short or corrupted|"
+                                              r"damaged checkpoint file.*model.safetensors"):
+        trainer_with(CoresetConfig(pool_factor=2, within_source="random"), tmp_path).train(
+            resume_from_checkpoint=True)
