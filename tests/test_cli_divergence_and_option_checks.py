@@ -198,27 +198,14 @@ def test_an_arms_selection_seed_override_wins_over_the_runs_seed():
 def test_the_final_loss_after_a_resume_survives_a_cut_metrics_file(data, saved_run, tmp_path, capsys, monkeypatch):
     """metrics.jsonl lost its lines (a full disk, an edit): the checkpoint's own log history
     still covers the steps before the resume."""
-    from transformers import TrainerCallback
+    from trainer_helpers import KilledAt, add_to_cli_trainer
 
     from colm.cli import train as train_cli
 
     uninterrupted = json.loads((saved_run / "report.json").read_text())["train_loss"]
-
-    class KilledAtStep3(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 3:
-                raise KeyboardInterrupt
-
-    real = train_cli.make_trainer
-
-    def with_kill(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        trainer.add_callback(KilledAtStep3())
-        return trainer
-
     out = tmp_path / "r"
     argv = ["train", "--data", data, *A, "--max-steps", "4", "--save-steps", "2", "--output-dir", out]
-    monkeypatch.setattr(train_cli, "make_trainer", with_kill)
+    real = add_to_cli_trainer(monkeypatch, KilledAt(3))
     assert run_cli(capsys, *argv)[0] == 130
     monkeypatch.setattr(train_cli, "make_trainer", real)
     (out / "metrics.jsonl").write_text("")

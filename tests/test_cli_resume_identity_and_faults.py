@@ -218,26 +218,13 @@ def test_a_kill_during_the_first_save_gets_one_instruction(four_steps, good, tmp
 def test_the_final_loss_after_a_resume_equals_the_uninterrupted_runs(four_steps, good, tmp_path, capsys,
                                                                      monkeypatch):
     """The interruption comes before the first logging step (logging every 10 steps)."""
-    from transformers import TrainerCallback
+    from trainer_helpers import KilledAt, add_to_cli_trainer
 
     from colm.cli import train as train_cli
 
     uninterrupted = json.loads((four_steps / "report.json").read_text())["train_loss"]
     out = tmp_path / "run"
-
-    class KilledAtStep3(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 3:
-                raise KeyboardInterrupt
-
-    real = train_cli.make_trainer
-
-    def with_kill(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        trainer.add_callback(KilledAtStep3())
-        return trainer
-
-    monkeypatch.setattr(train_cli, "make_trainer", with_kill)
+    real = add_to_cli_trainer(monkeypatch, KilledAt(3))
     code, _, _ = run_cli(capsys, "train", "--output-dir", out, "--data", good, *R, "--max-steps", "4")
     assert code == 130 and (out / "checkpoint-2" / "trainer_state.json").is_file()
     monkeypatch.setattr(train_cli, "make_trainer", real)

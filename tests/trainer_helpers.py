@@ -94,3 +94,30 @@ class StopAfter(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         if state.global_step >= self.step:
             control.should_training_stop = True
+
+
+class KilledAt(TrainerCallback):
+    """Raises KeyboardInterrupt (what Ctrl-C raises) at the end of optimizer step `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def add_to_cli_trainer(monkeypatch, callback):
+    """Make `colm train` add `callback` to the trainer it builds; returns the original
+    `make_trainer`, to put back with monkeypatch.setattr for a later run."""
+    from colm.cli import train as train_cli
+
+    real = train_cli.make_trainer
+
+    def with_callback(*args, **kwargs):
+        trainer = real(*args, **kwargs)
+        trainer.add_callback(callback)
+        return trainer
+
+    monkeypatch.setattr(train_cli, "make_trainer", with_callback)
+    return real
