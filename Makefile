@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # If the interpreter that creates the venv already has torch, the venv sees it and keeps it.
 SYSTEM_TORCH := $(shell $(PYTHON) -c 'import torch' >/dev/null 2>&1 && echo --system-site-packages)
 
-.PHONY: setup lint test test-all test-packaging demo bench smollm2 pretrained-lab gpu-rehearsal clean
+.PHONY: setup lint test test-all test-packaging demo bench smollm2 pretrained-lab pretrained-lab-compute gpu-rehearsal clean
 
 setup: $(VENV)/.installed
 
@@ -64,6 +64,13 @@ pretrained-lab: smollm2
 	HF_HUB_OFFLINE=1 nice -n 19 $(VENV)/bin/colm compare --config benchmarks/pretrained/lab.yaml \
 	  --model "$$($(PY) -c 'from colm.models.gguf import smollm2_path; print(smollm2_path())')" \
 	  --output-dir $(LAB_DIR)
+
+# The same lab at equal compute (random 2b gets 30 steps against stratified's 60); ~12 min a seed.
+LAB_COMPUTE_DIR ?= benchmarks/results/pretrained_lab_compute
+pretrained-lab-compute: smollm2
+	HF_HUB_OFFLINE=1 nice -n 19 $(VENV)/bin/colm compare --config benchmarks/pretrained/lab_compute.yaml \
+	  --model "$$($(PY) -c 'from colm.models.gguf import smollm2_path; print(smollm2_path())')" \
+	  --output-dir $(LAB_COMPUTE_DIR)
 
 # The prepared GPU run (benchmarks/gpu/run.sh) rehearsed here: fetch the wheels it carries
 # (Python 3.12, manylinux x86-64), split SmolLM2 into the two halves the two device calls carry,

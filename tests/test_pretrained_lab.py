@@ -29,6 +29,22 @@ def test_the_lab_config_parses_into_the_issue_arms():
         arm.coreset_config(base, 0)
 
 
+def test_the_equal_compute_lab_shares_every_setting_but_arms_and_budget():
+    # stratified's runs in the two labs must be the same runs (the tables check they are
+    # bit-identical), so every setting that shapes a run has to agree
+    from colm.cli import compare
+
+    main = compare.parse(["--config", str(CONFIG), "--output-dir", "/nonexistent/a"])
+    other = compare.parse(["--config", str(CONFIG.parent / "lab_compute.yaml"), "--output-dir", "/nonexistent/a"])
+    assert [a.name for a in other[4]] == ["stratified", "accumulate2"] and other[7] == "compute"
+    assert other[5] == main[5] and other[6] == main[6]  # seeds, baseline
+    for k in (0, 1, 3):  # model, data, CoresetConfig
+        assert other[k] == main[k]
+    keep = ("learning_rate", "max_steps", "per_device_train_batch_size", "lr_scheduler_type", "warmup_steps",
+            "weight_decay", "seed", "optim", "max_grad_norm")
+    assert {k: getattr(other[2], k) for k in keep} == {k: getattr(main[2], k) for k in keep}
+
+
 def _tables():
     spec = importlib.util.spec_from_file_location("lab_tables", ROOT / "benchmarks" / "pretrained" / "tables.py")
     mod = importlib.util.module_from_spec(spec)
@@ -72,11 +88,28 @@ def test_tables_use_only_paired_seeds_and_report_both_losses(tmp_path):
     readme = tables.render_readme(path)
     assert "2 paired seeds" in readme and "loss averaged over sources" in readme and "natural-mixture loss" in readme
     assert "| random b (same compute) | **wins** (+" in readme  # plain's losses are higher on both
-    assert "equal compute** | not measured" in readme
+    assert "equal compute** (half the steps) | not measured yet" in readme
     # Differences 0.10, 0.11, 0.10: the interval excludes zero; 0.1, 0.2, 0.1: it holds zero.
     assert tables.verdict({0: 1.0, 1: 1.11, 2: 1.1}, {0: 0.9, 1: 1.0, 2: 1.0}).startswith("**wins** (+0.103 [+0.0")
     assert tables.verdict({0: 0.9, 1: 1.0, 2: 1.0}, {0: 1.0, 1: 1.11, 2: 1.1}).startswith("**loses** (-0.103 [-0.1")
     assert tables.verdict({0: 1.0, 1: 1.2, 2: 1.1}, {0: 0.9, 1: 1.0, 2: 1.0}).startswith("ties (+0.133 [-0.0")
+    # the equal-compute lab: accumulate2 at half the steps against stratified, and the check
+    # that stratified's runs are the same runs in both labs (seed 1 differs here: 1 of 2)
+    compute_rows = []
+    for seed in (0, 1):
+        for arm, loss, steps in (("stratified", 1.0, 60), ("accumulate2", 1.1 + 0.01 * seed, 30)):
+            same = next(r for r in rows if r["arm"] == "stratified" and r["seed"] == seed)
+            nat = same["val_loss_natural"] + (0.5 if seed == 1 else 0.0) if arm == "stratified" else loss
+            compute_rows.append({"arm": arm, "seed": seed, "steps": steps, "val_loss_natural": nat,
+                                 "val_loss_mean": loss, "val_loss_worst": loss})
+    cpath = tmp_path / "compute.jsonl"
+    cpath.write_text("\n".join(json.dumps(x) for x in [{"kind": "settings", "settings": {
+        "arms": ["stratified", "accumulate2"]}}] + [{"kind": "run", "row": r} for r in compute_rows]) + "\n")
+    assert "equal compute** (half the steps), 2 seeds | **wins** (+0.105" in tables.render_readme(path, cpath)
+    assert "not measured yet" in tables.render_readme(path, tmp_path / "absent.jsonl")
+    section = tables.render(path, cpath)
+    assert "stratified 60 steps of b, accumulate2 30 steps of 2b" in section
+    assert "bit-identical natural-mixture losses on 1 of 2 shared seeds" in section
     docs = tmp_path / "bench.md"
     docs.write_text(f"intro\n{tables.BEGIN}\nold\n{tables.END}\noutro\n")
     tables.write_docs(text, docs)

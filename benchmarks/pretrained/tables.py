@@ -27,6 +27,8 @@ from colm.compare.stats import IntervalError, mean_sd, paired_difference  # noqa
 from colm.diagnostics.noise_scale import pooled_b_simple  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "pretrained_lab" / "results.jsonl"
+#: `make pretrained-lab-compute`: stratified against accumulate2 at equal compute (30 steps of 2b).
+COMPUTE_RESULTS = ROOT / "benchmarks" / "results" / "pretrained_lab_compute" / "results.jsonl"
 DOCS = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- pretrained-lab tables: begin (generated) -->", "<!-- pretrained-lab tables: end -->"
@@ -146,7 +148,8 @@ def verdict(other: dict[int, float], control: dict[int, float]) -> str:
     return f"**wins** {cell}" if d.lo > 0 else f"**loses** {cell}" if d.hi < 0 else f"ties {cell}"
 
 
-def readme_table(table: dict[str, dict[int, dict]], arms: list[str], seeds: list[int], settings: dict) -> list[str]:
+def readme_table(table: dict[str, dict[int, dict]], arms: list[str], seeds: list[int], settings: dict,
+                 compute: tuple[dict[str, dict[int, dict]], list[int]] | None = None) -> list[str]:
     rank = settings.get("model", {}).get("lora_r")
     lines = [f"On a **pretrained** model (SmolLM2-135M-Instruct + LoRA{f' r{rank}' if rank else ''}, "
              f"{settings['max_steps']} steps of b = {settings['batch']}, {len(seeds)} paired seeds; "
@@ -159,11 +162,50 @@ def readme_table(table: dict[str, dict[int, dict]], arms: list[str], seeds: list
         cells = [verdict({s: table[arm][s][k] for s in seeds}, {s: table[CONTROL][s][k] for s in seeds})
                  for k in ("val_loss_mean", "val_loss_natural")]
         lines.append(f"| {words} | {cells[0]} | {cells[1]} |")
-    lines.append("| random 2b at **equal compute** | not measured on the pretrained model | |")
+    lines.append(equal_compute_row(compute))
     return lines + [""]
 
 
-def render_readme(path: Path) -> str:
+def read_compute(path: Path | None) -> tuple[dict[str, dict[int, dict]], list[int]] | None:
+    """The equal-compute lab's runs by arm and seed, and its paired seeds (None: not run yet)."""
+    if path is None or not path.is_file():
+        return None
+    settings, runs = read_runs(path)
+    return by_arm_seed(runs), paired_seeds(runs, list(settings["arms"]))
+
+
+def equal_compute_row(compute: tuple[dict[str, dict[int, dict]], list[int]] | None) -> str:
+    words = "random 2b at **equal compute** (half the steps)"
+    if compute is None or len(compute[1]) < 2:
+        return f"| {words} | not measured yet (`make pretrained-lab-compute`) | |"
+    table, seeds = compute
+    cells = [verdict({s: table[LARGE][s][k] for s in seeds}, {s: table[CONTROL][s][k] for s in seeds})
+             for k in ("val_loss_mean", "val_loss_natural")]
+    return f"| {words}, {len(seeds)} seeds | {cells[0]} | {cells[1]} |"
+
+
+def compute_section(compute: tuple[dict[str, dict[int, dict]], list[int]] | None,
+                    table: dict[str, dict[int, dict]]) -> list[str]:
+    """docs' equal-compute table, and the check that the two labs' stratified runs agree."""
+    if compute is None or len(compute[1]) < 2:
+        return []
+    ctable, seeds = compute
+    steps = {a: statistics.median(ctable[a][s]["steps"] for s in seeds) for a in (CONTROL, LARGE)}
+    lines = [f"**Equal compute** (`make pretrained-lab-compute`, {len(seeds)} paired seeds: {CONTROL} "
+             f"{steps[CONTROL]:.0f} steps of b, {LARGE} {steps[LARGE]:.0f} steps of 2b)", "",
+             f"| loss | {CONTROL} | {LARGE} | {LARGE} minus {CONTROL} |", "|---|---|---|---|"]
+    for key, title in LOSSES:
+        a = {s: ctable[LARGE][s][key] for s in seeds}
+        c = {s: ctable[CONTROL][s][key] for s in seeds}
+        lines.append(f"| {title} | {_fmt(*mean_sd(list(c.values())))} | {_fmt(*mean_sd(list(a.values())))} | {_diff(a, c)} |")
+    shared = [s for s in seeds if s in table.get(CONTROL, {})]
+    same = [s for s in shared if ctable[CONTROL][s]["val_loss_natural"] == table[CONTROL][s]["val_loss_natural"]]
+    lines += ["", f"Determinism check: {CONTROL}'s runs repeated in the two labs give bit-identical "
+                  f"natural-mixture losses on {len(same)} of {len(shared)} shared seeds."]
+    return lines + [""]
+
+
+def render_readme(path: Path, compute_path: Path | None = None) -> str:
     settings, runs = read_runs(path.resolve())
     arms = list(settings["arms"])
     seeds = paired_seeds(runs, arms)
@@ -171,7 +213,7 @@ def render_readme(path: Path) -> str:
         return (f"On a **pretrained** model (SmolLM2-135M-Instruct + LoRA): {len(seeds)} of "
                 f"{len(settings.get('seeds', [])) or 'the'} seeds have finished every arm so far; this "
                 "table fills in from two (`benchmarks/pretrained/tables.py --write-docs`).\n")
-    return "\n".join(readme_table(by_arm_seed(runs), arms, seeds, settings))
+    return "\n".join(readme_table(by_arm_seed(runs), arms, seeds, settings, read_compute(compute_path)))
 
 
 def noise_scale_table(table: dict[str, dict[int, dict]], seeds: list[int], every: int = 10) -> list[str]:
@@ -207,7 +249,7 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
 
-def render(path: Path) -> str:
+def render(path: Path, compute_path: Path | None = None) -> str:
     path = path.resolve()
     settings, runs = read_runs(path)
     arms = list(settings["arms"])
@@ -222,6 +264,7 @@ def render(path: Path) -> str:
     lines += loss_tables(table, arms, seeds)
     lines += exact_match_table(table, arms, seeds)
     lines += noise_scale_table(table, seeds)
+    lines += compute_section(read_compute(compute_path), table)
     lines += cost_table(table, arms, seeds)
     lines += per_source_table(table, arms, seeds, settings["train_rows"])
     return "\n".join(lines)
@@ -240,9 +283,11 @@ def write_docs(text: str, docs: Path = DOCS, begin: str = BEGIN, end: str = END)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--compute-results", type=Path, default=COMPUTE_RESULTS,
+                    help="the equal-compute lab's results (left out while it does not exist)")
     ap.add_argument("--write-docs", action="store_true", help=f"replace the generated section of {DOCS.name}")
     args = ap.parse_args()
-    text, readme = render(args.results), render_readme(args.results)
+    text, readme = render(args.results, args.compute_results), render_readme(args.results, args.compute_results)
     print(text + "\n" + readme)
     if args.write_docs:
         write_docs(text)
