@@ -134,6 +134,11 @@ def cost_table(table: dict[str, dict[int, dict]], arms: list[str], seeds: list[i
     for a in arms:
         share = statistics.median(table[a][s]["score_s"] / table[a][s]["wall_s"] for s in seeds)
         lines.append(f"| {a} | {step[a] / step[SMALL]:.2f} | {step[a] / step[LARGE]:.2f} | {100 * share:.0f}% |")
+    measured = [a for a in arms if any((table[a][s].get("noise_scale") or {}).get("measurements") for s in seeds)]
+    if measured:
+        lines += ["", f"{', '.join(measured)}'s steps include the gradient noise-scale measurement (it reads the "
+                      "trainable parameters' gradients twice a step; on the tiny model measuring every step "
+                      "cost 1.02x: \"The gradient noise scale\" below)."]
     return lines + [""]
 
 
