@@ -1,13 +1,17 @@
-"""The pretrained lab's tables, generated from its `colm compare` results file.
+"""The pretrained lab's tables, generated from its `colm compare` results files.
 
 Reads benchmarks/results/pretrained_lab/results.jsonl (one line per finished arm x seed; see
 `make pretrained-lab`) and writes markdown: per arm the natural-mixture loss, the mean over
 sources and the worst source (mean +- sd over seeds), paired differences (95% t intervals) to
-the stratified control and to plain b, the share of the b -> 2b gap each arm recovers, exact
-match, per-source losses, and step time as ratios to plain b and to accumulate2 (medians of the
-same runs). Only seeds every arm has finished are used, so every comparison is paired.
+the stratified control and to plain b, the share of the b -> 2b gap each arm recovers (where that
+gap is resolved), exact match, the gradient noise scale measured on accumulate2, per-source
+losses, and step time as ratios to plain b and to accumulate2 (medians of the same runs). The
+equal-compute lab (`make pretrained-lab-compute`) adds its table when it has run.
+
+Only seeds every arm has finished are used, so every comparison is paired on the same seeds; a
+run that diverged or has an undefined loss is left out with its seed, and listed by name.
 `--write-docs` also replaces the README's pretrained table (the control against each other arm,
-both losses, the same words as the tiny lab's table above it).
+both losses, in the words of the tiny lab's table above it).
 
     .venv/bin/python benchmarks/pretrained/tables.py                 # print the tables
     .venv/bin/python benchmarks/pretrained/tables.py --write-docs    # and replace them in docs/benchmarks.md and README.md
@@ -16,14 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from colm.compare.stats import IntervalError, mean_sd, paired_difference  # noqa: E402
+from colm.compare.stats import IntervalError, Paired, mean_sd, paired_difference  # noqa: E402
 from colm.diagnostics.noise_scale import pooled_b_simple  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "pretrained_lab" / "results.jsonl"
@@ -42,63 +48,119 @@ README_ROWS = (("accumulate2", "random 2b at **equal steps** (twice the compute)
 LOSSES = (("val_loss_natural", "natural mixture"), ("val_loss_mean", "mean over sources"),
           ("val_loss_worst", "worst source"))
 CONTROL, SMALL, LARGE = "stratified", "plain", "accumulate2"
+NOISE_WINDOW = 20  # steps pooled per row of the noise-scale table (10 gave windows with |G|^2 <= 0)
 
 
-def read_runs(path: Path) -> tuple[dict, list[dict]]:
-    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    settings = lines[0]["settings"]
-    # A diverged run has no loss to tabulate (colm compare's report lists it); identity records
-    # (a resume's recorded settings) are not runs.
-    runs = [x["row"] for x in lines[1:] if x.get("kind") == "run" and not x["row"].get("diverged")]
-    return settings, runs
+@dataclass
+class Lab:
+    """One results file: its settings, its usable runs by arm and seed, and the runs left out."""
+
+    path: Path
+    settings: dict
+    table: dict[str, dict[int, dict]] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)  # "arm seed N (why)"
+    excluded_seeds: set[int] = field(default_factory=set)
+
+    @property
+    def arms(self) -> list[str]:
+        return list(self.settings["arms"])
+
+    @property
+    def n_runs(self) -> int:
+        return sum(len(v) for v in self.table.values())
+
+    def seeds(self) -> list[int]:
+        """The seeds every arm has finished with finite losses (a left-out run drops its seed)."""
+        have = [set(self.table.get(a, {})) for a in self.arms]
+        return sorted(set.intersection(*have) - self.excluded_seeds) if have else []
+
+    def values(self, arm: str, key: str, seeds: list[int]) -> dict[int, float]:
+        return {s: float(self.table[arm][s][key]) for s in seeds}
 
 
-def paired_seeds(runs: list[dict], arms: list[str]) -> list[int]:
-    """The seeds every listed arm has finished."""
-    have = [{r["seed"] for r in runs if r["arm"] == a} for a in arms]
-    return sorted(set.intersection(*have)) if have else []
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def by_arm_seed(runs: list[dict]) -> dict[str, dict[int, dict]]:
-    out: dict[str, dict[int, dict]] = {}
-    for r in runs:
-        out.setdefault(r["arm"], {})[r["seed"]] = r
-    return out
+def read_lab(path: Path) -> Lab:
+    """A `colm compare` results file. A run recorded twice counts once (the first, as colm
+    compare counts it); identity records (a resume's recorded settings) are not runs."""
+    lines = [(n, x) for n, x in enumerate(path.read_text().splitlines(), 1) if x.strip()]
+    if not lines:
+        raise SystemExit(f"{path}: empty; expected a `colm compare` results file")
+    try:
+        records = [(n, json.loads(x)) for n, x in lines]
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path}: not JSON Lines ({err})") from None
+    if records[0][1].get("kind") != "settings":
+        raise SystemExit(f"{path}:{records[0][0]}: expected the settings record first")
+    lab = Lab(path, records[0][1]["settings"])
+    seen: set[tuple[str, int]] = set()
+    for _, rec in records[1:]:
+        if rec.get("kind") != "run":
+            continue
+        row = rec["row"]
+        key = (row["arm"], row["seed"])
+        if key in seen:
+            continue
+        seen.add(key)
+        bad = [k for k, _ in LOSSES if not _finite(row.get(k))]
+        if row.get("diverged") or bad:
+            why = (f"diverged: {row['diverged'].get('what', '')}" if row.get("diverged")
+                   else f"{', '.join(bad)} undefined")
+            lab.left_out.append(f"{row['arm']} seed {row['seed']} ({why})")
+            lab.excluded_seeds.add(row["seed"])
+            continue
+        lab.table.setdefault(row["arm"], {})[row["seed"]] = row
+    return lab
 
 
 def _fmt(m: float, sd: float) -> str:
     return f"{m:.4f} ± {sd:.4f}" if sd == sd else f"{m:.4f}"
 
 
-def _diff(arm: dict[int, float], base: dict[int, float]) -> str:
+def _paired(arm: dict[int, float], base: dict[int, float]) -> Paired | None:
     try:
-        d = paired_difference(arm, base)
+        return paired_difference(arm, base)
     except IntervalError:
-        return "—"
-    return f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"
+        return None
 
 
-def loss_tables(table: dict[str, dict[int, dict]], arms: list[str], seeds: list[int]) -> list[str]:
+def _diff(arm: dict[int, float], base: dict[int, float]) -> str:
+    d = _paired(arm, base)
+    return "—" if d is None else f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"
+
+
+def _left_out_line(lab: Lab) -> list[str]:
+    if not lab.left_out:
+        return []
+    return [f"Left out, with their seeds, from every comparison: {'; '.join(lab.left_out)}.", ""]
+
+
+def loss_tables(lab: Lab, seeds: list[int]) -> list[str]:
     lines = []
     for key, title in LOSSES:
         lines += [f"**{title}** ({len(seeds)} paired seeds: {', '.join(map(str, seeds))})", "",
                   f"| arm | mean ± sd | minus {CONTROL} | minus {SMALL} | b→2b gap recovered |",
                   "|---|---|---|---|---:|"]
-        vals = {a: {s: table[a][s][key] for s in seeds} for a in arms}
-        gap = (statistics.mean(vals[SMALL].values()) - statistics.mean(vals[LARGE].values())
-               if SMALL in vals and LARGE in vals else None)
-        for a in arms:
+        vals = {a: lab.values(a, key, seeds) for a in lab.arms}
+        small = statistics.mean(vals[SMALL].values())
+        gap = _paired(vals[SMALL], vals[LARGE])  # plain - accumulate2: positive when 2b is better
+        resolved = gap is not None and gap.lo > 0
+        for a in lab.arms:
             m, sd = mean_sd(list(vals[a].values()))
-            rec = "—"
-            if gap:
-                rec = f"{100 * (statistics.mean(vals[SMALL].values()) - m) / gap:.0f}%"
+            rec = f"{100 * (small - m) / gap.mean:.0f}%" if resolved and gap is not None else "—"
             lines.append(f"| {a} | {_fmt(m, sd)} | {_diff(vals[a], vals[CONTROL]) if a != CONTROL else '—'} | "
                          f"{_diff(vals[a], vals[SMALL]) if a != SMALL else '—'} | {rec} |")
+        if not resolved:
+            lines += ["", f"No share of the b→2b gap is given on this loss: {SMALL} minus {LARGE} is "
+                          f"{_diff(vals[SMALL], vals[LARGE])}, an interval that does not lie above zero."]
         lines.append("")
     return lines
 
 
-def exact_match_table(table: dict[str, dict[int, dict]], arms: list[str], seeds: list[int]) -> list[str]:
+def exact_match_table(lab: Lab, seeds: list[int]) -> list[str]:
+    table, arms = lab.table, lab.arms
     if not all("exact_match" in table[a][s] for a in arms for s in seeds):
         return []
     first = table[arms[0]][seeds[0]]["exact_match"]
@@ -116,18 +178,19 @@ def exact_match_table(table: dict[str, dict[int, dict]], arms: list[str], seeds:
     return lines + [""]
 
 
-def per_source_table(table: dict[str, dict[int, dict]], arms: list[str], seeds: list[int],
-                     train_rows: dict[str, int]) -> list[str]:
+def per_source_table(lab: Lab, seeds: list[int]) -> list[str]:
+    train_rows = lab.settings["train_rows"]
     sources = sorted(train_rows, key=lambda s: -train_rows[s])
     lines = ["**Per source** (validation loss, mean over seeds; training rows in brackets)", "",
-             "| source | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
+             "| source | " + " | ".join(lab.arms) + " |", "|---|" + "---:|" * len(lab.arms)]
     for src in sources:
-        cells = [f"{statistics.mean(table[a][s]['per_source'][src] for s in seeds):.3f}" for a in arms]
+        cells = [f"{statistics.mean(lab.table[a][s]['per_source'][src] for s in seeds):.3f}" for a in lab.arms]
         lines.append(f"| {src} ({train_rows[src]}) | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def cost_table(table: dict[str, dict[int, dict]], arms: list[str], seeds: list[int]) -> list[str]:
+def cost_table(lab: Lab, seeds: list[int]) -> list[str]:
+    table, arms = lab.table, lab.arms
     step = {a: statistics.median(table[a][s]["step_s"] for s in seeds) for a in arms}
     lines = ["**Step time** (median over the same runs; ratios, not absolute CPU seconds)", "",
              f"| arm | step / {SMALL} | step / {LARGE} | scoring share of the step |", "|---|---:|---:|---:|"]
@@ -142,137 +205,218 @@ def cost_table(table: dict[str, dict[int, dict]], arms: list[str], seeds: list[i
     return lines + [""]
 
 
+# ---- the gradient noise scale ------------------------------------------------------------------
+def _measurements(row: dict) -> list[list[float]]:
+    """[step, |G|^2, tr(Sigma), b_small, b_big] of every finite measurement of one run."""
+    return [m for m in (row.get("noise_scale") or {}).get("per_step") or [] if all(_finite(v) for v in m[:5])]
+
+
+def step_worth(b_simple: float, b_small: float, b_big: float) -> float:
+    """Steps of b_small one step of b_big is worth: (1 + B/b_small) / (1 + B/b_big), McCandlish
+    et al. (2018)'s model (which assumes SGD; the lab trains with Adam)."""
+    return (1 + b_simple / b_small) / (1 + b_simple / b_big)
+
+
+def noise_scale_summary(lab: Lab, seeds: list[int]) -> dict | None:
+    """B_simple of accumulate2 pooled over the seeds' later halves, the seeds' own values, and
+    the effective batch sizes (b_big is token-weighted, a little under 2b)."""
+    per_seed = {s: _measurements(lab.table[LARGE][s]) for s in seeds}
+    if not seeds or not all(per_seed.values()):
+        return None
+    late = [m for ms in per_seed.values() for m in ms[len(ms) // 2:]]
+    own = [pooled_b_simple([m[1] for m in ms[len(ms) // 2:]], [m[2] for m in ms[len(ms) // 2:]])
+           for ms in per_seed.values()]
+    every = [m for ms in per_seed.values() for m in ms]
+    return {"late": pooled_b_simple([m[1] for m in late], [m[2] for m in late]), "own": own,
+            "b_small": statistics.fmean(m[3] for m in every), "b_big": statistics.fmean(m[4] for m in every),
+            "per_seed": per_seed}
+
+
+def noise_scale_table(lab: Lab, seeds: list[int]) -> list[str]:
+    """B_simple over training from accumulate2's two sizes per step (its first micro-batch of b
+    and the accumulated 2b), pooled over the paired seeds in windows, with the step worth of 2b
+    it predicts, next to the b -> 2b difference measured in the same runs."""
+    summary = noise_scale_summary(lab, seeds)
+    if summary is None:
+        return []
+    b, big = summary["b_small"], summary["b_big"]
+    windows: dict[int, tuple[list[float], list[float]]] = {}
+    for ms in summary["per_seed"].values():
+        for step, g2, trace, *_ in ms:
+            w = windows.setdefault(int(step) // NOISE_WINDOW * NOISE_WINDOW, ([], []))
+            w[0].append(g2)
+            w[1].append(trace)
+    lines = [f"**Gradient noise scale** (B_simple = tr(Σ)/|G|², from {LARGE}'s two batch sizes per step: b = {b:g} "
+             f"and the accumulated step, {big:.1f} rows on average (token-weighted); measured at every step, pooled "
+             f"over {len(seeds)} seeds and windows of {NOISE_WINDOW} steps. A step of the larger batch is worth "
+             "(1 + B/b) / (1 + B/b_big) steps of b by McCandlish et al. 2018, a model for SGD; the lab trains "
+             "with Adam)", "",
+             "| steps | B_simple | B / b | one step of 2b is worth (steps of b) |", "|---|---:|---:|---:|"]
+    undefined = False
+    for start in sorted(windows):
+        bs = pooled_b_simple(*windows[start])
+        if math.isfinite(bs):
+            lines.append(f"| {start}-{start + NOISE_WINDOW - 1} | {bs:.0f} | {bs / b:.1f} | {step_worth(bs, b, big):.2f} |")
+        else:
+            undefined = True
+            lines.append(f"| {start}-{start + NOISE_WINDOW - 1} | — | — | — |")
+    late, own = summary["late"], [x for x in summary["own"] if math.isfinite(x)]
+    if math.isfinite(late):
+        spread = f"; the seeds' own values {min(own):.0f} to {max(own):.0f}" if own else ""
+        lines += ["", f"Later half of the runs, pooled: B_simple = {late:.0f}{spread}; a step of 2b is worth "
+                      f"{step_worth(late, b, big):.2f} steps of b."]
+    else:
+        lines += ["", "Later half of the runs: B_simple undefined (its |G|² estimate is not positive)."]
+    if undefined:
+        lines += ["", "— : the window's |G|² estimate is not positive (too few or too noisy measurements)."]
+    for key, title in LOSSES[:2]:
+        lines += ["", f"Measured in the same runs, {SMALL} minus {LARGE} at equal steps ({title}; positive: 2b "
+                      f"is better): {_diff(lab.values(SMALL, key, seeds), lab.values(LARGE, key, seeds))}. (A loss "
+                      "difference, not a number of steps: the equal-compute table tests the prediction in steps.)"]
+    return lines + [""]
+
+
+# ---- the README's table --------------------------------------------------------------------
 def verdict(other: dict[int, float], control: dict[int, float]) -> str:
     """The control against another arm on one loss, in words: wins / loses beyond the paired 95%
     interval, or ties (the interval holds zero). Positive numbers: the control's loss is lower."""
-    try:
-        d = paired_difference(other, control)  # other - control
-    except IntervalError:
+    d = _paired(other, control)  # other - control
+    if d is None:
         return "—"
     cell = f"({d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}])"
     return f"**wins** {cell}" if d.lo > 0 else f"**loses** {cell}" if d.hi < 0 else f"ties {cell}"
 
 
-def readme_table(table: dict[str, dict[int, dict]], arms: list[str], seeds: list[int], settings: dict,
-                 compute: tuple[dict[str, dict[int, dict]], list[int]] | None = None) -> list[str]:
+def readme_table(lab: Lab, seeds: list[int], compute: Lab | None = None) -> list[str]:
+    settings = lab.settings
     rank = settings.get("model", {}).get("lora_r")
+    rows = [(arm, words) for arm, words in README_ROWS if arm in lab.arms and arm != CONTROL]
     lines = [f"On a **pretrained** model (SmolLM2-135M-Instruct + LoRA{f' r{rank}' if rank else ''}, "
              f"{settings['max_steps']} steps of b = {settings['batch']}, {len(seeds)} paired seeds; "
-             "generated from `benchmarks/results/pretrained_lab/` by `benchmarks/pretrained/tables.py "
-             "--write-docs`; numbers are the other arm's loss minus stratified's, 95% interval):", "",
+             f"generated from `{_shown(lab.path)}` by `benchmarks/pretrained/tables.py --write-docs`; "
+             "numbers are the other arm's loss minus stratified's, with its 95% interval; each cell is "
+             "its own interval, so among many cells about one in twenty can call a difference that is "
+             "not there):", "",
              f"| {CONTROL} compared with | loss averaged over sources | natural-mixture loss |", "|---|---|---|"]
-    for arm, words in README_ROWS:
-        if arm not in arms or arm == CONTROL:
-            continue
-        cells = [verdict({s: table[arm][s][k] for s in seeds}, {s: table[CONTROL][s][k] for s in seeds})
+    for arm, words in rows:
+        cells = [verdict(lab.values(arm, k, seeds), lab.values(CONTROL, k, seeds))
                  for k in ("val_loss_mean", "val_loss_natural")]
         lines.append(f"| {words} | {cells[0]} | {cells[1]} |")
     lines.append(equal_compute_row(compute))
+    if lab.left_out:
+        lines += ["", f"Left out (their seeds too): {'; '.join(lab.left_out)}."]
     return lines + [""]
 
 
-def read_compute(path: Path | None) -> tuple[dict[str, dict[int, dict]], list[int]] | None:
-    """The equal-compute lab's runs by arm and seed, and its paired seeds (None: not run yet)."""
+def read_compute(path: Path | None) -> Lab | None:
+    """The equal-compute lab (None: not run yet)."""
     if path is None or not path.is_file():
         return None
-    settings, runs = read_runs(path)
-    return by_arm_seed(runs), paired_seeds(runs, list(settings["arms"]))
+    lab = read_lab(path)
+    if CONTROL not in lab.arms or LARGE not in lab.arms:
+        raise SystemExit(f"{path}: the equal-compute lab needs arms {CONTROL} and {LARGE}, has {lab.arms}")
+    return lab
 
 
-def equal_compute_row(compute: tuple[dict[str, dict[int, dict]], list[int]] | None) -> str:
-    words = "random 2b at **equal compute** (half the steps)"
-    if compute is None or len(compute[1]) < 2:
-        return f"| {words} | not measured yet (`make pretrained-lab-compute`) | |"
-    table, seeds = compute
-    cells = [verdict({s: table[LARGE][s][k] for s in seeds}, {s: table[CONTROL][s][k] for s in seeds})
+def _steps(lab: Lab, arm: str, seeds: list[int]) -> float:
+    return statistics.median(lab.table[arm][s]["steps"] for s in seeds)
+
+
+def equal_compute_row(compute: Lab | None) -> str:
+    seeds = compute.seeds() if compute is not None else []
+    if compute is None or len(seeds) < 2:
+        return "| random 2b at **equal compute** | not measured yet (`make pretrained-lab-compute`) | |"
+    words = (f"random 2b at **equal compute** ({_steps(compute, LARGE, seeds):.0f} steps of 2b against "
+             f"{_steps(compute, CONTROL, seeds):.0f} of b), {len(seeds)} seeds")
+    cells = [verdict(compute.values(LARGE, k, seeds), compute.values(CONTROL, k, seeds))
              for k in ("val_loss_mean", "val_loss_natural")]
-    return f"| {words}, {len(seeds)} seeds | {cells[0]} | {cells[1]} |"
+    return f"| {words} | {cells[0]} | {cells[1]} |"
 
 
-def compute_section(compute: tuple[dict[str, dict[int, dict]], list[int]] | None,
-                    table: dict[str, dict[int, dict]]) -> list[str]:
-    """docs' equal-compute table, and the check that the two labs' stratified runs agree."""
-    if compute is None or len(compute[1]) < 2:
+def compute_section(compute: Lab | None, lab: Lab, lab_seeds: list[int]) -> list[str]:
+    """docs' equal-compute table; the noise scale's prediction for it; and the check that the
+    two labs' stratified runs are the same runs."""
+    seeds = compute.seeds() if compute is not None else []
+    if compute is None or len(seeds) < 2:
         return []
-    ctable, seeds = compute
-    steps = {a: statistics.median(ctable[a][s]["steps"] for s in seeds) for a in (CONTROL, LARGE)}
+    steps = {a: _steps(compute, a, seeds) for a in (CONTROL, LARGE)}
     lines = [f"**Equal compute** (`make pretrained-lab-compute`, {len(seeds)} paired seeds: {CONTROL} "
              f"{steps[CONTROL]:.0f} steps of b, {LARGE} {steps[LARGE]:.0f} steps of 2b)", "",
-             f"| loss | {CONTROL} | {LARGE} | {LARGE} minus {CONTROL} |", "|---|---|---|---|"]
+             f"| loss | {CONTROL} | {LARGE} | {LARGE} minus {CONTROL} | {LARGE} minus {SMALL} at {steps[CONTROL]:.0f} steps |",
+             "|---|---|---|---|---|"]
+    both = [s for s in seeds if s in lab.table.get(SMALL, {})]
     for key, title in LOSSES:
-        a = {s: ctable[LARGE][s][key] for s in seeds}
-        c = {s: ctable[CONTROL][s][key] for s in seeds}
-        lines.append(f"| {title} | {_fmt(*mean_sd(list(c.values())))} | {_fmt(*mean_sd(list(a.values())))} | {_diff(a, c)} |")
-    shared = [s for s in seeds if s in table.get(CONTROL, {})]
-    same = [s for s in shared if ctable[CONTROL][s]["val_loss_natural"] == table[CONTROL][s]["val_loss_natural"]]
-    lines += ["", f"Determinism check: {CONTROL}'s runs repeated in the two labs give bit-identical "
-                  f"natural-mixture losses on {len(same)} of {len(shared)} shared seeds."]
+        a, c = compute.values(LARGE, key, seeds), compute.values(CONTROL, key, seeds)
+        plain = {s: float(lab.table[SMALL][s][key]) for s in both}
+        lines.append(f"| {title} | {_fmt(*mean_sd(list(c.values())))} | {_fmt(*mean_sd(list(a.values())))} | "
+                     f"{_diff(a, c)} | {_diff({s: a[s] for s in both}, plain)} |")
+    summary = noise_scale_summary(lab, lab_seeds)
+    if summary is not None and math.isfinite(summary["late"]):
+        worth = step_worth(summary["late"], summary["b_small"], summary["b_big"])
+        lines += ["", f"The noise scale's prediction: {steps[LARGE]:.0f} steps of 2b are worth about "
+                      f"{steps[LARGE] * worth:.0f} steps of b ({worth:.2f} each, from the later half's B_simple), "
+                      f"against {steps[CONTROL]:.0f} for plain b (the last column; the 2b run also has a schedule "
+                      "half as long)."]
+    lines += ["", determinism_line(compute, lab)]
     return lines + [""]
 
 
-def render_readme(path: Path, compute_path: Path | None = None) -> str:
-    settings, runs = read_runs(path.resolve())
-    arms = list(settings["arms"])
-    seeds = paired_seeds(runs, arms)
-    if len(seeds) < 2 or CONTROL not in arms:
-        return (f"On a **pretrained** model (SmolLM2-135M-Instruct + LoRA): {len(seeds)} of "
-                f"{len(settings.get('seeds', [])) or 'the'} seeds have finished every arm so far; this "
-                "table fills in from two (`benchmarks/pretrained/tables.py --write-docs`).\n")
-    return "\n".join(readme_table(by_arm_seed(runs), arms, seeds, settings, read_compute(compute_path)))
+def determinism_line(compute: Lab, lab: Lab) -> str:
+    shared = sorted(set(compute.table.get(CONTROL, {})) & set(lab.table.get(CONTROL, {})))
+    if not shared:
+        return f"Determinism check: no seed of {CONTROL} has run in both labs yet."
+    keys = [k for k, _ in LOSSES] + ["train_loss"]
+    differ = [s for s in shared
+              if any(compute.table[CONTROL][s].get(k) != lab.table[CONTROL][s].get(k) for k in keys)]
+    if differ:
+        return (f"Determinism check FAILED: {CONTROL}'s runs differ between the two labs on seeds "
+                f"{differ} (of {len(shared)} shared): the labs' settings or code are not the same.")
+    return (f"Determinism check: {CONTROL}'s runs repeated in the two labs give bit-identical losses "
+            f"(three validation losses and the training loss) on all {len(shared)} shared seeds.")
 
 
-def noise_scale_table(table: dict[str, dict[int, dict]], seeds: list[int], every: int = 10) -> list[str]:
-    """B_simple over training from accumulate2's two sizes per step (its first micro-batch of b
-    and the accumulated 2b), pooled over the paired seeds in windows of `every` steps, with what
-    McCandlish et al.'s model predicts one step of 2b is worth and the b -> 2b gain measured."""
-    runs = [table[LARGE][s] for s in seeds if LARGE in table and (table[LARGE][s].get("noise_scale") or {}).get("per_step")]
-    if len(runs) != len(seeds) or SMALL not in table:
-        return []
-    windows: dict[int, tuple[list[float], list[float]]] = {}
-    for r in runs:
-        for step, g2, trace, *_ in r["noise_scale"]["per_step"]:
-            w = windows.setdefault(step // every * every, ([], []))
-            w[0].append(g2)
-            w[1].append(trace)
-    b = runs[0]["noise_scale"]["per_step"][0][3]
-    lines = [f"**Gradient noise scale** (B_simple = tr(Σ)/|G|², from {LARGE}'s two batch sizes per step, b = {b:g} "
-             f"and 2b, measured at every step, pooled over {len(seeds)} seeds and windows of {every} steps; a step "
-             "of 2b is worth (1 + B/b) / (1 + B/2b) steps of b by McCandlish et al. 2018)", "",
-             "| steps | B_simple | B / b | one step of 2b is worth (steps of b) |", "|---|---:|---:|---:|"]
-    for start in sorted(windows):
-        bs = pooled_b_simple(*windows[start])
-        worth = f"{(1 + bs / b) / (1 + bs / (2 * b)):.2f}" if bs == bs else "—"
-        lines.append(f"| {start}-{start + every - 1} | {bs:.0f} | {bs / b:.1f} | {worth} |")
-    for key, title in LOSSES[:2]:
-        lines.append("")
-        lines.append(f"Measured in the same runs, {SMALL} minus {LARGE} ({title}; positive: 2b is better): "
-                     + _diff({s: table[SMALL][s][key] for s in seeds}, {s: table[LARGE][s][key] for s in seeds}) + ".")
-    return lines + [""]
-
-
+# ---- the documents ---------------------------------------------------------------------------
 def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
 
+def _checked(lab: Lab) -> None:
+    missing = [a for a in (CONTROL, SMALL, LARGE) if a not in lab.arms]
+    if missing:
+        raise SystemExit(f"{lab.path}: the lab's tables compare against {CONTROL}, {SMALL} and {LARGE}; "
+                         f"arms {missing} are not in this file's arms {lab.arms}")
+
+
 def render(path: Path, compute_path: Path | None = None) -> str:
-    path = path.resolve()
-    settings, runs = read_runs(path)
-    arms = list(settings["arms"])
-    seeds = paired_seeds(runs, arms)
+    lab = read_lab(path.resolve())
+    _checked(lab)
+    seeds = lab.seeds()
     if len(seeds) < 2:
         return (f"The pretrained lab has {len(seeds)} seed(s) finished for every arm so far "
-                f"({len(runs)} runs in {_shown(path)}); tables need two.\n")
-    table = by_arm_seed(runs)
+                f"({lab.n_runs} runs in {_shown(lab.path)}); tables need two.\n" + "\n".join(_left_out_line(lab)))
     lines = [f"Generated by `.venv/bin/python benchmarks/pretrained/tables.py --write-docs` from "
-             f"`{_shown(path)}` ({len(runs)} runs; arms {', '.join(arms)}; "
-             f"{settings['max_steps']} steps of b = {settings['batch']}, learning rate {settings['learning_rate']}).", ""]
-    lines += loss_tables(table, arms, seeds)
-    lines += exact_match_table(table, arms, seeds)
-    lines += noise_scale_table(table, seeds)
-    lines += compute_section(read_compute(compute_path), table)
-    lines += cost_table(table, arms, seeds)
-    lines += per_source_table(table, arms, seeds, settings["train_rows"])
+             f"`{_shown(lab.path)}` ({lab.n_runs} finished runs, {len(seeds)} seeds finished by every arm; arms "
+             f"{', '.join(lab.arms)}; {lab.settings['max_steps']} steps of b = {lab.settings['batch']}, "
+             f"learning rate {lab.settings['learning_rate']}).", ""]
+    lines += _left_out_line(lab)
+    lines += loss_tables(lab, seeds)
+    lines += exact_match_table(lab, seeds)
+    lines += noise_scale_table(lab, seeds)
+    lines += compute_section(read_compute(compute_path), lab, seeds)
+    lines += cost_table(lab, seeds)
+    lines += per_source_table(lab, seeds)
     return "\n".join(lines)
+
+
+def render_readme(path: Path, compute_path: Path | None = None) -> str:
+    lab = read_lab(path.resolve())
+    _checked(lab)
+    seeds = lab.seeds()
+    if len(seeds) < 2:
+        return (f"On a **pretrained** model (SmolLM2-135M-Instruct + LoRA): {len(seeds)} of "
+                f"{len(lab.settings.get('seeds', [])) or 'the'} seeds have finished every arm so far; this "
+                "table fills in from two (`benchmarks/pretrained/tables.py --write-docs`).\n")
+    return "\n".join(readme_table(lab, seeds, read_compute(compute_path)))
 
 
 def write_docs(text: str, docs: Path = DOCS, begin: str = BEGIN, end: str = END) -> None:
@@ -290,7 +434,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--compute-results", type=Path, default=COMPUTE_RESULTS,
                     help="the equal-compute lab's results (left out while it does not exist)")
-    ap.add_argument("--write-docs", action="store_true", help=f"replace the generated section of {DOCS.name}")
+    ap.add_argument("--write-docs", action="store_true", help=f"replace the generated sections of {DOCS.name} and README.md")
     args = ap.parse_args()
     text, readme = render(args.results, args.compute_results), render_readme(args.results, args.compute_results)
     print(text + "\n" + readme)
