@@ -13,7 +13,7 @@ import datasets
 import pytest
 
 from colm.data import DataError, load_mixture, source_sizes
-from colm.data.loading import LoadReport
+from colm.data.loading import LoadReport, hub_split_names
 from colm.data.validation_data import choose_validation, match_sources
 from colm.evaluation import with_natural
 
@@ -213,10 +213,17 @@ def test_a_hub_dataset_validates_on_its_own_validation_split(monkeypatch: pytest
 
     monkeypatch.setattr(datasets, "get_dataset_split_names", get_dataset_split_names)
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    hub_split_names.cache_clear()
     choice = choose_validation("someone/math-mix", None)
     assert (choice.spec, choice.split) == ("someone/math-mix", "validation")  # before: no validation
     assert "Hub dataset's own validation split" in choice.line()
     assert source_sizes(load_mixture(choice.spec, split=choice.split)) == VALID_SIZES
     # a Hub id whose splits cannot be read (unknown, or not cached while offline): no validation,
-    # said in the line; loading its training split is what names the problem
-    assert choose_validation("someone/unknown", None).spec is None
+    # and the line says why (loading its training split is what stops the run)
+    unknown = choose_validation("someone/unknown", None)
+    assert unknown.spec is None and "could not read the splits of Hub dataset 'someone/unknown'" in unknown.line()
+    assert "doesn't exist on the Hub" in unknown.line()
+    # asked once per process: a second choice (colm_run.json's) cannot get another answer
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda *a, **k: ["train"])
+    assert choose_validation("someone/math-mix", None).split == "validation"
+    hub_split_names.cache_clear()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import csv
+import functools
 import gzip
 import io
 import json
@@ -298,14 +299,17 @@ def _load_with_datasets(path: Path, kind: str) -> datasets.Dataset:
         raise DataError(f"{path}: could not read it as {_KIND_NAME[kind]} ({type(err).__name__}: {reason})") from err
 
 
-def hub_split_names(name: str) -> list[str]:
-    """The splits of a Hub dataset (read from the local datasets cache when the Hub is offline);
-    none when they cannot be read: loading its training split then says what is wrong."""
+@functools.lru_cache(maxsize=16)
+def hub_split_names(name: str) -> tuple[tuple[str, ...], str | None]:
+    """(the splits of a Hub dataset, None), read from the local datasets cache when the Hub is
+    offline; ((), why) when they cannot be read. Asked once per process: every command chooses
+    its validation data more than once (to train, and to record in colm_run.json), and two
+    answers from a flaky network would disagree."""
     try:
         with datasets_offline(hub_offline()):
-            return list(datasets.get_dataset_split_names(name))
-    except Exception:
-        return []
+            return tuple(datasets.get_dataset_split_names(name)), None
+    except Exception as err:
+        return (), f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
 
 
 def _load_hub(name: str, split: str | None) -> datasets.Dataset | datasets.DatasetDict:

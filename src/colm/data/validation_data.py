@@ -78,9 +78,13 @@ def choose_validation(data: Any, eval_data: Any, eval_split: str = "validation")
     if isinstance(data, str) and folder is not None and not folder.exists() and not looks_like_local_path(data):
         from colm.data.loading import hub_split_names  # datasets' Hub machinery: only for a Hub id
 
-        hub_own = validation_split_in(hub_split_names(data), eval_split)
+        splits, problem = hub_split_names(data)
+        hub_own = validation_split_in(list(splits), eval_split)
         if hub_own is not None:
             return ValidationChoice(data, hub_own, "the Hub dataset's own validation split")
+        if problem is not None:
+            return ValidationChoice(None, None, f"could not read the splits of Hub dataset {data!r} ({problem}); "
+                                                "no validation loss is reported unless --eval-data is given")
     what = "the --data file" if folder is not None and folder.is_file() else "--data"
     return ValidationChoice(None, None, f"{what} has no {eval_split!r} split and no --eval-data was given "
                                         "(no validation loss is reported)")
