@@ -266,6 +266,23 @@ def test_resume_keeps_the_moving_averages(tmp_path):
     assert [h["step"] for h in resumed.noise_scale.history] == list(range(6))
 
 
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_measuring_changes_nothing_the_run_trains(tmp_path, accumulation):
+    # The pretrained lab measures on every step of one arm and none of the others, and compares
+    # runs across labs with and without it: the trained weights must not depend on it.
+    def weights(every):
+        trainer = coreset_trainer(tmp_path / f"e{every}", accumulation=accumulation, every=every, max_steps=3)
+        trainer.train()
+        return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+
+    measured, plain = weights(1), weights(0)
+    assert all(torch.equal(measured[k], plain[k]) for k in plain)
+    from trainer_helpers import tiny_llama
+
+    start = dict(tiny_llama().named_parameters())
+    assert not all(torch.equal(start[k], plain[k]) for k in plain)  # and the runs did train
+
+
 def test_restoring_callback_states_keeps_our_callback_and_its_log_hook(tmp_path):
     # restore_callback_states_from_checkpoint=True makes the Trainer rebuild stateful callbacks
     # from their saved args: without care the rebuilt one has no log hook and is not the object
