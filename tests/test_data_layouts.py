@@ -117,6 +117,16 @@ def test_validation_precedence_eval_data_then_own_split_then_none(tmp_path: Path
     assert "--eval-data" in choice.line() and "wins over" in choice.line()
 
 
+def test_the_split_a_run_trains_on_is_not_its_validation(tmp_path: Path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    write(folder / "train.jsonl", TRAIN)
+    write(folder / "validation.jsonl", VALID)
+    choice = choose_validation(str(folder), None, train_split="validation")
+    assert choice.spec is None and "is the split the run trains on" in choice.line()
+    assert choose_validation(str(folder), None, train_split="train").split == "validation"
+
+
 def test_one_file_kind_per_split_is_enforced(tmp_path: Path):
     write(tmp_path / "train.jsonl", TRAIN)
     write(tmp_path / "train-extra.jsonl", [{"messages": [{"role": "user", "content": "hi"},

@@ -62,7 +62,7 @@ def _load(spec: Any, split: str | None, data_args: DataArguments, cap: int | Non
 def eval_spec_for(data_args: DataArguments) -> tuple[Any, str | None]:
     """(spec, split) of the validation data by colm.data.validation_data's precedence rule:
     --eval-data, else --data's own validation split, else (None, None)."""
-    choice = choose_validation(data_args.data, data_args.eval_data, data_args.eval_split)
+    choice = choose_validation(data_args.data, data_args.eval_data, data_args.eval_split, data_args.train_split)
     return choice.spec, choice.split
 
 
@@ -90,7 +90,7 @@ def prepare_data(data_args: DataArguments, tokenizer: Any, *, seed: int, need_ev
     if train_stats["n_examples"] == 0:
         raise DataError(f"{spec}: no training example has a supervised token left after truncation "
                         f"to --max-length {data_args.max_length}")
-    choice = choose_validation(data_args.data, data_args.eval_data, data_args.eval_split)
+    choice = choose_validation(data_args.data, data_args.eval_data, data_args.eval_split, data_args.train_split)
     eval_spec, eval_split = choice.spec, choice.split
     if eval_spec is None:
         if need_eval:

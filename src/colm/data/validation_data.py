@@ -57,8 +57,10 @@ def _splits_of(path: Path) -> list[str]:
     return sorted({s for p in path.iterdir() if p.is_file() and is_data_file(p) and (s := split_of(p))})
 
 
-def choose_validation(data: Any, eval_data: Any, eval_split: str = "validation") -> ValidationChoice:
-    """The validation data by the module's precedence rule; `data` None is the shipped mixture."""
+def choose_validation(data: Any, eval_data: Any, eval_split: str = "validation",
+                      train_split: str | None = None) -> ValidationChoice:
+    """The validation data by the module's precedence rule; `data` None is the shipped mixture.
+    --data's own split is not taken when it is the split the run trains on (`train_split`)."""
     folder = Path(os.fspath(data)).expanduser() if isinstance(data, (str, os.PathLike)) else None
     if data is None:
         folder = default_mixture_dir()
@@ -73,6 +75,8 @@ def choose_validation(data: Any, eval_data: Any, eval_split: str = "validation")
             split = (validation_split_in(present, eval_split) or eval_split) if present else None
         why = "--eval-data" + (f" (it wins over --data's own {own!r} split)" if own else "")
         return ValidationChoice(eval_data, split, why)
+    if own is not None and own == train_split:
+        return _trains_on_it(own)
     if own is not None:
         return ValidationChoice(str(folder), own, "the --data folder's own validation split")
     if isinstance(data, str) and folder is not None and not folder.exists() and not looks_like_local_path(data):
@@ -80,6 +84,8 @@ def choose_validation(data: Any, eval_data: Any, eval_split: str = "validation")
 
         splits, problem = hub_split_names(data)
         hub_own = validation_split_in(list(splits), eval_split)
+        if hub_own is not None and hub_own == train_split:
+            return _trains_on_it(hub_own)
         if hub_own is not None:
             return ValidationChoice(data, hub_own, "the Hub dataset's own validation split")
         if problem is not None:
@@ -88,6 +94,12 @@ def choose_validation(data: Any, eval_data: Any, eval_split: str = "validation")
     what = "the --data file" if folder is not None and folder.is_file() else "--data"
     return ValidationChoice(None, None, f"{what} has no {eval_split!r} split and no --eval-data was given "
                                         "(no validation loss is reported)")
+
+
+def _trains_on_it(split: str) -> ValidationChoice:
+    return ValidationChoice(None, None, f"--data's validation split {split!r} is the split the run trains on "
+                                        "(--train-split), so it cannot measure generalisation; no validation "
+                                        "loss is reported unless --eval-data is given")
 
 
 def match_sources(train_sources: list[str], eval_dataset: Any, eval_source_missing: bool,

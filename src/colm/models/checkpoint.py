@@ -42,7 +42,7 @@ def _validation_of(data_args: Any) -> dict[str, Any]:
     """{"data": spec or None, "split": ...} of the run's validation data (colm.data.validation_data)."""
     from colm.data.validation_data import choose_validation
 
-    choice = choose_validation(data_args.data, data_args.eval_data, data_args.eval_split)
+    choice = choose_validation(data_args.data, data_args.eval_data, data_args.eval_split, data_args.train_split)
     spec = choice.spec if choice.spec is None or not isinstance(choice.spec, str) else absolute_if_local(choice.spec)
     return {"data": spec, "split": choice.split}
 
