@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from colm.compare.stats import IntervalError, Paired, mean_sd, paired_difference  # noqa: E402
-from colm.diagnostics.noise_scale import pooled_b_simple  # noqa: E402
+from colm.diagnostics.noise_scale import median_of_means  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "pretrained_lab" / "results.jsonl"
 #: `make pretrained-lab-compute`: stratified against accumulate2 at equal compute (30 steps of 2b).
@@ -217,19 +217,28 @@ def step_worth(b_simple: float, b_small: float, b_big: float) -> float:
     return (1 + b_simple / b_small) / (1 + b_simple / b_big)
 
 
+def seeds_b_simple(per_seed: list[list[list[float]]]) -> tuple[float, list[float]]:
+    """(B_simple pooled over seeds, each seed's own) from each seed's measurements: a seed's |G|^2
+    and tr(Sigma) are medians of group means (a few spiky steps cannot decide them); pooled is the
+    ratio of their averages over seeds, so it lies within the seeds' range. nan where |G|^2 <= 0."""
+    parts = [(median_of_means([m[1] for m in ms]), median_of_means([m[2] for m in ms])) for ms in per_seed if ms]
+    own = [t / g for g, t in parts if g > 0 and t > 0]
+    if not parts:
+        return math.nan, own
+    g2, trace = statistics.fmean(g for g, _ in parts), statistics.fmean(t for _, t in parts)
+    return (trace / g2 if g2 > 0 and trace > 0 else math.nan), own
+
+
 def noise_scale_summary(lab: Lab, seeds: list[int]) -> dict | None:
-    """B_simple of accumulate2 pooled over the seeds' later halves, the seeds' own values, and
-    the effective batch sizes (b_big is token-weighted, a little under 2b)."""
+    """B_simple of accumulate2 over the later half of the runs (pooled over seeds, and each
+    seed's own) and the effective batch sizes (b_big is token-weighted, a little under 2b)."""
     per_seed = {s: _measurements(lab.table[LARGE][s]) for s in seeds}
     if not seeds or not all(per_seed.values()):
         return None
-    late = [m for ms in per_seed.values() for m in ms[len(ms) // 2:]]
-    own = [pooled_b_simple([m[1] for m in ms[len(ms) // 2:]], [m[2] for m in ms[len(ms) // 2:]])
-           for ms in per_seed.values()]
+    late, own = seeds_b_simple([ms[len(ms) // 2:] for ms in per_seed.values()])
     every = [m for ms in per_seed.values() for m in ms]
-    return {"late": pooled_b_simple([m[1] for m in late], [m[2] for m in late]), "own": own,
-            "b_small": statistics.fmean(m[3] for m in every), "b_big": statistics.fmean(m[4] for m in every),
-            "per_seed": per_seed}
+    return {"late": late, "own": own, "b_small": statistics.fmean(m[3] for m in every),
+            "b_big": statistics.fmean(m[4] for m in every), "per_seed": per_seed}
 
 
 def noise_scale_table(lab: Lab, seeds: list[int]) -> list[str]:
@@ -240,21 +249,17 @@ def noise_scale_table(lab: Lab, seeds: list[int]) -> list[str]:
     if summary is None:
         return []
     b, big = summary["b_small"], summary["b_big"]
-    windows: dict[int, tuple[list[float], list[float]]] = {}
-    for ms in summary["per_seed"].values():
-        for step, g2, trace, *_ in ms:
-            w = windows.setdefault(int(step) // NOISE_WINDOW * NOISE_WINDOW, ([], []))
-            w[0].append(g2)
-            w[1].append(trace)
+    starts = sorted({int(m[0]) // NOISE_WINDOW * NOISE_WINDOW for ms in summary["per_seed"].values() for m in ms})
+    windows = {w: seeds_b_simple([[m for m in ms if w <= m[0] < w + NOISE_WINDOW]
+                                  for ms in summary["per_seed"].values()])[0] for w in starts}
     lines = [f"**Gradient noise scale** (B_simple = tr(Σ)/|G|², from {LARGE}'s two batch sizes per step: b = {b:g} "
              f"and the accumulated step, {big:.1f} rows on average (token-weighted); measured at every step, pooled "
-             f"over {len(seeds)} seeds and windows of {NOISE_WINDOW} steps. A step of the larger batch is worth "
+             f"over {len(seeds)} seeds (the ratio of the seeds' average |G|² and tr(Σ), each seed's a median of group means) and windows of {NOISE_WINDOW} steps. A step of the larger batch is worth "
              "(1 + B/b) / (1 + B/b_big) steps of b by McCandlish et al. 2018, a model for SGD; the lab trains "
              "with Adam)", "",
              "| steps | B_simple | B / b | one step of 2b is worth (steps of b) |", "|---|---:|---:|---:|"]
     undefined = False
-    for start in sorted(windows):
-        bs = pooled_b_simple(*windows[start])
+    for start, bs in windows.items():
         if math.isfinite(bs):
             lines.append(f"| {start}-{start + NOISE_WINDOW - 1} | {bs:.0f} | {bs / b:.1f} | {step_worth(bs, b, big):.2f} |")
         else:

@@ -72,11 +72,13 @@ def pooled_b_simple(g2s: list[float], traces: list[float], groups: int = 5) -> f
     B_simple."""
     if not g2s:
         return math.nan
-    g2, trace = _median_of_means(g2s, groups), _median_of_means(traces, groups)
+    g2, trace = median_of_means(g2s, groups), median_of_means(traces, groups)
     return trace / g2 if g2 > 0 and trace > 0 else math.nan
 
 
-def _median_of_means(values: list[float], groups: int) -> float:
+def median_of_means(values: list[float], groups: int = 5) -> float:
+    """The median of `groups` consecutive group means (the plain mean below 2 x `groups` values):
+    a mean that a few spikes cannot decide."""
     if len(values) < 2 * groups:
         return sum(values) / len(values)
     base, extra = divmod(len(values), groups)
