@@ -237,7 +237,7 @@ def noise_scale_summary(lab: Lab, seeds: list[int]) -> dict | None:
         return None
     late, own = seeds_b_simple([ms[len(ms) // 2:] for ms in per_seed.values()])
     every = [m for ms in per_seed.values() for m in ms]
-    return {"late": late, "own": own, "b_small": statistics.fmean(m[3] for m in every),
+    return {"late": late, "own": own, "undefined": len(per_seed) - len(own), "b_small": statistics.fmean(m[3] for m in every),
             "b_big": statistics.fmean(m[4] for m in every), "per_seed": per_seed}
 
 
@@ -268,6 +268,8 @@ def noise_scale_table(lab: Lab, seeds: list[int]) -> list[str]:
     late, own = summary["late"], [x for x in summary["own"] if math.isfinite(x)]
     if math.isfinite(late):
         spread = f"; the seeds' own values {min(own):.0f} to {max(own):.0f}" if own else ""
+        if summary["undefined"]:
+            spread += f", and {summary['undefined']} seed(s) whose own |G|² estimate is not positive"
         lines += ["", f"Later half of the runs, pooled: B_simple = {late:.0f}{spread}; a step of 2b is worth "
                       f"{step_worth(late, b, big):.2f} steps of b."]
     else:
