@@ -25,7 +25,7 @@ class DataArguments:
         default=None,
         metadata={"help": "Validation data (same formats as --data); wins over --data's own "
                           "validation split. Default: --data's --eval-split split when it has one "
-                          "(folder files or a save_to_disk split), else none."},
+                          "(folder files, a save_to_disk split or a Hub dataset's split), else none."},
     )
     eval_split: str = field(
         default="validation", metadata={"help": "Split used for validation (the default also takes "
